@@ -1,0 +1,225 @@
+"""Turn a recipe's command line into a checked torchrun command for verl's trainers.
+
+    python -m afm_trainer.launch sft NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]
+
+(``recipes/train_sft.sh`` is this, for the shell.) Arguments are split by shape:
+an UPPER_CASE ``KEY=VALUE`` is a recipe argument (falling back to the environment),
+anything else goes to Hydra unchanged. Bad input ends with one ``error:`` line naming
+what is wrong, before any process starts, instead of a traceback from deep in verl.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+RECIPE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*=")
+
+# Recipe arguments of the SFT recipe, with what each means (printed on a bad key).
+SFT_KEYS = {
+    "MODEL": "HF model folder (or hub id) to start from",
+    "TRAIN_FILES": "comma-separated parquet files with a `messages` column",
+    "VAL_FILES": "comma-separated parquet files for validation (optional)",
+    "CONFIG": "Hydra config name in afm_trainer/config (default: sft)",
+    "NNODES": "number of nodes (default 1)",
+    "NODE_RANK": "this node's rank (multi-node)",
+    "MASTER_ADDR": "address of node 0 (multi-node)",
+    "MASTER_PORT": "port on node 0 (multi-node, default 29500)",
+    "DRY_RUN": "1: print the command without running it",
+}
+
+
+class RecipeError(Exception):
+    """A user error in a recipe's arguments: reported as one line, exit code 2."""
+
+
+@dataclass
+class RecipeArgs:
+    nproc: int
+    out_dir: str
+    keys: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """A recipe argument from the command line, else the environment, else default."""
+        value = self.keys.get(key, os.environ.get(key))
+        return default if value in (None, "") else value
+
+
+def parse_recipe_args(argv: list[str], known_keys: dict[str, str]) -> RecipeArgs:
+    if len(argv) < 2:
+        raise RecipeError("usage: NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]")
+    nproc_text, out_dir, rest = argv[0], argv[1], argv[2:]
+    if not nproc_text.isdigit() or int(nproc_text) < 1:
+        raise RecipeError(f"NPROC must be a whole number >= 1, got {nproc_text!r}")
+    args = RecipeArgs(nproc=int(nproc_text), out_dir=out_dir)
+    for arg in rest:
+        if RECIPE_KEY.match(arg):
+            key, value = arg.split("=", 1)
+            if key not in known_keys:
+                known = ", ".join(sorted(known_keys))
+                raise RecipeError(f"unknown recipe argument {key} (known: {known}; Hydra overrides are lower-case)")
+            args.keys[key] = value
+        else:
+            args.overrides.append(arg)
+    return args
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_model(path: str) -> None:
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise RecipeError(f"MODEL {path} is a folder without config.json (not a HF model folder)")
+        return
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not path.startswith((".", "/"))
+    if not looks_like_hub_id or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise RecipeError(f"MODEL path does not exist: {path}")
+
+
+def check_parquet_files(files: list[str], what: str, column: str | None) -> None:
+    import pyarrow.parquet as pq
+
+    for path in files:
+        if not os.path.isfile(path):
+            raise RecipeError(f"{what} file not found: {path}")
+        try:
+            schema = pq.read_schema(path)
+        except Exception as exc:  # pyarrow raises several types for non-parquet input
+            raise RecipeError(f"{what} file {path} is not a readable parquet file: {exc}") from None
+        if column and column not in schema.names:
+            raise RecipeError(
+                f"{what} file {path} has no `{column}` column (columns: {', '.join(schema.names)}); "
+                "convert trajectories with data_preprocess/convert_traces.py"
+            )
+
+
+def hydra_list(files: list[str]) -> str:
+    return files[0] if len(files) == 1 else "[" + ",".join(files) + "]"
+
+
+def override_value(overrides: list[str], key: str) -> str | None:
+    for item in overrides:
+        if item.lstrip("+").split("=", 1)[0] == key:
+            return item.split("=", 1)[1]
+    return None
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+
+    def shell(self) -> str:
+        """The command as one shell line (environment assignments first)."""
+        return " ".join([f"{k}={shlex.quote(v)}" for k, v in self.env.items()] + [shlex.quote(a) for a in self.argv])
+
+
+def torchrun_argv(args: RecipeArgs) -> tuple[list[str], int]:
+    """torchrun's own arguments for one node or several; returns (argv, nnodes)."""
+    nnodes = int(args.get("NNODES", "1"))
+    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", f"--nnodes={nnodes}"]
+    if nnodes == 1 and not args.get("MASTER_ADDR"):
+        argv.append("--standalone")
+    else:
+        master = args.get("MASTER_ADDR")
+        if not master:
+            raise RecipeError(f"NNODES={nnodes} needs MASTER_ADDR (the address of node 0)")
+        argv += [
+            f"--node_rank={args.get('NODE_RANK', '0')}",
+            f"--master_addr={master}",
+            f"--master_port={args.get('MASTER_PORT', '29500')}",
+        ]
+    return argv, nnodes
+
+
+def device_env(nproc: int, gpus: int) -> dict[str, str]:
+    """Environment every rank needs: on CPU, the CPU platform and a fair thread share."""
+    if gpus:
+        if nproc > gpus:
+            raise RecipeError(f"NPROC={nproc} but only {gpus} GPU(s) are visible on this node")
+        return {}
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    return {"VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": str(threads)}
+
+
+def build_sft(args: RecipeArgs) -> Launch:
+    """Check an SFT recipe's arguments and build its torchrun command."""
+    model = args.get("MODEL")
+    if not model:
+        raise RecipeError("MODEL is not set (MODEL=path/to/hf_model)")
+    check_model(model)
+    train_files = [f for f in (args.get("TRAIN_FILES") or "").split(",") if f]
+    if not train_files:
+        raise RecipeError("TRAIN_FILES is not set (TRAIN_FILES=train.parquet[,more.parquet])")
+    val_files = [f for f in (args.get("VAL_FILES") or "").split(",") if f]
+    custom_cls = override_value(args.overrides, "data.custom_cls.path")
+    column = None if custom_cls not in (None, "null") else (override_value(args.overrides, "data.messages_key") or "messages")
+    check_parquet_files(train_files, "TRAIN_FILES", column)
+    check_parquet_files(val_files, "VAL_FILES", column)
+
+    gpus = visible_gpus()
+    env = device_env(args.nproc, gpus)
+    config = args.get("CONFIG", "sft")
+    if not (CONFIG_DIR / f"{config}.yaml").is_file():
+        raise RecipeError(f"CONFIG {config} not found in {CONFIG_DIR}")
+
+    argv, nnodes = torchrun_argv(args)
+    argv += [
+        "-m", "verl.trainer.sft_trainer",
+        f"--config-path={CONFIG_DIR}", f"--config-name={config}",
+        f"device={'gpu' if gpus else 'cpu'}",
+        f"model.path={model}",
+        f"data.train_files={hydra_list(train_files)}",
+        f"data.val_files={hydra_list(val_files) if val_files else 'null'}",
+        f"trainer.default_local_dir={os.path.abspath(args.out_dir)}",
+        f"trainer.nnodes={nnodes}",
+        f"trainer.n_gpus_per_node={args.nproc}",
+    ]  # fmt: skip
+    if not val_files:
+        argv.append("trainer.test_freq=-1")
+    argv += args.overrides
+    return Launch(argv=argv, env=env)
+
+
+BUILDERS = {"sft": (build_sft, SFT_KEYS)}
+
+
+def run(launch: Launch, tag: str, dry_run: bool) -> int:
+    """Print the command (always the same line a dry run prints), then run it."""
+    print(f"[{tag}] command: {launch.shell()}", flush=True)
+    if dry_run:
+        return 0
+    if shutil.which(launch.argv[0]) is None and not os.path.exists(launch.argv[0]):
+        raise RecipeError(f"{launch.argv[0]} not found")
+    env = {**os.environ, **launch.env}
+    os.execvpe(launch.argv[0], launch.argv, env)  # the recipe becomes torchrun: signals reach it
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in BUILDERS:
+        print(f"usage: python -m afm_trainer.launch {{{','.join(BUILDERS)}}} NPROC OUT_DIR [KEY=VALUE ...] [overrides]")
+        return 2
+    build, keys = BUILDERS[argv[0]]
+    try:
+        args = parse_recipe_args(argv[1:], keys)
+        launch = build(args)
+        return run(launch, argv[0], dry_run=args.get("DRY_RUN", "0") not in ("0", "false"))
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Everything afm-trainer plugs into verl. Importing this package registers it.
+
+verl imports it in every process through the ``verl.plugins`` entry point (setup.py).
+"""
+
+from afm_trainer.verl_ext import cpu_platform  # noqa: F401  (registers the CPU platform)

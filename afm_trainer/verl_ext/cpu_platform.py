@@ -1,0 +1,208 @@
+"""verl on CPU: a platform plugin, and the few work-arounds verl 0.9.1 needs beside it.
+
+verl has no CPU platform. This module registers one through verl's own plugin registry
+(``verl.plugin.platform.PlatformRegistry``). It is imported in every process that
+imports verl (torchrun ranks, Ray workers) through the ``verl.plugins`` entry point
+declared in setup.py, so nobody has to set anything. verl probes its registered
+platforms in order (nvidia, npu, rocm, then plugins), so on a machine with an
+accelerator verl's own platform wins and this one is never selected; ``VERL_PLATFORM=cpu``
+forces it.
+
+What running verl's trainers on CPU needs, and where each piece lives
+(measured errors in shared/notes/verl-on-cpu.md):
+
+1. device "cpu", collective backend "gloo", no-op memory/stream/profiler functions,
+   and ``current_device()`` returning the string "cpu" (``model.to(device=...)``
+   otherwise asks for an accelerator)                         -> ``PlatformCPU`` below
+2. verl composes the process-group backend as ``cpu:gloo,<device>:<backend>``,
+   which on CPU repeats ``cpu:gloo`` and torch rejects it    -> ``_dedupe_backend``
+3. verl's engine registry has FSDP engines for "cuda"/"npu" only; the FSDP engine
+   itself runs on CPU, so engine lookup is pointed at it with verl's own override
+   ``VERL_ENGINE_DEVICE``                                      -> ``PlatformCPU.__init__``
+4. FlashAttention does not exist on CPU -> ``attn_implementation=sdpa``, and FSDP1 wants
+   GPU tensors -> ``engine.strategy=fsdp2``: both are settings, kept in
+   ``afm_trainer/config/sft_cpu.yaml`` rather than in code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from types import ModuleType
+
+import torch
+import torch.distributed
+
+from verl.plugin.platform import PlatformBase, PlatformRegistry
+
+PLATFORM_NAME = "cpu"
+
+
+def has_accelerator() -> bool:
+    """True when torch sees a CUDA (or ROCm) or Ascend device in this process."""
+    if torch.cuda.is_available():
+        return True
+    npu = getattr(torch, "npu", None)
+    return bool(npu is not None and npu.is_available())
+
+
+def _dedupe_backend(backend: str | None) -> str | None:
+    """'cpu:gloo,cpu:gloo' -> 'cpu:gloo'; any other string is returned unchanged."""
+    if not backend or ":" not in backend:
+        return backend
+    pairs = list(dict.fromkeys(part.strip() for part in backend.split(",")))
+    return ",".join(pairs)
+
+
+def _patch_init_process_group() -> None:
+    """Make ``torch.distributed.init_process_group`` accept verl's repeated backend string.
+
+    Only strings torch would reject are changed, so the patch is harmless for any
+    valid call; it is applied once, and only in processes that selected this platform.
+    """
+    original = torch.distributed.init_process_group
+    if getattr(original, "_afm_dedupe", False):
+        return
+
+    @functools.wraps(original)
+    def init_process_group(*args, **kwargs):
+        if args:
+            args = (_dedupe_backend(args[0]),) + args[1:]
+        elif "backend" in kwargs:
+            kwargs["backend"] = _dedupe_backend(kwargs["backend"])
+        return original(*args, **kwargs)
+
+    init_process_group._afm_dedupe = True
+    torch.distributed.init_process_group = init_process_group
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _mem_get_info(device=None) -> tuple[int, int]:
+    import psutil
+
+    memory = psutil.virtual_memory()
+    return memory.available, memory.total
+
+
+def _make_device_module() -> ModuleType:
+    """``torch.cpu`` plus the ``torch.cuda`` functions verl calls on its device module.
+
+    Memory figures are the process's resident memory (verl logs them as "allocated"/
+    "reserved"), so its memory lines stay meaningful on CPU; cache, IPC and memory-
+    fraction calls have nothing to do.
+    """
+    module = ModuleType("afm_trainer_cpu_device")
+    module.__getattr__ = lambda name: getattr(torch.cpu, name)
+    noop = lambda *args, **kwargs: None  # noqa: E731
+    module.empty_cache = module.ipc_collect = module.set_per_process_memory_fraction = noop
+    module.reset_peak_memory_stats = noop
+    module.memory_allocated = module.memory_reserved = lambda device=None: _rss_bytes()
+    module.max_memory_allocated = module.max_memory_reserved = lambda device=None: _peak_rss_bytes()
+    module.mem_get_info = _mem_get_info
+    module.get_rng_state = lambda device=None: torch.get_rng_state()
+    module.set_rng_state = lambda state, device=None: torch.set_rng_state(state)
+    module.get_device_name = lambda device=None: "cpu"
+    module.Event = torch.Event
+    return module
+
+
+_DEVICE_MODULE = _make_device_module()
+
+
+@PlatformRegistry.register(platform=PLATFORM_NAME)
+class PlatformCPU(PlatformBase):
+    """Plain CPU: one "device", gloo collectives, torch's own RNG."""
+
+    def __init__(self):
+        _patch_init_process_group()
+        # verl's FSDP engine is registered for cuda/npu only but is device-agnostic.
+        os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
+
+    @property
+    def device_name(self) -> str:
+        return "cpu"
+
+    @property
+    def vendor_name(self) -> str:
+        return "cpu"
+
+    @property
+    def device_module(self) -> ModuleType:
+        return _DEVICE_MODULE
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_platform_available(self, use_smi_check=False) -> bool:
+        # Probed after verl's own platforms; say yes only when no accelerator is visible.
+        return not has_accelerator()
+
+    def current_device(self) -> str:
+        return "cpu"
+
+    def device_count(self) -> int:
+        return 1
+
+    def set_device(self, device_index) -> None:
+        pass
+
+    def synchronize(self, device_index=None) -> None:
+        pass
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def set_allocator_settings(self, settings: str) -> None:
+        pass
+
+    def empty_cache(self) -> None:
+        pass
+
+    def get_device_capability(self, device_index: int = 0):
+        return None, None
+
+    def communication_backend_name(self) -> str:
+        return "gloo"
+
+    def visible_devices_envvar(self) -> str:
+        # No such variable exists for CPUs; verl only reads it when it is set.
+        return "CUDA_VISIBLE_DEVICES"
+
+    @contextlib.contextmanager
+    def nvtx_range(self, msg: str):
+        yield
+
+    def profiler_start(self) -> None:
+        pass
+
+    def profiler_stop(self) -> None:
+        pass
+
+    def ray_resource_name(self) -> str:
+        # verl's Ray worker groups place one worker per logical "GPU"; on CPU those are
+        # bookkeeping resources declared with ray_init.num_gpus, never real devices.
+        return "GPU"
+
+    def ray_noset_envvars(self) -> list[str]:
+        return []
+
+    def is_ipc_supported(self) -> bool:
+        return False
+
+    def cudart(self):
+        return None
