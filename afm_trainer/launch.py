@@ -13,10 +13,14 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
+import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from afm_trainer.checkpoints import finalize
+from afm_trainer.metrics import METRICS_FILE, rotate_metrics
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 RECIPE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*=")
@@ -119,6 +123,7 @@ def override_value(overrides: list[str], key: str) -> str | None:
 class Launch:
     argv: list[str]
     env: dict[str, str]
+    out_dir: str
 
     def shell(self) -> str:
         """The command as one shell line (environment assignments first)."""
@@ -189,21 +194,31 @@ def build_sft(args: RecipeArgs) -> Launch:
     if not val_files:
         argv.append("trainer.test_freq=-1")
     argv += args.overrides
-    return Launch(argv=argv, env=env)
+    env["VERL_FILE_LOGGER_PATH"] = os.path.join(os.path.abspath(args.out_dir), METRICS_FILE)
+    return Launch(argv=argv, env=env, out_dir=args.out_dir)
 
 
 BUILDERS = {"sft": (build_sft, SFT_KEYS)}
 
 
 def run(launch: Launch, tag: str, dry_run: bool) -> int:
-    """Print the command (always the same line a dry run prints), then run it."""
+    """Print the command (always the same line a dry run prints), run it, then make its
+    checkpoints' HF exports loadable (LoRA runs export PEFT-wrapped weights)."""
     print(f"[{tag}] command: {launch.shell()}", flush=True)
     if dry_run:
         return 0
-    if shutil.which(launch.argv[0]) is None and not os.path.exists(launch.argv[0]):
-        raise RecipeError(f"{launch.argv[0]} not found")
-    env = {**os.environ, **launch.env}
-    os.execvpe(launch.argv[0], launch.argv, env)  # the recipe becomes torchrun: signals reach it
+    os.makedirs(launch.out_dir, exist_ok=True)
+    rotate_metrics(launch.out_dir)
+    child = subprocess.Popen(launch.argv, env={**os.environ, **launch.env})
+    # A terminated recipe terminates its trainer too, instead of leaving it running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
+    returncode = child.wait()
+    if returncode != 0:
+        print(f"error: {tag} trainer exited with code {returncode} (its log is above)", file=sys.stderr)
+        return returncode
+    for path in finalize(launch.out_dir):
+        print(f"[{tag}] merged LoRA adapter into {path}/huggingface")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
 
 Writes ``DIR/train.parquet`` and ``DIR/val.parquet`` with verl's ``messages`` column.
 Three skills with exact answers, in the trace tags the project trains on:
-add two small numbers, reverse a short word, and answer yes/no to "is N even?".
+add two small numbers, reverse a few letters, and answer yes/no to "is N even?".
 The train and validation sets are drawn from disjoint seeds and de-duplicated
 against each other, so the validation loss measures generalisation, not recall.
 """
@@ -25,12 +25,13 @@ def _addition(rng: random.Random):
 
 
 def _reverse(rng: random.Random):
-    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6)))
-    return f"Reverse the word: {word}", f"<answer>{word[::-1]}</answer>"
+    # Letters apart, so each is one token and reversal is learnable by a tiny model.
+    letters = [rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6))]
+    return f"Reverse the letters: {' '.join(letters)}", f"<answer>{' '.join(reversed(letters))}</answer>"
 
 
 def _even(rng: random.Random):
-    n = rng.randint(0, 999)
+    n = rng.randint(0, 99_999)
     label = "yes" if n % 2 == 0 else "no"
     return f"Is {n} even? Answer yes or no.", f"<think>{n} ends in {n % 10}</think><answer>{label}</answer>"
 
@@ -43,7 +44,9 @@ def make_examples(n: int, seed: int, exclude: set[str] | None = None) -> list[di
     rng = random.Random(seed)
     seen = set(exclude or ())
     rows, names = [], list(SKILLS)
-    while len(rows) < n:
+    for _attempt in range(50 * n + 100):
+        if len(rows) == n:
+            return rows
         skill = names[len(rows) % len(names)]
         question, answer = SKILLS[skill](rng)
         if question in seen:
@@ -51,7 +54,9 @@ def make_examples(n: int, seed: int, exclude: set[str] | None = None) -> list[di
         seen.add(question)
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         rows.append({"messages": messages, "skill": skill})
-    return rows
+    if len(rows) == n:
+        return rows
+    raise ValueError(f"could not draw {n} distinct examples (the skills have too few distinct prompts)")
 
 
 def write_starter_dataset(out_dir: str, n_train: int = 2000, n_val: int = 200, seed: int = 0) -> tuple[str, str]:

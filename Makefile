@@ -1,0 +1,37 @@
+# make demo   - install what is missing, then run the main job on the embedded default
+# make test   - install what is missing, then run the test suite
+# make bench  - run the benchmarks (slow; prints ratios against peers)
+#
+# Everything goes into .venv (created when missing). torch is installed first and
+# pinned: torch==2.13.0 is a CPU wheel on this kind of machine, while an unpinned torch
+# pulls a multi-GB CUDA build. On a GPU node: make TORCH_SPEC="torch==2.11.0" EXTRAS=test,gpu
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test
+DEMO_OUT ?= out/demo
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+demo: install
+	$(PY) -m afm_trainer.demo --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/bench_sft.py
+
+clean:
+	rm -rf out .pytest_cache

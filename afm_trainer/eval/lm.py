@@ -1,0 +1,80 @@
+"""Scoring a HF causal LM on chat data: loss on the assistant's tokens, greedy answers.
+
+Both follow the model's own chat template, the same one verl trains with, so what is
+scored is exactly what was trained (seed 004's Phase B failed on a train/eval format gap).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def extract_answer(text: str) -> str | None:
+    """The content of the first <answer>...</answer>, stripped; None if there is none."""
+    m = ANSWER.search(text)
+    return m.group(1).strip() if m else None
+
+
+def _prompt_and_full_ids(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Token ids of the conversation up to the last assistant turn, and of all of it."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=True)
+    as_ids = lambda x: list(x["input_ids"] if hasattr(x, "keys") else x)  # noqa: E731
+    return as_ids(prompt), as_ids(full)
+
+
+@torch.no_grad()
+def assistant_loss(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16) -> float:
+    """Mean cross-entropy per token of each conversation's last assistant turn
+    (its end-of-turn token included), over all conversations."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(conversations), batch_size):
+        pairs = [_prompt_and_full_ids(tokenizer, c) for c in conversations[start : start + batch_size]]
+        width = max(len(full) for _, full in pairs)
+        input_ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
+        labels = torch.full((len(pairs), width), -100)
+        attention = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, (prompt, full) in enumerate(pairs):
+            input_ids[row, : len(full)] = torch.tensor(full)
+            attention[row, : len(full)] = 1
+            labels[row, len(prompt) : len(full)] = torch.tensor(full[len(prompt) :])
+        logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+        shifted = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum", ignore_index=-100
+        )
+        total += shifted.item()
+        count += int((labels[:, 1:] != -100).sum())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 32) -> list[str]:
+    """Greedy completions (decoded, special tokens dropped) for chat prompts."""
+    model.eval()
+    outputs = []
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [
+                tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                for p in prompts[start : start + batch_size]
+            ]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = old_side
+    return outputs

@@ -1,0 +1,39 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tests never reach a model hub: everything they load is built here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def nano_model(tmp_path_factory):
+    """A nano Qwen2 model folder, built once per test session."""
+    from afm_trainer.models.tiny import build_tiny_model
+
+    path = str(tmp_path_factory.mktemp("models") / "nano")
+    build_tiny_model(path, size="nano")
+    return path
+
+
+@pytest.fixture(scope="session")
+def starter_data(tmp_path_factory):
+    """(train.parquet, val.parquet) of the bundled starter set, small."""
+    from afm_trainer.data.starter import write_starter_dataset
+
+    return write_starter_dataset(str(tmp_path_factory.mktemp("data")), n_train=192, n_val=32)
+
+
+def run_recipe(*args, env=None, timeout=300):
+    """Run recipes/train_sft.sh as a user would; returns the CompletedProcess."""
+    return subprocess.run(
+        ["bash", os.path.join(REPO, "recipes", "train_sft.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHON": sys.executable, **(env or {})},
+    )

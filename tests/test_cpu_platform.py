@@ -1,0 +1,90 @@
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+
+from afm_trainer.verl_ext.cpu_platform import PlatformCPU, _dedupe_backend
+
+
+def _python(code: str, **env):
+    """Run code in a fresh interpreter (platform selection is once per process)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env})
+
+
+def test_plugin_is_declared_as_a_verl_entry_point():
+    names = {ep.value for ep in entry_points(group="verl.plugins")}
+    assert "afm_trainer.verl_ext" in names
+
+
+def test_fresh_process_selects_cpu_platform_without_any_setting():
+    result = _python("import verl; from verl.utils.device import get_device_name, get_nccl_backend;"
+                     "print(get_device_name(), get_nccl_backend())")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["cpu", "gloo"]
+
+
+def test_cpu_platform_steps_aside_when_an_accelerator_is_visible(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert PlatformCPU().is_platform_available(use_smi_check=True) is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert PlatformCPU().is_platform_available(use_smi_check=True) is True
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("cpu:gloo,cpu:gloo", "cpu:gloo"),
+        ("cpu:gloo,cuda:nccl", "cpu:gloo,cuda:nccl"),
+        ("gloo", "gloo"),
+        (None, None),
+    ],
+)
+def test_backend_string_dedupe(given, expected):
+    assert _dedupe_backend(given) == expected
+
+
+def test_verl_process_group_initialises_on_cpu():
+    """verl's own initialize_global_process_group, as its SFT trainer calls it."""
+    code = (
+        "import torch.distributed as dist;"
+        "from verl.utils.device import get_device_name;"
+        "get_device_name();"  # selects the platform, as verl's trainers do first
+        "from verl.utils.distributed import initialize_global_process_group;"
+        "print(initialize_global_process_group(timeout_second=30));"
+        "print(dist.get_backend())"
+    )
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29631"}
+    result = _python(code, **env)
+    assert result.returncode == 0, result.stderr
+    assert "(0, 0, 1)" in result.stdout and "gloo" in result.stdout
+
+
+def test_device_module_answers_what_verl_asks():
+    device = PlatformCPU().device_module
+    for name in ("empty_cache", "synchronize", "is_available", "current_stream", "set_device", "device_count",
+                 "ipc_collect", "set_per_process_memory_fraction", "Stream", "stream", "Event"):  # fmt: skip
+        assert hasattr(device, name), name
+    assert device.memory_allocated() > 10 * 2**20  # this process's resident memory
+    assert device.max_memory_reserved() >= device.memory_reserved() * 0.5
+    free, total = device.mem_get_info()
+    assert 0 < free <= total
+    state = device.get_rng_state()
+    first = torch.rand(3)
+    device.set_rng_state(state)
+    assert torch.equal(first, torch.rand(3))
+
+
+def test_verl_engine_registry_resolves_fsdp_on_cpu():
+    code = (
+        "from verl.utils.device import get_device_name; get_device_name();"
+        "from verl.workers.engine import EngineRegistry;"
+        "print(EngineRegistry.get_engine_cls('language_model', 'fsdp2').__name__)"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "FSDPEngineWithLMHead"
+
