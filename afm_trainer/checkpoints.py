@@ -121,14 +121,38 @@ def merge_lora_export(step_dir: str) -> bool:
     return True
 
 
+def make_attention_portable(step_dir: str) -> bool:
+    """Write plain "sdpa" into an export whose config names the project's training-only
+    attention (``sdpa_right_pad``, same results): transformers elsewhere would refuse
+    to load it. Returns True if config.json was rewritten (atomically)."""
+    from afm_trainer.models.attention import NAME as TRAINING_ATTENTION
+
+    path = os.path.join(step_dir, "huggingface", "config.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        config = json.load(f)
+    if config.get("attn_implementation") != TRAINING_ATTENTION:
+        return False
+    config["attn_implementation"] = "sdpa"
+    with open(path + ".tmp", "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return True
+
+
 def finalize(ckpt_dir: str) -> list[str]:
-    """Make every complete checkpoint's huggingface/ export loadable; returns those changed."""
+    """Make every complete checkpoint's huggingface/ export loadable by plain
+    transformers; returns the step folders whose LoRA adapter was merged."""
     tracked = tracked_step(ckpt_dir)
-    changed = []
+    merged = []
     for step, path in sorted(step_dirs(ckpt_dir).items()):
-        if tracked is not None and step <= tracked and merge_lora_export(path):
-            changed.append(path)
-    return changed
+        if tracked is None or step > tracked:
+            continue
+        make_attention_portable(path)
+        if merge_lora_export(path):
+            merged.append(path)
+    return merged
 
 
 def main(argv=None) -> int:

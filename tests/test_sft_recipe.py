@@ -52,6 +52,10 @@ def test_checkpoints_are_complete_and_hf_export_reloads_and_generates(full_run, 
         assert (out / f"global_step_{step}" / "huggingface" / "model.safetensors").exists()
 
     export = out / "global_step_12" / "huggingface"
+    # Loadable by plain transformers, in a process that never imported afm_trainer.
+    code = f"from transformers import AutoModelForCausalLM as M; print(M.from_pretrained({str(export)!r}).config.model_type)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert loaded.returncode == 0 and loaded.stdout.strip().endswith("qwen2"), loaded.stderr[-2000:]
     tokenizer = AutoTokenizer.from_pretrained(export)
     model = AutoModelForCausalLM.from_pretrained(export)
     assert tokenizer.convert_tokens_to_ids("<answer>") == AutoTokenizer.from_pretrained(nano_model).convert_tokens_to_ids("<answer>")

@@ -1,0 +1,238 @@
+"""SFT throughput on this machine: afm-trainer's defaults vs TRL vs a plain PyTorch loop.
+
+    python benchmarks/bench_sft.py [--steps 14] [--warmup 4] [--skip_trl] [--ours KEY=VALUE ...]
+
+Same model (the tiny Qwen2, 4.2M parameters), same data (512 conversations of 2-6
+messages, ~50-900 tokens each), same global batch (16 conversations), max length 1024,
+all in one run. Prints trained (non-padding) tokens per second for each contender and
+the ratios. Targets of the foundation issue: afm-trainer >= 1.5x TRL's best setting and
+>= 0.8x the plain loop.
+
+- afm-trainer: `recipes/train_sft.sh 1 ...` exactly as a user runs it; step times are
+  the gaps between the arrival of consecutive lines in its metrics.jsonl.
+- TRL: SFTTrainer (packing off and on), in a virtual environment this script creates in
+  .bench/trl-venv, so TRL's newer transformers cannot disturb verl's pins.
+- plain loop: AdamW over 1,024-token packed rows, bf16 autocast, no checkpointing; the
+  rows are plain concatenations (attention crosses sample boundaries), an upper bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+WORK = os.path.join(REPO, ".bench")
+BATCH, MAX_LEN = 16, 1024
+WORDS = (
+    "the agent searched for the answer and found three documents about a river city whose "
+    "mayor wrote code to test each plan before the reviewer approved it with a score of"
+).split()
+
+
+def make_data(path: str, n: int = 512, seed: int = 0) -> None:
+    """Conversations of 2-6 messages with 53-889 tokens (mean ~450), like real traces."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        turns = rng.choice([2, 4, 6])
+        budget = rng.randint(40, 700)  # words; ~1.25 tokens a word with this tokenizer
+        messages = []
+        for t in range(turns):
+            words = max(3, budget // turns + rng.randint(-5, 5))
+            text = " ".join(rng.choice(WORDS) for _ in range(words)) + f" {rng.randint(0, 9999)}."
+            messages.append({"role": "user" if t % 2 == 0 else "assistant", "content": text})
+        rows.append({"messages": messages})
+    pd.DataFrame(rows).to_parquet(path)
+
+
+def _median_rate(step_times: list[float], step_tokens: list[int], warmup: int) -> dict:
+    times, tokens = step_times[warmup:], step_tokens[warmup:]
+    return {
+        "median_step_s": statistics.median(times),
+        "tokens_per_s": sum(tokens) / sum(times),
+        "steps_measured": len(times),
+    }
+
+
+def bench_afm(model: str, data: str, steps: int, warmup: int, overrides: list[str]) -> dict:
+    out = os.path.join(WORK, "afm_run")
+    subprocess.run(["rm", "-rf", out])
+    os.makedirs(out)
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    arrivals: dict[int, tuple[float, int]] = {}
+    done = threading.Event()
+
+    def watch():  # note when each step's metrics line lands
+        offset = 0
+        while not done.is_set():
+            if os.path.exists(metrics_path):
+                with open(metrics_path) as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                now = time.perf_counter()
+                complete = chunk[: chunk.rfind("\n") + 1]
+                offset += len(complete.encode())
+                for line in complete.splitlines():
+                    record = json.loads(line)
+                    if "train/global_tokens" in record["data"]:
+                        arrivals[record["step"]] = (now, int(record["data"]["train/global_tokens"]))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    command = [
+        "bash", os.path.join(REPO, "recipes", "train_sft.sh"), "1", out,
+        f"MODEL={model}", f"TRAIN_FILES={data}",
+        f"data.train_batch_size={BATCH}", f"data.max_length={MAX_LEN}",
+        f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", "checkpoint.save_contents=[model]",
+        *overrides,
+    ]  # fmt: skip
+    log_path = os.path.join(WORK, "afm_run.log")
+    with open(log_path, "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(0.1)
+    done.set()
+    watcher.join()
+    if code != 0:
+        raise SystemExit(f"afm-trainer run failed, see {log_path}")
+    ordered = [arrivals[s] for s in sorted(arrivals)]
+    gaps = [b[0] - a[0] for a, b in zip(ordered, ordered[1:])]
+    return _median_rate(gaps, [tokens for _, tokens in ordered[1:]], warmup)
+
+
+TRL_WORKER = r'''
+import json, sys, time, torch
+import pandas as pd
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+model_path, data_path, steps, packing, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
+torch.set_num_threads(2)
+tok = AutoTokenizer.from_pretrained(model_path)
+rows = pd.read_parquet(data_path)
+ds = Dataset.from_list([{"messages": [dict(m) for m in ms]} for ms in rows["messages"]])
+marks = []
+class Clock(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
+cfg = SFTConfig(output_dir=out, per_device_train_batch_size=16, max_steps=steps, max_length=1024, packing=packing,
+                bf16=True, use_cpu=True, logging_steps=1000, save_strategy="no", report_to=[], learning_rate=1e-4,
+                include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, gradient_checkpointing=False)
+trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_path), args=cfg, train_dataset=ds,
+                     processing_class=tok, callbacks=[Clock()])
+trainer.train()
+json.dump(marks, open(out + "/marks.json", "w"))
+'''
+
+
+def trl_python() -> str:
+    venv = os.path.join(WORK, "trl-venv")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(os.path.join(venv, ".ready")):
+        print("creating .bench/trl-venv (torch 2.13.0 from local disk, then trl)...", flush=True)
+        subprocess.check_call([sys.executable, "-m", "venv", venv])
+        subprocess.check_call([python, "-m", "pip", "install", "-q", "torch==2.13.0"])
+        subprocess.check_call([python, "-m", "pip", "install", "-q", "trl", "datasets", "pandas", "pyarrow"])
+        open(os.path.join(venv, ".ready"), "w").close()
+    return python
+
+
+def bench_trl(model: str, data: str, steps: int, warmup: int, packing: bool) -> dict:
+    out = os.path.join(WORK, f"trl_run_packing{int(packing)}")
+    os.makedirs(out, exist_ok=True)
+    worker = os.path.join(WORK, "trl_worker.py")
+    with open(worker, "w") as f:
+        f.write(TRL_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    args = [trl_python(), worker, model, data, str(steps), "1" if packing else "0", out]
+    with open(out + ".log", "w") as log:
+        if subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env) != 0:
+            raise SystemExit(f"TRL run failed, see {out}.log")
+    with open(os.path.join(out, "marks.json")) as f:
+        marks = json.load(f)
+    gaps = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    tokens = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    return _median_rate(gaps, tokens, warmup)
+
+
+def bench_plain(model_path: str, data: str, steps: int, warmup: int) -> dict:
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa")
+    stream = []
+    for messages in pd.read_parquet(data)["messages"]:
+        stream += tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=True)["input_ids"]
+    rows_per_step = max(1, round(len(stream) / 512 * BATCH / MAX_LEN))  # same tokens a step as the others
+    rows = torch.tensor(stream[: len(stream) // MAX_LEN * MAX_LEN]).view(-1, MAX_LEN)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times, tokens = [], []
+    for step in range(steps):
+        batch = rows[(step * rows_per_step) % len(rows) :][:rows_per_step]
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+        tokens.append(batch.numel())
+    return _median_rate(times, tokens, warmup)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=14)
+    parser.add_argument("--warmup", type=int, default=4, help="first steps left out of the figures")
+    parser.add_argument("--skip_trl", action="store_true")
+    parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for the afm-trainer run")
+    args = parser.parse_args()
+    os.makedirs(WORK, exist_ok=True)
+    model, data = os.path.join(WORK, "tiny"), os.path.join(WORK, "convs.parquet")
+    if not os.path.exists(os.path.join(model, "config.json")):
+        from afm_trainer.models.tiny import build_tiny_model
+
+        build_tiny_model(model, size="tiny")
+    if not os.path.exists(data):
+        make_data(data)
+
+    results = {}
+    print("afm-trainer (recipes/train_sft.sh, project defaults)...", flush=True)
+    results["afm-trainer"] = bench_afm(model, data, args.steps, args.warmup, args.ours)
+    if not args.skip_trl:
+        for packing in (False, True):
+            print(f"TRL SFTTrainer, packing={packing}...", flush=True)
+            results[f"TRL packing={packing}"] = bench_trl(model, data, args.steps, args.warmup, packing)
+    print("plain PyTorch loop, packed rows...", flush=True)
+    results["plain loop"] = bench_plain(model, data, args.steps, args.warmup)
+
+    ours = results["afm-trainer"]["tokens_per_s"]
+    print("\n| contender | median step (s) | tokens/s | afm-trainer / it |\n|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['median_step_s']:.2f} | {r['tokens_per_s']:,.0f} | {ours / r['tokens_per_s']:.2f}x |")
+    trl = [r["tokens_per_s"] for n, r in results.items() if n.startswith("TRL")]
+    if trl:
+        print(f"\nafm-trainer vs TRL's best: {ours / max(trl):.2f}x (target >= 1.5x)")
+    print(f"afm-trainer vs plain loop: {ours / results['plain loop']['tokens_per_s']:.2f}x (target >= 0.8x)")
+    with open(os.path.join(WORK, "bench_sft.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
