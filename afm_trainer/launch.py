@@ -154,7 +154,7 @@ def device_env(nproc: int, gpus: int) -> dict[str, str]:
         if nproc > gpus:
             raise RecipeError(f"NPROC={nproc} but only {gpus} GPU(s) are visible on this node")
         return {}
-    threads = max(1, (os.cpu_count() or 1) // nproc)
+    threads = max(1, len(os.sched_getaffinity(0)) // nproc)
     return {"VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": str(threads)}
 
 
@@ -164,6 +164,8 @@ def build_sft(args: RecipeArgs) -> Launch:
     if not model:
         raise RecipeError("MODEL is not set (MODEL=path/to/hf_model)")
     check_model(model)
+    if os.path.isdir(model):
+        model = os.path.abspath(model)
     train_files = [f for f in (args.get("TRAIN_FILES") or "").split(",") if f]
     if not train_files:
         raise RecipeError("TRAIN_FILES is not set (TRAIN_FILES=train.parquet[,more.parquet])")
@@ -172,6 +174,7 @@ def build_sft(args: RecipeArgs) -> Launch:
     column = None if custom_cls not in (None, "null") else (override_value(args.overrides, "data.messages_key") or "messages")
     check_parquet_files(train_files, "TRAIN_FILES", column)
     check_parquet_files(val_files, "VAL_FILES", column)
+    train_files, val_files = [os.path.abspath(f) for f in train_files], [os.path.abspath(f) for f in val_files]
 
     gpus = visible_gpus()
     env = device_env(args.nproc, gpus)
@@ -183,7 +186,6 @@ def build_sft(args: RecipeArgs) -> Launch:
     argv += [
         "-m", "verl.trainer.sft_trainer",
         f"--config-path={CONFIG_DIR}", f"--config-name={config}",
-        f"device={'gpu' if gpus else 'cpu'}",
         f"model.path={model}",
         f"data.train_files={hydra_list(train_files)}",
         f"data.val_files={hydra_list(val_files) if val_files else 'null'}",
@@ -191,6 +193,8 @@ def build_sft(args: RecipeArgs) -> Launch:
         f"trainer.nnodes={nnodes}",
         f"trainer.n_gpus_per_node={args.nproc}",
     ]  # fmt: skip
+    if override_value(args.overrides, "device") is None:  # the user may force device=cpu|gpu
+        argv.append(f"device={'gpu' if gpus else 'cpu'}")
     if not val_files:
         argv.append("trainer.test_freq=-1")
     argv += args.overrides
