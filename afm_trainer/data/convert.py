@@ -1,0 +1,241 @@
+"""Trajectory files -> verl SFT parquet, streaming, with every record accounted for.
+
+Output, next to ``OUT.parquet``:
+- ``OUT.rejects.jsonl``: one line per record not converted: where it was (``line N``
+  of a JSONL file, ``index N`` of a JSON array or parquet file), the reason, the record;
+- ``OUT.report.json``: counts in/out/rejected by reason, samples per trajectory,
+  token-length percentiles (with a tokenizer), label balance before/after filtering.
+All three are written to temporary names and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from afm_trainer.traces.formats import FORMATS, TraceError, to_samples
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
+SCHEMA = pa.schema(
+    [
+        ("messages", pa.list_(MESSAGE)),
+        ("trajectory_id", pa.string()),  # prepare_train_val.py splits by it
+        ("step", pa.int32()),
+        ("answer", pa.string()),
+        ("source_format", pa.string()),
+    ]
+)
+
+
+class InputError(Exception):
+    """The input file as a whole cannot be read (one line for the user, exit 1)."""
+
+
+def read_records(path: str) -> Iterator[tuple[str, object]]:
+    """Yield (location, record) pairs; a line that is not JSON yields (location, TraceError)."""
+    if not os.path.isfile(path):
+        raise InputError(f"input file not found: {path}")
+    if path.endswith(".parquet"):
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:
+            raise InputError(f"{path} is not a readable parquet file: {exc}") from None
+        index = 0
+        for batch in parquet.iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                yield f"index {index}", record
+                index += 1
+        return
+    with open(path, encoding="utf-8") as f:
+        first = f.read(1)
+        while first.isspace():
+            first = f.read(1)
+        f.seek(0)
+        if first == "[":
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path} is not valid JSON: {exc}") from None
+            for index, record in enumerate(records):
+                yield f"index {index}", record
+            return
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"line {number}", TraceError(f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def label_of(answer: str | None) -> str | None:
+    return None if answer is None else answer.strip().lower()
+
+
+def is_categorical(labels: Counter) -> bool:
+    """Answers look like classes (yes/no, A/B/C...) rather than free text."""
+    n = sum(labels.values())
+    return n > 0 and 1 < len(labels) <= max(2, min(10, n // 5))
+
+
+def _balance_plan(labels: dict[str, str], mode: str, seed: int) -> dict[str, int]:
+    """{location: copies} after down- or up-sampling every label to the same count."""
+    by_label: dict[str, list[str]] = {}
+    for location, label in labels.items():
+        by_label.setdefault(label, []).append(location)
+    rng = random.Random(seed)
+    target = (min if mode == "downsample" else max)(len(v) for v in by_label.values())
+    plan = {}
+    for locations in by_label.values():
+        if mode == "downsample":
+            for location in rng.sample(locations, target):
+                plan[location] = 1
+        else:
+            for i in range(target):  # every record once, then repeats in order
+                location = locations[i % len(locations)]
+                plan[location] = plan.get(location, 0) + 1
+    return plan
+
+
+def _percentiles(values: list[int]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1], "mean": sum(values) / len(values)}
+
+
+def convert(
+    input_file: str,
+    output_file: str,
+    fmt: str,
+    mode: str = "multiturn",
+    tokenizer_path: str | None = None,
+    min_score: float | None = None,
+    balance: str = "none",
+    dedup: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Convert one trajectory file; returns the report (also written beside the output)."""
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    parse = FORMATS[fmt]
+    tokenizer = None
+    if tokenizer_path:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    labels_parsed: Counter = Counter()  # every parsed record's label, before any filter
+
+    def accepted() -> Iterator[tuple[str, object, object]]:
+        """(location, record, trajectory or reason) for every input record."""
+        seen: dict[str, str] = {}
+        labels_parsed.clear()
+        for location, record in read_records(input_file):
+            if isinstance(record, TraceError):
+                yield location, None, str(record)
+                continue
+            if not isinstance(record, dict):
+                yield location, record, "record is not a JSON object"
+                continue
+            try:
+                trajectory = parse(record)
+            except TraceError as exc:
+                yield location, record, str(exc)
+                continue
+            labels_parsed[label_of(trajectory.answer)] += 1
+            if min_score is not None and (trajectory.score is None or trajectory.score < min_score):
+                yield location, record, f"score {trajectory.score} below --min_score {min_score}"
+                continue
+            if dedup:
+                key = hashlib.sha1(json.dumps([trajectory.prompt, trajectory.turns]).encode()).hexdigest()
+                if key in seen:
+                    yield location, record, f"duplicate of {seen[key]}"
+                    continue
+                seen[key] = location
+            yield location, record, trajectory
+
+    # Balancing needs every label first: one cheap pass records them, the next writes.
+    plan = None
+    if balance != "none":
+        labels = {loc: label_of(t.answer) for loc, _, t in accepted() if not isinstance(t, str)}
+        if not is_categorical(Counter(labels.values())):
+            raise InputError("--balance needs categorical answers (yes/no, A/B/C...); these look like free text")
+        plan = _balance_plan(labels, balance, seed)
+
+    tmp_out, tmp_rejects = output_file + ".tmp", output_file + ".rejects.jsonl.tmp"
+    rejects_by_reason: Counter = Counter()
+    labels_out: Counter = Counter()
+    records_in = trajectories_out = samples_out = 0
+    samples_per_trajectory: list[int] = []
+    token_lengths: list[int] = []
+    rows: list[dict] = []
+    with pq.ParquetWriter(tmp_out, SCHEMA) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
+
+        def flush():
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
+                rows.clear()
+
+        for location, record, result in accepted():
+            records_in += 1
+            if isinstance(result, str):
+                reason = result.split(" of ")[0] if result.startswith("duplicate") else result
+                rejects_by_reason[reason if len(reason) < 80 else reason[:77] + "..."] += 1
+                rejects.write(json.dumps({"where": location, "reason": result, "record": record}, default=str) + "\n")
+                continue
+            trajectory = result
+            label = label_of(trajectory.answer)
+            copies = 1 if plan is None else plan.get(location, 0)
+            if copies == 0:
+                rejects_by_reason["dropped by --balance downsample"] += 1
+                rejects.write(json.dumps({"where": location, "reason": "dropped by --balance downsample", "record": record}, default=str) + "\n")
+                continue
+            samples = to_samples(trajectory, mode)
+            for copy in range(copies):
+                trajectory_id = trajectory.id or location
+                for step, messages in enumerate(samples):
+                    rows.append({"messages": messages, "trajectory_id": trajectory_id if copy == 0 else f"{trajectory_id}#copy{copy}",
+                                 "step": step, "answer": trajectory.answer, "source_format": fmt})  # fmt: skip
+                    if tokenizer is not None:
+                        token_lengths.append(len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]))
+                trajectories_out += 1
+                samples_out += len(samples)
+                samples_per_trajectory.append(len(samples))
+                labels_out[label] += 1
+            if len(rows) >= 2048:
+                flush()
+        flush()
+
+    os.replace(tmp_out, output_file)
+    os.replace(tmp_rejects, output_file + ".rejects.jsonl")
+    categorical = is_categorical(labels_parsed)
+    report = {
+        "input_file": input_file,
+        "format": fmt,
+        "mode": mode,
+        "records_in": records_in,
+        "records_converted": records_in - sum(rejects_by_reason.values()),
+        "records_rejected": sum(rejects_by_reason.values()),
+        "rejected_by_reason": dict(rejects_by_reason.most_common()),
+        "trajectories_out": trajectories_out,
+        "samples_out": samples_out,
+        "samples_per_trajectory": _percentiles(samples_per_trajectory),
+        "token_length": _percentiles(token_lengths),
+        "label_balance": {
+            "before_filtering": dict(labels_parsed) if categorical else None,
+            "after_filtering": dict(labels_out) if categorical else None,
+        },
+    }
+    with open(output_file + ".report.json.tmp", "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(output_file + ".report.json.tmp", output_file + ".report.json")
+    return report

@@ -1,0 +1,37 @@
+"""verl's multi-turn SFT dataset, plus a per-message ``train`` flag.
+
+Use it with ``data.custom_cls.path=pkg://afm_trainer.data.sft_dataset
+data.custom_cls.name=AgentSFTDataset`` (the recipes do). verl's own
+``MultiTurnSFTDataset`` trains every assistant message; stepwise samples need only the
+target turn trained, or each turn of a trajectory is trained once per later step.
+
+What is trained, per message (a token is trained when its loss-mask bit is 1; verl's
+loss shifts the mask by one so the bit marks the token being predicted):
+- assistant with ``train`` true or absent: the content and the end-of-turn token
+  ``<|im_end|>``, not the ``<|im_start|>assistant\\n`` header and not the newline the
+  template writes after the end-of-turn (that newline is never generated);
+- every other message: nothing.
+verl's own check that message-by-message tokenisation equals the full chat template
+stays on (``data.ignore_input_ids_mismatch: false``), so a template that does not
+split cleanly fails loudly instead of training misaligned tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+
+class AgentSFTDataset(MultiTurnSFTDataset):
+    def _process_single_message(self, index, message, full_message, tools=None, enable_thinking=None):
+        input_ids, loss_mask, attention_mask, inputs = super()._process_single_message(
+            index, message, full_message, tools=tools, enable_thinking=enable_thinking
+        )
+        if message["role"] == "assistant":
+            if message.get("train") is False:
+                loss_mask = torch.zeros_like(loss_mask)
+            else:
+                eos_positions = (input_ids == self.tokenizer.eos_token_id).nonzero()
+                if len(eos_positions):  # nothing after the end-of-turn token is trained
+                    loss_mask[int(eos_positions[-1]) + 1 :] = 0
+        return input_ids, loss_mask, attention_mask, inputs

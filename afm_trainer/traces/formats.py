@@ -1,0 +1,219 @@
+"""Trajectory formats -> one shape: a prompt and the turns that follow it.
+
+Every parser takes one input record (a dict) and returns a ``Trajectory`` or raises
+``TraceError`` with a short reason naming the offending field. The reasons end up in
+the rejects file next to the record, so they say what is wrong, not where in the code.
+
+Formats (``FORMATS`` maps the names the CLI takes to the parsers):
+- ``search_agent`` (seed 002): {"question", "trace": [{"type": "reasoning", "content"},
+  {"type": "search", "query"}, {"type": "search_result", "documents": [{"title",
+  "content"}]}, ..., {"type": "CorrectAnswer", "content"}]}, optional id/answer/score.
+- ``agent_chain`` (seed 001): {"task", "trajectory": [{"agent": "Planner", "output"},
+  ...]}; each agent's turn starts with its role token (``<|planner|>``).
+- ``teacher_cot`` (seed 004): {"question", "answer", "student_draft"?,
+  "teacher_output"?}; track A (question -> answer) or, with teacher reasoning, track B
+  (question + student draft -> teacher reasoning -> answer).
+- ``messages``: OpenAI-style chat; assistant ``tool_calls`` are written into the turn
+  as ``<tool_call>`` JSON, ``tool`` messages stay tool turns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+class TraceError(ValueError):
+    """A record that cannot be converted; the message is the reason."""
+
+
+@dataclass
+class Trajectory:
+    id: str | None
+    prompt: list[dict]  # messages before the first model turn (system, user)
+    turns: list[dict]  # {"role": "assistant"|"tool"|"user", "content": str}
+    answer: str | None = None  # the final answer, for label balance and splits
+    score: float | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def _text(record: dict, key: str, where: str = "") -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise TraceError(f"missing or empty {where}{key!r}")
+    return value
+
+
+def _score(record: dict) -> float | None:
+    score = record.get("score")
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        raise TraceError(f"'score' must be a number, got {score!r}")
+    return float(score)
+
+
+def _id(record: dict) -> str | None:
+    return None if record.get("id") is None else str(record["id"])
+
+
+def format_documents(documents: list[dict]) -> str:
+    return "\n".join(f"[{i}] {d['title']}: {d['content']}" for i, d in enumerate(documents, 1))
+
+
+def parse_search_agent(record: dict) -> Trajectory:
+    question = _text(record, "question")
+    trace = record.get("trace")
+    if not isinstance(trace, list) or not trace:
+        raise TraceError("missing or empty 'trace'")
+    turns, pending, answer = [], [], None
+    for i, step in enumerate(trace):
+        kind = step.get("type") if isinstance(step, dict) else None
+        if answer is not None:
+            raise TraceError(f"trace[{i}] comes after the final answer")
+        if kind == "reasoning":
+            pending.append(f"<think>{_text(step, 'content', f'trace[{i}].')}</think>")
+        elif kind == "search":
+            pending.append(f"<search>{_text(step, 'query', f'trace[{i}].')}</search>")
+            turns.append({"role": "assistant", "content": "\n".join(pending)})
+            pending = []
+        elif kind == "search_result":
+            if not turns or turns[-1]["role"] != "assistant" or "<search>" not in turns[-1]["content"]:
+                raise TraceError(f"trace[{i}] search_result without a search before it")
+            documents = step.get("documents")
+            if not isinstance(documents, list) or not all(
+                isinstance(d, dict) and isinstance(d.get("title"), str) and isinstance(d.get("content"), str)
+                for d in documents
+            ):
+                raise TraceError(f"trace[{i}].documents must be a list of {{title, content}}")
+            turns.append({"role": "tool", "content": f"<information>{format_documents(documents)}</information>"})
+        elif kind == "CorrectAnswer":
+            answer = _text(step, "content", f"trace[{i}].")
+            pending.append(f"<answer>{answer}</answer>")
+            turns.append({"role": "assistant", "content": "\n".join(pending)})
+            pending = []
+        else:
+            raise TraceError(f"trace[{i}] has unknown type {kind!r}")
+    if answer is None:
+        raise TraceError("trace has no CorrectAnswer step")
+    if isinstance(record.get("answer"), str) and record["answer"].strip():
+        answer = record["answer"].strip()
+    prompt = [{"role": "user", "content": question}]
+    return Trajectory(_id(record), prompt, turns, answer=answer, score=_score(record))
+
+
+def role_token(agent: str) -> str:
+    return f"<|{agent.strip().lower().replace(' ', '_')}|>"
+
+
+def parse_agent_chain(record: dict) -> Trajectory:
+    task = _text(record, "task")
+    steps = record.get("trajectory")
+    if not isinstance(steps, list) or not steps:
+        raise TraceError("missing or empty 'trajectory'")
+    turns = []
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            raise TraceError(f"trajectory[{i}] is not an object")
+        agent = _text(step, "agent", f"trajectory[{i}].")
+        turns.append({"role": "assistant", "content": f"{role_token(agent)}{_text(step, 'output', f'trajectory[{i}].')}"})
+    answer = record.get("answer") if isinstance(record.get("answer"), str) else None
+    return Trajectory(_id(record), [{"role": "user", "content": task}], turns, answer=answer, score=_score(record))
+
+
+def teacher_prompt(question: str, student_draft: str | None) -> str:
+    """The track-B prompt; evaluation builds prompts with this same function."""
+    if student_draft is None:
+        return question
+    return f"{question}\n\nStudent draft:\n{student_draft}"
+
+
+def parse_teacher_cot(record: dict) -> Trajectory:
+    question = _text(record, "question")
+    answer = _text(record, "answer").strip()
+    draft = record.get("student_draft")
+    reasoning = record.get("teacher_output")
+    for key, value in (("student_draft", draft), ("teacher_output", reasoning)):
+        if value is not None and not isinstance(value, str):
+            raise TraceError(f"{key!r} must be text, got {type(value).__name__}")
+    if reasoning:
+        target = f"<think>{reasoning}</think><answer>{answer}</answer>"
+        prompt = teacher_prompt(question, draft or None)
+    else:
+        target, prompt = f"<answer>{answer}</answer>", question
+    track = "B" if reasoning else "A"
+    return Trajectory(
+        _id(record), [{"role": "user", "content": prompt}], [{"role": "assistant", "content": target}],
+        answer=answer, score=_score(record), meta={"track": track},
+    )  # fmt: skip
+
+
+def _tool_calls_text(calls) -> str:
+    if not isinstance(calls, list):
+        raise TraceError("'tool_calls' must be a list")
+    parts = []
+    for call in calls:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise TraceError("a tool call has no function name")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                raise TraceError(f"tool call {function['name']!r} has arguments that are not JSON") from None
+        parts.append("<tool_call>" + json.dumps({"name": function["name"], "arguments": arguments}) + "</tool_call>")
+    return "".join(parts)
+
+
+def parse_messages(record: dict) -> Trajectory:
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise TraceError("missing or empty 'messages'")
+    prompt, turns = [], []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("system", "user", "assistant", "tool"):
+            raise TraceError(f"messages[{i}] has unknown role {role!r}")
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            raise TraceError(f"messages[{i}].content must be text")
+        if role == "assistant" and message.get("tool_calls"):
+            content += _tool_calls_text(message["tool_calls"])
+        if not content.strip():
+            raise TraceError(f"messages[{i}] is empty")
+        (turns if turns or role in ("assistant", "tool") else prompt).append({"role": role, "content": content})
+    if not prompt or not any(t["role"] == "assistant" for t in turns):
+        raise TraceError("needs a user message followed by at least one assistant message")
+    if turns[-1]["role"] != "assistant":
+        raise TraceError("the last message must be the assistant's")
+    return Trajectory(_id(record), prompt, turns, score=_score(record))
+
+
+FORMATS = {
+    "search_agent": parse_search_agent,
+    "agent_chain": parse_agent_chain,
+    "teacher_cot": parse_teacher_cot,
+    "messages": parse_messages,
+}
+
+
+def to_samples(trajectory: Trajectory, mode: str) -> list[list[dict]]:
+    """Conversations with a per-message ``train`` flag (True only on trained turns).
+
+    multiturn: the whole trajectory, every assistant turn trained.
+    stepwise: one conversation per assistant turn (a decision point), ending at it;
+    only that turn is trained, earlier ones are context, so no turn is trained twice.
+    Tool and user turns (observations) are never trained.
+    """
+    prompt = [{**m, "train": False} for m in trajectory.prompt]
+    if mode == "multiturn":
+        return [prompt + [{**t, "train": t["role"] == "assistant"} for t in trajectory.turns]]
+    if mode == "stepwise":
+        samples = []
+        for j, turn in enumerate(trajectory.turns):
+            if turn["role"] == "assistant":
+                context = [{**t, "train": False} for t in trajectory.turns[:j]]
+                samples.append(prompt + context + [{**turn, "train": True}])
+        return samples
+    raise ValueError(f"unknown mode {mode!r} (multiturn or stepwise)")

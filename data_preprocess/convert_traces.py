@@ -1,0 +1,51 @@
+"""Convert agent trajectories to verl SFT parquet.
+
+    python data_preprocess/convert_traces.py --format FMT --mode {multiturn,stepwise} \
+        --input_file IN --output_file OUT.parquet [--tokenizer PATH] [--min_score X] \
+        [--balance {none,downsample,upsample}] [--dedup] [--seed 0]
+
+FMT: search_agent, agent_chain, teacher_cot, messages (see afm_trainer/traces/formats.py).
+Input: JSONL, a JSON array or parquet (by extension and first character). Writes
+OUT.parquet (`messages` with a per-message `train` flag), OUT.rejects.jsonl and
+OUT.report.json. Rejected records do not fail the run (exit 0, counted); an unreadable
+input file does (exit 1, one error line).
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from afm_trainer.data.convert import InputError, convert  # noqa: E402
+from afm_trainer.traces.formats import FORMATS  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Convert agent trajectories to verl SFT parquet.")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS))
+    parser.add_argument("--mode", default="multiturn", choices=["multiturn", "stepwise"])
+    parser.add_argument("--input_file", required=True)
+    parser.add_argument("--output_file", required=True)
+    parser.add_argument("--tokenizer", default=None, help="HF tokenizer for token-length percentiles")
+    parser.add_argument("--min_score", type=float, default=None, help="reject trajectories scoring below this")
+    parser.add_argument("--balance", default="none", choices=["none", "downsample", "upsample"])
+    parser.add_argument("--dedup", action="store_true", help="reject exact duplicate trajectories")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        report = convert(args.input_file, args.output_file, args.format, args.mode, args.tokenizer,
+                         args.min_score, args.balance, args.dedup, args.seed)  # fmt: skip
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{report['records_in']} records in: {report['records_converted']} converted into "
+          f"{report['samples_out']} samples, {report['records_rejected']} rejected "
+          f"(see {args.output_file}.rejects.jsonl); report: {args.output_file}.report.json")  # fmt: skip
+    for reason, count in report["rejected_by_reason"].items():
+        print(f"  rejected {count}: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
