@@ -1,0 +1,143 @@
+"""Summaries of the context of each stepwise sample (seed 002): question, reasoning so
+far, and the key facts quoted verbatim from the search results.
+
+Two backends, one interface (``summarize(contexts) -> list[str | Exception]``):
+- ``extractive``: offline and deterministic, built from the context itself;
+- ``openai``: any OpenAI-compatible chat-completions server (key from OPENAI_API_KEY),
+  with a concurrency cap, retries with exponential backoff on 429/5xx/timeouts/
+  malformed replies, and an on-disk cache keyed by content, so a re-run after a crash
+  only asks for what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+
+SYSTEM_PROMPT = (
+    "Summarise the agent's progress for a colleague who will continue the task. Write exactly three "
+    "sections:\nQuestion: the question to answer.\nReasoning: one or two sentences on what has been "
+    "established and what is still open.\nKey facts: the facts from the search results that matter, "
+    "quoted verbatim, one per line."
+)
+
+THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+INFORMATION = re.compile(r"<information>(.*?)</information>", re.DOTALL)
+SEARCH = re.compile(r"<search>(.*?)</search>", re.DOTALL)
+WORD = re.compile(r"[A-Za-z0-9]+")
+STOPWORDS = set("the a an of in on at to is was were be by for and or with what which who whom where when how did does do".split())
+
+
+def context_text(messages: list[dict]) -> str:
+    """The sample's context (everything before its target turn) as one plain text."""
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def _first_sentence(text: str) -> str:
+    text = text.strip()
+    match = re.search(r"(.+?[.!?])(\s|$)", text)
+    return match.group(1) if match else text
+
+
+def extractive_summary(messages: list[dict], max_facts: int = 4) -> str:
+    """Question, the gist of each reasoning step, and verbatim sentences from the search
+    results that share content words with the question or the queries."""
+    question = next(m["content"] for m in messages if m["role"] == "user")
+    assistant = " ".join(m["content"] for m in messages if m["role"] == "assistant")
+    reasoning = [_first_sentence(t) for t in THINK.findall(assistant)]
+    wanted = {w.lower() for w in WORD.findall(question + " " + " ".join(SEARCH.findall(assistant)))} - STOPWORDS
+    facts = []
+    for block in INFORMATION.findall(" ".join(m["content"] for m in messages if m["role"] != "assistant")):
+        for line in block.splitlines():
+            body = re.sub(r"^\[\d+\]\s*", "", line)
+            for sentence in re.split(r"(?<=[.!?])\s+", body.split(": ", 1)[-1]):
+                if sentence and wanted & {w.lower() for w in WORD.findall(sentence)} and sentence not in facts:
+                    facts.append(sentence)
+    lines = [f"Question: {question}", f"Reasoning: {' '.join(reasoning) if reasoning else 'nothing yet.'}", "Key facts:"]
+    lines += [f"- {fact}" for fact in facts[:max_facts]] or ["- none yet."]
+    return "\n".join(lines)
+
+
+class SummaryError(Exception):
+    """A summary that could not be had after every retry."""
+
+
+class OpenAISummarizer:
+    """Summaries from an OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    def __init__(self, base_url: str, model: str, max_concurrent: int = 8, cache_dir: str | None = None,
+                 max_retries: int = 5, timeout_s: float = 60.0, backoff_s: float = 1.0, api_key: str | None = None):  # fmt: skip
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.max_concurrent = max_concurrent
+        self.cache_dir = cache_dir
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self.requests_sent = 0
+        if cache_dir:
+            os.makedirs(cache_dir, exist_ok=True)
+
+    def _cache_path(self, text: str) -> str | None:
+        if not self.cache_dir:
+            return None
+        key = hashlib.sha256(json.dumps([self.model, SYSTEM_PROMPT, text]).encode()).hexdigest()
+        return os.path.join(self.cache_dir, f"{key}.json")
+
+    async def _ask(self, client, semaphore, text: str) -> str:
+        cache_path = self._cache_path(text)
+        if cache_path and os.path.exists(cache_path):
+            with open(cache_path) as f:
+                return json.load(f)["summary"]
+        body = {"model": self.model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                                                  {"role": "user", "content": text}], "temperature": 0}  # fmt: skip
+        last_error = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+            async with semaphore:
+                self.requests_sent += 1
+                try:
+                    reply = await client.post(self.url, json=body, timeout=self.timeout_s)
+                except Exception as exc:  # timeouts, refused or reset connections
+                    last_error = f"{type(exc).__name__}"
+                    continue
+            if reply.status_code == 429 or reply.status_code >= 500:
+                last_error = f"HTTP {reply.status_code}"
+                retry_after = reply.headers.get("retry-after")
+                if retry_after and retry_after.replace(".", "", 1).isdigit():
+                    await asyncio.sleep(min(float(retry_after), 30.0))
+                continue
+            if reply.status_code != 200:  # 4xx other than 429 will not get better
+                raise SummaryError(f"HTTP {reply.status_code}: {reply.text[:200]}")
+            try:
+                summary = reply.json()["choices"][0]["message"]["content"].strip()
+                if not summary:
+                    raise ValueError("empty content")
+            except Exception as exc:
+                last_error = f"malformed reply ({type(exc).__name__}: {str(exc)[:80]})"
+                continue
+            if cache_path:
+                with open(cache_path + ".tmp", "w") as f:
+                    json.dump({"summary": summary}, f)
+                os.replace(cache_path + ".tmp", cache_path)
+            return summary
+        raise SummaryError(f"gave up after {self.max_retries + 1} attempts: {last_error}")
+
+    async def _run(self, texts: list[str]) -> list:
+        import httpx
+
+        semaphore = asyncio.Semaphore(self.max_concurrent)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        limits = httpx.Limits(max_connections=self.max_concurrent)
+        async with httpx.AsyncClient(headers=headers, limits=limits) as client:
+            return await asyncio.gather(*(self._ask(client, semaphore, t) for t in texts), return_exceptions=True)
+
+    def summarize(self, contexts: list[list[dict]]) -> list:
+        """A summary (str) or the exception that ended its retries, per context."""
+        return asyncio.run(self._run([context_text(c) for c in contexts]))
