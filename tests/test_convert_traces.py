@@ -186,3 +186,36 @@ def test_converted_parquet_trains_with_the_sft_recipe(tmp_path, nano_model):
                         "data.train_batch_size=6", "trainer.total_training_steps=2")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert tracked_step(str(tmp_path / "out")) == 2
+
+
+def test_teacher_cot_wrong_drafts_become_preference_pairs(tmp_path):
+    records = [
+        {"id": "a", "question": "Is 9 prime?", "answer": "no", "student_draft": "Answer: Yes - odd", "teacher_output": "9 = 3 * 3"},
+        {"id": "b", "question": "Is 7 prime?", "answer": "yes", "student_draft": "Answer: Yes - no divisors", "teacher_output": "7 is prime"},
+        {"id": "c", "question": "Is 4 prime?", "answer": "no"},
+    ]  # fmt: skip
+    out = str(tmp_path / "t.parquet")
+    report = convert(write_jsonl(tmp_path / "t.jsonl", records), out, "teacher_cot")
+    assert report["preference_pairs"] == 1
+    (pair,) = pd.read_parquet(str(tmp_path / "t.pairs.parquet")).to_dict("records")
+    assert pair["trajectory_id"] == "a"
+    assert pair["prompt"][0]["content"] == "Is 9 prime?\n\nStudent draft:\nAnswer: Yes - odd"
+    assert pair["chosen"][0]["content"] == "<think>9 = 3 * 3</think><answer>no</answer>"
+    assert pair["rejected"][0]["content"] == "Answer: Yes - odd"
+
+
+def test_report_has_token_length_percentiles_with_a_tokenizer(tmp_path, nano_model):
+    report = convert(write_jsonl(tmp_path / "s.jsonl", [SEARCH]), str(tmp_path / "s.parquet"), "search_agent",
+                     "stepwise", tokenizer_path=nano_model)  # fmt: skip
+    lengths = report["token_length"]
+    assert 0 < lengths["p50"] <= lengths["p90"] <= lengths["max"]
+    assert report["samples_per_trajectory"]["max"] == 3
+
+
+def test_verl_own_dataset_reads_the_output_unchanged(tmp_path, nano_model):
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    convert(write_jsonl(tmp_path / "s.jsonl", [SEARCH]), str(tmp_path / "s.parquet"), "search_agent", "multiturn")
+    config = OmegaConf.create({"pad_mode": "no_padding", "max_length": 2048, "truncation": "error"})
+    dataset = MultiTurnSFTDataset(str(tmp_path / "s.parquet"), AutoTokenizer.from_pretrained(nano_model), config)
+    assert len(dataset) == 1 and dataset[0]["loss_mask"].sum() > 0

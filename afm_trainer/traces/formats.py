@@ -12,7 +12,8 @@ Formats (``FORMATS`` maps the names the CLI takes to the parsers):
   ...]}; each agent's turn starts with its role token (``<|planner|>``).
 - ``teacher_cot`` (seed 004): {"question", "answer", "student_draft"?,
   "teacher_output"?}; track A (question -> answer) or, with teacher reasoning, track B
-  (question + student draft -> teacher reasoning -> answer).
+  (question + student draft -> teacher reasoning -> answer); a wrong draft also gives a
+  preference pair (``preference_pair``) for DPO.
 - ``messages``: OpenAI-style chat; assistant ``tool_calls`` are written into the turn
   as ``<tool_call>`` JSON, ``tool`` messages stay tool turns.
 """
@@ -20,6 +21,7 @@ Formats (``FORMATS`` maps the names the CLI takes to the parsers):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 
@@ -144,8 +146,33 @@ def parse_teacher_cot(record: dict) -> Trajectory:
     track = "B" if reasoning else "A"
     return Trajectory(
         _id(record), [{"role": "user", "content": prompt}], [{"role": "assistant", "content": target}],
-        answer=answer, score=_score(record), meta={"track": track},
+        answer=answer, score=_score(record), meta={"track": track, "student_draft": draft or None},
     )  # fmt: skip
+
+
+STUDENT_ANSWER = re.compile(r"<answer>(.*?)</answer>|^\s*answer\s*:\s*\**([^\s*-]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def student_answer(draft: str) -> str | None:
+    """The answer a student draft commits to ("<answer>X</answer>" or "Answer: X - ..."), if any."""
+    match = STUDENT_ANSWER.search(draft)
+    return None if match is None else (match.group(1) or match.group(2)).strip()
+
+
+def preference_pair(trajectory: Trajectory) -> dict | None:
+    """(prompt, chosen, rejected) for DPO from a teacher_cot record whose student draft
+    is wrong: chosen is the teacher's turn, rejected the draft. None when there is no
+    draft, the draft commits to no answer, or it is right."""
+    draft = trajectory.meta.get("student_draft")
+    committed = student_answer(draft) if draft else None
+    if committed is None or committed.lower() == (trajectory.answer or "").lower():
+        return None
+    return {
+        "prompt": trajectory.prompt,
+        "chosen": trajectory.turns,
+        "rejected": [{"role": "assistant", "content": draft}],
+        "trajectory_id": trajectory.id,
+    }
 
 
 def _tool_calls_text(calls) -> str:
