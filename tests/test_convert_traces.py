@@ -219,3 +219,16 @@ def test_verl_own_dataset_reads_the_output_unchanged(tmp_path, nano_model):
     config = OmegaConf.create({"pad_mode": "no_padding", "max_length": 2048, "truncation": "error"})
     dataset = MultiTurnSFTDataset(str(tmp_path / "s.parquet"), AutoTokenizer.from_pretrained(nano_model), config)
     assert len(dataset) == 1 and dataset[0]["loss_mask"].sum() > 0
+
+
+@pytest.mark.parametrize("fmt, record", [("search_agent", SEARCH), ("agent_chain", CHAIN)])
+def test_multiturn_trains_every_assistant_turn_and_no_observation(tmp_path, nano_model, fmt, record):
+    convert(write_jsonl(tmp_path / "m.jsonl", [record]), str(tmp_path / "m.parquet"), fmt, "multiturn")
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    config = OmegaConf.create({"pad_mode": "no_padding", "max_length": 2048, "truncation": "error"})
+    dataset = AgentSFTDataset(str(tmp_path / "m.parquet"), tokenizer, config)
+    item = dataset[0]
+    trained = tokenizer.decode(item["input_ids"][item["loss_mask"].bool()].tolist())
+    expected = "".join(m["content"] + "<|im_end|>" for m in dataset.messages[0] if m["role"] == "assistant")
+    assert trained == expected
+    assert "<information>" not in trained
