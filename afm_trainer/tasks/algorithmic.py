@@ -1,0 +1,296 @@
+"""The algorithmic suite of seed 003: 11 problem types at difficulty 1..10.
+
+Every instance is generated from (seed, type, difficulty, index), so a suite is the same
+on every machine; training and held-out suites use different seeds, and
+``generate_suite(..., exclude=...)`` drops any prompt of the held-out suite from a
+training suite, so no held-out instance is ever trained on.
+
+Each task has a prompt, a reference answer (a short string) and a verifier
+(``verify(task, text)``), plus a reference solution ``solve(x)`` whose source the
+scripted Coder writes and the Reviewer runs in the sandbox on test cases.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import re
+from dataclasses import dataclass, field
+
+TYPES = [
+    "rpn", "arithmetic", "parentheses", "fizzbuzz", "reverse_string", "is_palindrome",
+    "fibonacci", "binary_search", "two_sum", "max_subarray", "remove_duplicates",
+]  # fmt: skip
+DIFFICULTIES = list(range(1, 11))
+YES_NO_TYPES = {"parentheses", "is_palindrome"}
+
+
+@dataclass
+class Task:
+    task_id: str
+    type: str
+    difficulty: int
+    prompt: str
+    answer: str
+    x: object = field(repr=False)  # the input solve() takes
+
+
+# --- reference solutions: written as the scripted Coder's code, so plain and standalone ---
+
+
+def solve_rpn(tokens):
+    stack = []
+    for token in tokens:
+        if token in "+-*":
+            b, a = stack.pop(), stack.pop()
+            stack.append(a + b if token == "+" else a - b if token == "-" else a * b)
+        else:
+            stack.append(int(token))
+    return stack[0]
+
+
+def solve_arithmetic(expression):
+    def parse(pos):
+        value, pos = term(pos)
+        while pos < len(expression) and expression[pos] in "+-":
+            op = expression[pos]
+            rhs, pos = term(pos + 1)
+            value = value + rhs if op == "+" else value - rhs
+        return value, pos
+
+    def term(pos):
+        value, pos = factor(pos)
+        while pos < len(expression) and expression[pos] == "*":
+            rhs, pos = factor(pos + 1)
+            value *= rhs
+        return value, pos
+
+    def factor(pos):
+        if expression[pos] == "(":
+            value, pos = parse(pos + 1)
+            return value, pos + 1
+        end = pos
+        while end < len(expression) and expression[end].isdigit():
+            end += 1
+        return int(expression[pos:end]), end
+
+    return parse(0)[0]
+
+
+def solve_parentheses(text):
+    pairs, stack = {")": "(", "]": "[", "}": "{"}, []
+    for ch in text:
+        if ch in "([{":
+            stack.append(ch)
+        elif not stack or stack.pop() != pairs[ch]:
+            return "no"
+    return "yes" if not stack else "no"
+
+
+def solve_fizzbuzz(n):
+    return "FizzBuzz" if n % 15 == 0 else "Fizz" if n % 3 == 0 else "Buzz" if n % 5 == 0 else str(n)
+
+
+def solve_reverse_string(text):
+    return text[::-1]
+
+
+def solve_is_palindrome(text):
+    return "yes" if text == text[::-1] else "no"
+
+
+def solve_fibonacci(n):
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+def solve_binary_search(x):
+    values, target = x
+    lo, hi = 0, len(values) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if values[mid] == target:
+            return mid
+        if values[mid] < target:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return -1
+
+
+def solve_two_sum(x):
+    values, target = x
+    seen = {}
+    for i, v in enumerate(values):
+        if target - v in seen:
+            return f"{seen[target - v]} {i}"
+        seen.setdefault(v, i)
+    return "none"
+
+
+def solve_max_subarray(values):
+    best = current = values[0]
+    for v in values[1:]:
+        current = max(v, current + v)
+        best = max(best, current)
+    return best
+
+
+def solve_remove_duplicates(values):
+    seen, out = set(), []
+    for v in values:
+        if v not in seen:
+            seen.add(v)
+            out.append(v)
+    return " ".join(map(str, out))
+
+
+SOLUTIONS = {name: globals()[f"solve_{name}"] for name in TYPES}
+
+
+def solution_source(task_type: str) -> str:
+    """The reference solution as standalone code defining ``solve(x)``."""
+    return inspect.getsource(SOLUTIONS[task_type]).replace(f"def solve_{task_type}(", "def solve(", 1)
+
+
+# --- instance generators: input size grows with difficulty ---
+
+
+def _letters(rng, n, alphabet="abcde"):
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def _gen_rpn(rng, d):
+    tokens, depth = [str(rng.randint(1, 9))], 1
+    for _ in range(d):
+        tokens.append(str(rng.randint(1, 9)))
+        tokens.append(rng.choice("+-*"))
+    return tokens, f"Evaluate the RPN expression: {' '.join(tokens)}"
+
+
+def _gen_arithmetic(rng, d):
+    def expr(size):
+        if size <= 1:
+            return str(rng.randint(1, 9))
+        left = rng.randint(1, size - 1)
+        text = f"{expr(left)}{rng.choice('+-*')}{expr(size - left)}"
+        return f"({text})" if rng.random() < 0.3 else text
+
+    expression = expr(d + 1)
+    return expression, f"Compute: {expression}"
+
+
+def _gen_parentheses(rng, d):
+    n = 2 * d
+    stack, out = [], []
+    for _ in range(n):
+        if stack and rng.random() < 0.5:
+            out.append({"(": ")", "[": "]", "{": "}"}[stack.pop()])
+        else:
+            ch = rng.choice("([{")
+            stack.append(ch)
+            out.append(ch)
+    out += [{"(": ")", "[": "]", "{": "}"}[c] for c in reversed(stack)]
+    if rng.random() < 0.5:  # half of them broken
+        i = rng.randrange(len(out))
+        out[i] = rng.choice([c for c in "()[]{}" if c != out[i]])
+    text = "".join(out)
+    return text, f"Are the brackets balanced? {text}"
+
+
+def _gen_fizzbuzz(rng, d):
+    n = rng.randint(1, 15 * d)
+    return n, f"FizzBuzz of {n}?"
+
+
+def _gen_reverse_string(rng, d):
+    text = _letters(rng, d + 2, "abcdefghijklmnopqrstuvwxyz")
+    return text, f"Reverse the string: {text}"
+
+
+def _gen_is_palindrome(rng, d):
+    half = _letters(rng, (d + 3) // 2)
+    text = half + half[::-1][d % 2 :] if rng.random() < 0.5 else _letters(rng, d + 2)
+    return text, f"Is it a palindrome? {text}"
+
+
+def _gen_fibonacci(rng, d):
+    n = rng.randint(0, 3 * d + 2)
+    return n, f"Fibonacci number F({n})?"
+
+
+def _gen_binary_search(rng, d):
+    values = sorted(rng.sample(range(10 * d + 10), d + 3))
+    target = rng.choice(values) if rng.random() < 0.7 else rng.randrange(10 * d + 10)
+    return (values, target), f"Index of {target} in {values} (-1 if absent)?"
+
+
+def _gen_two_sum(rng, d):
+    values = [rng.randint(1, 5 * d + 5) for _ in range(d + 3)]
+    i, j = sorted(rng.sample(range(len(values)), 2))
+    target = values[i] + values[j]
+    return (values, target), f"Two indices in {values} summing to {target}?"
+
+
+def _gen_max_subarray(rng, d):
+    values = [rng.randint(-9, 9) for _ in range(d + 3)]
+    return values, f"Maximum subarray sum of {values}?"
+
+
+def _gen_remove_duplicates(rng, d):
+    values = [rng.randint(1, d + 3) for _ in range(d + 4)]
+    return values, f"Remove duplicates, keep order: {' '.join(map(str, values))}"
+
+
+GENERATORS = {name: globals()[f"_gen_{name}"] for name in TYPES}
+
+
+def make_task(seed: int, task_type: str, difficulty: int, index: int) -> Task:
+    rng = random.Random(f"{seed}:{task_type}:{difficulty}:{index}")
+    x, prompt = GENERATORS[task_type](rng, difficulty)
+    answer = str(SOLUTIONS[task_type](x))
+    return Task(f"{task_type}-d{difficulty}-s{seed}-{index}", task_type, difficulty, prompt, answer, x)
+
+
+def generate_suite(seed: int, per_cell: int, types=TYPES, difficulties=DIFFICULTIES, exclude: set[str] = frozenset()) -> list[Task]:
+    """``per_cell`` distinct tasks for every (type, difficulty), none with a prompt in ``exclude``.
+
+    Small cells (fizzbuzz at difficulty 1 has 15 inputs) may yield fewer: generation
+    stops after a bounded number of draws rather than loop forever.
+    """
+    tasks = []
+    for task_type in types:
+        for difficulty in difficulties:
+            seen = set(exclude)
+            made = 0
+            for index in range(per_cell * 20):
+                if made == per_cell:
+                    break
+                task = make_task(seed, task_type, difficulty, index)
+                if task.prompt in seen:
+                    continue
+                seen.add(task.prompt)
+                tasks.append(task)
+                made += 1
+    return tasks
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().strip(".")).lower()
+
+
+def verify(task: Task, text: str | None) -> bool:
+    """True when ``text`` (the content of the model's answer) is a right answer: the
+    reference answer, or for two_sum any pair of distinct indices that sums to the target."""
+    if text is None:
+        return False
+    if task.type == "two_sum" and task.answer != "none":
+        values, target = task.x
+        parts = normalise(text).split()
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            return False
+        i, j = map(int, parts)
+        return i != j and max(i, j) < len(values) and values[i] + values[j] == target
+    return normalise(text) == normalise(task.answer)
