@@ -28,6 +28,9 @@ setup(
         "peft",
         "matplotlib",
         "tqdm",
+        "bm25s",
+        "httpx",
+        "orjson",
     ],
     extras_require={
         "gpu": ["vllm", "flash-attn"],
