@@ -33,7 +33,7 @@ def _name(rng: random.Random, used: set[str], parts: int) -> str:
             return name
 
 
-def build_world(seed: int = 0, n_countries: int = 8, cities_per_country: int = 4, n_people: int = 120) -> dict:
+def build_world(seed: int = 0, n_countries: int = 8, cities_per_country: int = 4, n_people: int = 300) -> dict:
     """{"documents": [{"title", "content"}], "facts": {entity: {relation: value}}}."""
     rng = random.Random(seed)
     used: set[str] = set()

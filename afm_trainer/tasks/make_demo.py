@@ -1,0 +1,100 @@
+"""Write the demo world: trajectories for training and held-out sets for evaluation.
+
+    python -m afm_trainer.tasks.make_demo --out DIR [--n_train 600] [--n_heldout 200] [--seed 42]
+        [--heldout_seed 999] [--wrong 0.05] [--malformed 0.03] [--yes_ratio 0.5]
+
+DIR/world/corpus.jsonl                 the QA world's documents (serve it with search_server)
+DIR/traces/search_agent.jsonl          multi-hop QA traces with real search results
+DIR/traces/agent_chain.jsonl           Planner -> Coder -> Reviewer (sandbox-checked)
+DIR/traces/teacher_cot.jsonl           question, answer, student draft, teacher reasoning
+DIR/heldout/algorithmic.jsonl          held-out algorithmic tasks (prompt, answer, type, difficulty)
+DIR/heldout/qa.jsonl                   held-out multi-hop questions (question, answer, hops)
+DIR/manifest.json                      seeds, counts, noise
+Held-out instances come from another seed and are removed from the training pools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import asdict
+
+from afm_trainer.tasks.algorithmic import generate_suite
+from afm_trainer.tasks.qa_world import build_world, make_questions, questions_to_jsonl, save_world
+from afm_trainer.tasks.teacher import Noise, agent_chain_record, balance_yes_no, search_agent_record, teacher_cot_record
+from afm_trainer.tools.search import SearchIndex
+
+
+def _write_jsonl(path: str, records) -> int:
+    count = 0
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+            count += 1
+    os.replace(path + ".tmp", path)
+    return count
+
+
+def make_demo(out: str, n_train: int = 600, n_heldout: int = 200, seed: int = 42, heldout_seed: int = 999,
+              noise: Noise = Noise(0.05, 0.03), yes_ratio: float | None = 0.5, world_seed: int = 0) -> dict:  # fmt: skip
+    started = time.time()
+    for folder in ("world", "traces", "heldout"):
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+    rng = random.Random(seed)
+
+    world = build_world(world_seed)
+    save_world(world, os.path.join(out, "world", "corpus.jsonl"))
+    index = SearchIndex(world["documents"])
+    qa_heldout = make_questions(world, heldout_seed, n_heldout)
+    qa_train = make_questions(world, seed, n_train, exclude={q.question for q in qa_heldout})
+    questions_to_jsonl(qa_heldout, os.path.join(out, "heldout", "qa.jsonl"))
+
+    cells = 11 * 10  # types x difficulties
+    algo_heldout = generate_suite(heldout_seed, max(1, n_heldout // cells))
+    algo_train = generate_suite(seed, max(1, -(-n_train // cells)), exclude={t.prompt for t in algo_heldout})
+    algo_train = balance_yes_no(algo_train, yes_ratio, rng)
+    _write_jsonl(os.path.join(out, "heldout", "algorithmic.jsonl"),
+                 ({"id": t.task_id, "prompt": t.prompt, "answer": t.answer, "type": t.type, "difficulty": t.difficulty}
+                  for t in algo_heldout))  # fmt: skip
+
+    counts = {
+        "search_agent": _write_jsonl(os.path.join(out, "traces", "search_agent.jsonl"),
+                                     (search_agent_record(q, index, rng, noise.draw(rng)) for q in qa_train)),
+        "agent_chain": _write_jsonl(os.path.join(out, "traces", "agent_chain.jsonl"),
+                                    (agent_chain_record(t, rng, noise.draw(rng)) for t in algo_train)),
+        "teacher_cot": _write_jsonl(os.path.join(out, "traces", "teacher_cot.jsonl"),
+                                    (teacher_cot_record(t, rng, noise.draw(rng)) for t in algo_train)),
+        "heldout_algorithmic": len(algo_heldout),
+        "heldout_qa": len(qa_heldout),
+    }  # fmt: skip
+    manifest = {"seed": seed, "heldout_seed": heldout_seed, "world_seed": world_seed, "noise": asdict(noise),
+                "yes_ratio": yes_ratio, "counts": counts, "seconds": round(time.time() - started, 1)}  # fmt: skip
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+    return manifest
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Write the demo world's trajectories and held-out sets.")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n_train", type=int, default=600, help="training trajectories per format (about)")
+    parser.add_argument("--n_heldout", type=int, default=200, help="held-out items per suite (about)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--heldout_seed", type=int, default=999)
+    parser.add_argument("--wrong", type=float, default=0.05, help="fraction of records with a wrong answer")
+    parser.add_argument("--malformed", type=float, default=0.03, help="fraction of malformed records")
+    parser.add_argument("--yes_ratio", type=float, default=0.5, help="share of 'yes' among yes/no tasks")
+    args = parser.parse_args(argv)
+    if args.seed == args.heldout_seed:
+        parser.error("--seed and --heldout_seed must differ")
+    manifest = make_demo(args.out, args.n_train, args.n_heldout, args.seed, args.heldout_seed,
+                         Noise(args.wrong, args.malformed), args.yes_ratio)  # fmt: skip
+    print(json.dumps(manifest["counts"]), f"in {manifest['seconds']} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
