@@ -158,12 +158,16 @@ def device_env(nproc: int, gpus: int) -> dict[str, str]:
     return {"VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": str(threads)}
 
 
-def build_sft(args: RecipeArgs) -> Launch:
-    """Check an SFT recipe's arguments and build its torchrun command."""
+def build_sft(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
+    """Check an SFT recipe's arguments and build its torchrun command.
+
+    ``inputs_exist=False`` (dry runs of multi-phase recipes) skips the checks of a model
+    and data files that earlier steps have not produced yet."""
     model = args.get("MODEL")
     if not model:
         raise RecipeError("MODEL is not set (MODEL=path/to/hf_model)")
-    check_model(model)
+    if inputs_exist:
+        check_model(model)
     if os.path.isdir(model):
         model = os.path.abspath(model)
     train_files = [f for f in (args.get("TRAIN_FILES") or "").split(",") if f]
@@ -172,8 +176,9 @@ def build_sft(args: RecipeArgs) -> Launch:
     val_files = [f for f in (args.get("VAL_FILES") or "").split(",") if f]
     custom_cls = override_value(args.overrides, "data.custom_cls.path")
     column = None if custom_cls not in (None, "null") else (override_value(args.overrides, "data.messages_key") or "messages")
-    check_parquet_files(train_files, "TRAIN_FILES", column)
-    check_parquet_files(val_files, "VAL_FILES", column)
+    if inputs_exist:
+        check_parquet_files(train_files, "TRAIN_FILES", column)
+        check_parquet_files(val_files, "VAL_FILES", column)
     train_files, val_files = [os.path.abspath(f) for f in train_files], [os.path.abspath(f) for f in val_files]
 
     gpus = visible_gpus()
