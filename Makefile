@@ -25,7 +25,7 @@ $(STAMP): setup.py
 	@touch $@
 
 demo: install
-	$(PY) -m afm_trainer.demo --out $(DEMO_OUT)
+	bash recipes/train_progressive.sh 1 $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -q tests

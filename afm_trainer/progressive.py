@@ -10,6 +10,10 @@ by modification time). Re-running the same command skips finished phases (each l
 same line a real run prints before running it; a model that an earlier phase has not
 produced yet appears as ``DIR/global_step_LATEST/huggingface``.
 
+With no MODEL and no data, the embedded default runs: the tiny model and the demo
+world are built, trained through the three phases, evaluated on held-out sets before
+and after each phase, and reported in OUT_DIR/report.md (see afm_trainer/demo.py).
+
 Data: ``DATA_DIR`` as written by ``data_preprocess/run_pipeline.sh``
 (``{multiturn,summary_only,summary_prefix}/{train,val}.parquet``), or per phase
 ``PHASE{N}_TRAIN_FILES`` / ``PHASE{N}_VAL_FILES``. Per-phase ``PHASE{N}_LR`` (defaults
@@ -95,10 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_recipe_args(argv, KEYS)
         dry_run = args.get("DRY_RUN", "0") not in ("0", "false")
+        embedded = not any(args.get(k) for k in ("MODEL", "DATA_DIR", "PHASE1_TRAIN_FILES"))
+        if embedded:  # no model, no data: the demo world, end to end (afm_trainer/demo.py)
+            from afm_trainer import demo
+
+            paths = demo.embedded_paths(args.out_dir) if dry_run else demo.prepare(args.out_dir)
+            args.keys = {**demo.embedded_keys(paths), **args.keys}
+            stage_results = {} if dry_run else {"untrained": demo.evaluate_stage(args.out_dir, "untrained", paths["model"])}
         model = args.get("MODEL")
         if not model:
             raise RecipeError("MODEL is not set (MODEL=path/to/hf_model)")
-        model_exists = True
+        model_exists = not (embedded and dry_run)  # a dry run of the demo has built nothing yet
         for phase in PHASES:
             this = phase_args(args, phase, model)
             marker = os.path.join(this.out_dir, COMPLETE_MARKER)
@@ -115,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                         json.dump({"phase": phase.number, "checkpoint": latest_complete(this.out_dir)}, f)
                     os.replace(marker + ".tmp", marker)
             model, model_exists = start_model(this.out_dir)
+            if embedded and not dry_run:
+                stage_results[phase.folder] = demo.evaluate_stage(args.out_dir, phase.folder, model)
         if not dry_run:
             print(f"final model: {model}", flush=True)
+            if embedded:
+                demo.write_report(args.out_dir, stage_results)
         return 0
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)

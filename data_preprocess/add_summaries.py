@@ -17,7 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+
+from afm_trainer.data.parquet_io import InputError, read_table, write_rows  # noqa: E402
 
 from afm_trainer.data.summaries import OpenAISummarizer, extractive_summary  # noqa: E402
 
@@ -36,12 +37,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache_dir", default=None)
     args = parser.parse_args(argv)
     try:
-        table = pq.read_table(args.input_file)
-    except Exception as exc:
-        print(f"error: cannot read {args.input_file}: {exc}", file=sys.stderr)
-        return 1
-    if "messages" not in table.column_names:
-        print(f"error: {args.input_file} has no `messages` column", file=sys.stderr)
+        table = read_table(args.input_file, "messages", "convert it with convert_traces.py --mode stepwise")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     rows = table.to_pylist()
     contexts = [row["messages"][:-1] for row in rows]
@@ -60,9 +58,7 @@ def main(argv=None) -> int:
                 rejects.write(json.dumps({"where": f"row {index}", "reason": str(result), "record": row}, default=str) + "\n")
             else:
                 kept.append({**row, "summary": result})
-    schema = table.schema.append(pa.field("summary", pa.string()))
-    pq.write_table(pa.Table.from_pylist(kept, schema=schema), args.output_file + ".tmp")
-    os.replace(args.output_file + ".tmp", args.output_file)
+    write_rows(kept, table.schema.append(pa.field("summary", pa.string())), args.output_file)
     os.replace(args.output_file + ".rejects.jsonl.tmp", args.output_file + ".rejects.jsonl")
     print(f"{len(rows)} samples: {len(kept)} summarised, {rejected} rejected (see {args.output_file}.rejects.jsonl)")
     return 0

@@ -14,9 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
+from afm_trainer.data.parquet_io import InputError, read_table, write_rows  # noqa: E402
 from afm_trainer.data.splits import split_by_trajectory  # noqa: E402
 
 
@@ -28,8 +26,7 @@ def write_split(rows, schema, out_dir, name, shards):
         parts = [(f"{name}-{k:05d}-of-{shards:05d}.parquet", rows[k::shards]) for k in range(shards)]
     for filename, part in parts:
         path = os.path.join(out_dir, filename)
-        pq.write_table(pa.Table.from_pylist(part, schema=schema), path + ".tmp")
-        os.replace(path + ".tmp", path)
+        write_rows(part, schema, path)
         paths.append(path)
     return paths
 
@@ -46,12 +43,9 @@ def main(argv=None) -> int:
         print(f"error: --val_ratio must be in [0, 1), got {args.val_ratio}", file=sys.stderr)
         return 1
     try:
-        table = pq.read_table(args.input_file)
-    except Exception as exc:
-        print(f"error: cannot read {args.input_file}: {exc}", file=sys.stderr)
-        return 1
-    if "trajectory_id" not in table.column_names:
-        print(f"error: {args.input_file} has no `trajectory_id` column (convert it with convert_traces.py)", file=sys.stderr)
+        table = read_table(args.input_file, "trajectory_id", "convert it with convert_traces.py")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     train, val = split_by_trajectory(table.to_pylist(), args.val_ratio, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)

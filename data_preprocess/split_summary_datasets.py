@@ -13,15 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
+from afm_trainer.data.parquet_io import InputError, read_table, write_rows  # noqa: E402
 from afm_trainer.data.splits import summary_only, summary_prefix  # noqa: E402
-
-
-def write(rows, schema, path):
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path + ".tmp")
-    os.replace(path + ".tmp", path)
 
 
 def main(argv=None) -> int:
@@ -31,16 +24,13 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dataset2", required=True, help="summary-only parquet")
     args = parser.parse_args(argv)
     try:
-        table = pq.read_table(args.input_file)
-    except Exception as exc:
-        print(f"error: cannot read {args.input_file}: {exc}", file=sys.stderr)
-        return 1
-    if "summary" not in table.column_names:
-        print(f"error: {args.input_file} has no `summary` column (run add_summaries.py first)", file=sys.stderr)
+        table = read_table(args.input_file, "summary", "run add_summaries.py first")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     rows = table.to_pylist()
-    write([summary_prefix(r) for r in rows], table.schema, args.output_dataset1)
-    write([summary_only(r) for r in rows], table.schema, args.output_dataset2)
+    write_rows([summary_prefix(r) for r in rows], table.schema, args.output_dataset1)
+    write_rows([summary_only(r) for r in rows], table.schema, args.output_dataset2)
     print(f"{len(rows)} samples -> {args.output_dataset1}, {args.output_dataset2}")
     return 0
 

@@ -37,3 +37,17 @@ def run_recipe(*args, env=None, timeout=300):
         timeout=timeout,
         env={**os.environ, "PYTHON": sys.executable, **(env or {})},
     )
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a crash or preemption would
+    (torchrun starts its workers in sessions of their own, so a process group is not enough)."""
+    import signal
+
+    import psutil
+
+    root = psutil.Process(pid)
+    tree = root.children(recursive=True) + [root]
+    for process in tree:
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=30)

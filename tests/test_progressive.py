@@ -1,19 +1,15 @@
 """recipes/train_progressive.sh: phases, latest complete checkpoints, resume, DRY_RUN, nodes."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from afm_trainer.checkpoints import TRACKER_FILE, latest_complete, tracked_step
-from afm_trainer.data.convert import convert
-from afm_trainer.data.splits import split_by_trajectory
-from tests.conftest import REPO, run_recipe
+from tests.conftest import REPO, kill_tree
 from tests.test_convert_traces import SEARCH, write_jsonl
 
 RECIPE = os.path.join(REPO, "recipes", "train_progressive.sh")
@@ -84,10 +80,7 @@ def test_dry_run_prints_what_the_real_run_runs_and_resume_after_kill(tmp_path, n
     for line in child.stdout:
         seen.append(line)
         if "Updated checkpoint tracker" in line and "phase2_summary_only" in line:
-            tree = psutil.Process(child.pid).children(recursive=True) + [psutil.Process(child.pid)]
-            for process in tree:
-                process.send_signal(signal.SIGKILL)
-            psutil.wait_procs(tree, timeout=30)
+            kill_tree(child.pid)
             break
     child.wait()
     phase2 = out / "phase2_summary_only"

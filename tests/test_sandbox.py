@@ -8,7 +8,6 @@ import sys
 import threading
 import uuid
 
-import pytest
 
 from afm_trainer.tools.sandbox import FIRST_UID, run_python
 

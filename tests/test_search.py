@@ -1,7 +1,5 @@
 """The QA world and its search tool, in-process and as an HTTP server under load."""
 
-import json
-import os
 import socket
 import subprocess
 import sys

@@ -1,12 +1,10 @@
 """recipes/train_sft.sh end to end on CPU: verl's SFT trainer, FSDP2, gloo ranks."""
 
 import os
-import signal
 import subprocess
 import sys
 
 import pandas as pd
-import psutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -14,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from afm_trainer.checkpoints import latest_complete, tracked_step
 from afm_trainer.eval.lm import assistant_loss
 from afm_trainer.metrics import read_metrics
-from tests.conftest import REPO, run_recipe
+from tests.conftest import REPO, kill_tree, run_recipe
 
 # 192 rows / batch 16 = 12 steps; a checkpoint every 4.
 COMMON = ["optim.lr=1e-3", "trainer.total_epochs=1", "trainer.save_freq=4", "optim.lr_warmup_steps_ratio=0.1"]
@@ -84,11 +82,7 @@ def test_resume_after_kill_continues_step_count_and_lr_schedule(tmp_path, full_r
     )
     for line in child.stdout:  # a crash right after the first checkpoint: every process dies
         if "Updated checkpoint tracker" in line:
-            # torchrun starts its workers in sessions of their own, so kill the whole tree.
-            tree = psutil.Process(child.pid).children(recursive=True) + [psutil.Process(child.pid)]
-            for process in tree:
-                process.send_signal(signal.SIGKILL)
-            psutil.wait_procs(tree, timeout=30)
+            kill_tree(child.pid)
             break
     child.wait()
     killed_at = tracked_step(str(out))

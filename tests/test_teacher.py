@@ -1,7 +1,6 @@
 """The scripted teacher and make_demo: right by construction, noisy on request."""
 
 import json
-import os
 import random
 import subprocess
 import sys

@@ -23,6 +23,7 @@ import orjson  # verl's own dependency; parses JSON lines ~2x faster than json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from afm_trainer.data.parquet_io import InputError
 from afm_trainer.traces.formats import FORMATS, TraceError, preference_pair, to_samples
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
@@ -74,10 +75,6 @@ class SampleBuffer:
         arrays += [pa.array(self.columns[f.name], f.type) for f in SCHEMA if f.name != "messages"]
         writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
         self.__init__()
-
-
-class InputError(Exception):
-    """The input file as a whole cannot be read (one line for the user, exit 1)."""
 
 
 def read_records(path: str) -> Iterator[tuple[str, object]]:

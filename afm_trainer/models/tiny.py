@@ -19,7 +19,7 @@ import os
 import random
 from dataclasses import asdict, dataclass
 
-from afm_trainer.models.special_tokens import CONTROL_TOKENS, END_OF_TEXT, IM_END, PROJECT_TOKENS, add_project_tokens
+from afm_trainer.models.special_tokens import CONTROL_TOKENS, END_OF_TEXT, IM_END, add_project_tokens
 
 # ChatML, the template of Qwen2 instruct models, without a default system prompt.
 # `tool` turns keep their role name so tool output is visibly not the model's speech.

@@ -163,7 +163,7 @@ def _letters(rng, n, alphabet="abcde"):
 
 
 def _gen_rpn(rng, d):
-    tokens, depth = [str(rng.randint(1, 9))], 1
+    tokens, _depth = [str(rng.randint(1, 9))], 1
     for _ in range(d):
         tokens.append(str(rng.randint(1, 9)))
         tokens.append(rng.choice("+-*"))

@@ -7,7 +7,7 @@ DIR/world/corpus.jsonl                 the QA world's documents (serve it with s
 DIR/traces/search_agent.jsonl          multi-hop QA traces with real search results
 DIR/traces/agent_chain.jsonl           Planner -> Coder -> Reviewer (sandbox-checked)
 DIR/traces/teacher_cot.jsonl           question, answer, student draft, teacher reasoning
-DIR/heldout/algorithmic.jsonl          held-out algorithmic tasks (prompt, answer, type, difficulty)
+DIR/heldout/algorithmic.jsonl          held-out algorithmic tasks (prompt, answer, type, difficulty, x)
 DIR/heldout/qa.jsonl                   held-out multi-hop questions (question, answer, hops)
 DIR/manifest.json                      seeds, counts, noise
 Held-out instances come from another seed and are removed from the training pools.
@@ -57,7 +57,7 @@ def make_demo(out: str, n_train: int = 600, n_heldout: int = 200, seed: int = 42
     algo_train = generate_suite(seed, max(1, -(-n_train // cells)), exclude={t.prompt for t in algo_heldout})
     algo_train = balance_yes_no(algo_train, yes_ratio, rng)
     _write_jsonl(os.path.join(out, "heldout", "algorithmic.jsonl"),
-                 ({"id": t.task_id, "prompt": t.prompt, "answer": t.answer, "type": t.type, "difficulty": t.difficulty}
+                 ({"id": t.task_id, "prompt": t.prompt, "answer": t.answer, "type": t.type, "difficulty": t.difficulty, "x": t.x}
                   for t in algo_heldout))  # fmt: skip
 
     counts = {

@@ -1,0 +1,38 @@
+"""python -m afm_trainer.eval and its scoring."""
+
+import json
+import subprocess
+import sys
+
+from afm_trainer.eval.scoring import _summarise, majority_baseline
+
+
+def test_collapse_to_one_answer_is_visible_in_the_label_distribution():
+    rows = [{"type": "parentheses", "difficulty": 1, "gold": g, "predicted": "no", "correct": g == "no"}
+            for g in ["yes"] * 6 + ["no"] * 4]  # fmt: skip
+    summary = _summarise(rows, "type")
+    assert summary["accuracy"] == 0.4 and summary["format_valid"] == 1.0
+    assert summary["label_distribution"]["gold"] == {"yes": 6, "no": 4}
+    assert summary["label_distribution"]["predicted"]["no"] == 10 and summary["label_distribution"]["predicted"]["yes"] == 0
+
+
+def test_majority_baseline_uses_the_training_majority_per_group():
+    rows = [{"type": "t", "gold": "yes"}, {"type": "t", "gold": "no"}, {"type": "u", "gold": "3"}]
+    assert majority_baseline({"t": ["yes", "yes", "no"], "u": ["4"]}, rows, "type") == 1 / 3
+
+
+def test_eval_cli_on_both_suites(tmp_path, nano_model):
+    from afm_trainer.tasks.make_demo import make_demo
+
+    world = tmp_path / "world"
+    make_demo(str(world), n_train=20, n_heldout=110)
+    for suite, data, n in (("algorithmic", "algorithmic.jsonl", 110), ("qa", "qa.jsonl", 110)):
+        out = tmp_path / f"eval_{suite}"
+        result = subprocess.run([sys.executable, "-m", "afm_trainer.eval", "--model", nano_model, "--suite", suite,
+                                 "--data", str(world / "heldout" / data), "--out", str(out), "--max_new_tokens", "8"],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        results = json.load(open(out / "results.json"))
+        assert results["n"] == n and 0 <= results["accuracy"] <= 1
+        assert sum(1 for _ in open(out / "predictions.jsonl")) == n
+        assert f"{suite}: accuracy" in result.stdout
