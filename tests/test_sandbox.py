@@ -72,15 +72,16 @@ def _accept(listener):
         return None
 
 
-def test_writes_outside_its_folder_never_reach_the_host(tmp_path):
+def test_writes_outside_its_folder_never_reach_the_host():
     marker = f"/tmp/afm_escape_{uuid.uuid4().hex}"
-    repo_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ESCAPED")
-    code = f"open({marker!r}, 'w').write('x')\nprint('tmp written')\nopen({repo_file!r}, 'w').write('x')"
+    system_file = f"/usr/local/afm_escape_{uuid.uuid4().hex}"  # a folder that exists for it, owned by root
+    code = f"open({marker!r}, 'w').write('x')\nprint('tmp written')\nopen({system_file!r}, 'w').write('x')"
     result = run_python(code)
     assert result.status == "blocked", result.stderr
+    assert "PermissionError" in result.stderr
     assert "tmp written" in result.stdout  # its /tmp is a private one...
     assert not os.path.exists(marker)  # ...that the host never sees
-    assert not os.path.exists(repo_file)
+    assert not os.path.exists(system_file)
 
 
 def test_huge_output_is_truncated_and_flagged():
