@@ -1,6 +1,6 @@
 # make demo   - install what is missing, then run the main job on the embedded default
 # make test   - install what is missing, then run the test suite
-# make bench  - run the benchmarks (slow; prints ratios against peers)
+# make bench  - run the benchmarks (slow; each prints ratios against a peer run beside it)
 #
 # Everything goes into .venv (created when missing). torch is installed first and
 # pinned: torch==2.13.0 is a CPU wheel on this kind of machine, while an unpinned torch
@@ -32,6 +32,8 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_sft.py
+	$(PY) benchmarks/bench_convert.py
+	$(PY) benchmarks/bench_sandbox.py
 
 clean:
 	rm -rf out .pytest_cache
