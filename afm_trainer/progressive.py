@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         for phase in PHASES:
             this = phase_args(args, phase, model)
             marker = os.path.join(this.out_dir, COMPLETE_MARKER)
-            if os.path.exists(marker) and not dry_run:
+            if os.path.exists(marker):  # a dry run reports it too: a real run would skip it
                 print(f"[phase {phase.number}] complete ({this.out_dir}), skipping", flush=True)
             else:
                 if not model_exists and not dry_run:
