@@ -105,6 +105,11 @@ def test_dry_run_prints_what_the_real_run_runs_and_resume_after_kill(tmp_path, n
         for line in planned
     ]  # fmt: skip
     assert real == set(expected) and len(expected) == 3
+
+    # A dry run of the finished recipe shows what a real re-run would do: nothing.
+    again = progressive(*args, "DRY_RUN=1")
+    assert again.returncode == 0 and not command_lines(again.stdout)
+    assert again.stdout.count("complete (") == 3
     assert "phase3_summary_prefix" in expected[2] and phase2_export in expected[2]
 
 
