@@ -40,7 +40,6 @@ def embedded_paths(out_dir: str) -> dict:
 def prepare(out_dir: str, n_train: int = 600) -> dict:
     """Build model, world and training sets (each skipped when already complete)."""
     from afm_trainer.data.convert import convert
-    from afm_trainer.data.splits import split_by_trajectory
     from afm_trainer.models.tiny import build_tiny_model
     from afm_trainer.tasks.make_demo import make_demo
 
@@ -68,15 +67,8 @@ def prepare(out_dir: str, n_train: int = 600) -> dict:
                 record = json.loads(line)
                 record.pop("student_draft", None)
                 g.write(json.dumps(record) + "\n")
-        converted = os.path.join(paths["algorithmic"], "all.parquet")
-        convert(no_drafts, converted, "teacher_cot", "multiturn", min_score=0.5)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(converted)
-        train, _ = split_by_trajectory(table.to_pylist(), 0.0, seed=42)  # held-out tasks are separate already
-        pq.write_table(pa.Table.from_pylist(train, schema=table.schema), algo_train + ".tmp")
-        os.replace(algo_train + ".tmp", algo_train)
+        # Held-out tasks come from another seed already, so every converted row is training data.
+        convert(no_drafts, algo_train, "teacher_cot", "multiturn", min_score=0.5)
     return paths
 
 
