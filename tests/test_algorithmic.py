@@ -5,7 +5,7 @@ import json
 import pytest
 
 from afm_trainer.tasks.algorithmic import (
-    DIFFICULTIES, TYPES, generate_suite, make_task, solution_source, verify,
+    DIFFICULTIES, TYPES, generate_suite, make_task, solution_source, verify, worked_solution,
 )  # fmt: skip
 from afm_trainer.tools.sandbox import run_python
 
@@ -49,3 +49,25 @@ def test_reference_solution_passes_its_tests_in_the_sandbox(task_type):
     assert result.status == "ok", result.stderr
     outputs = [json.loads(line) for line in result.stdout.splitlines()]
     assert all(verify(t, out) for t, out in zip(cases, outputs))
+
+
+def _checked_steps(task, text):
+    """The final value the worked solution arrives at, with every arithmetic step
+    ("a+b=c", "a*b=c") re-computed on the way."""
+    import re
+
+    for a, op, b, c in re.findall(r"(-?\d+)([-+*])(-?\d+)=(-?\d+)", text):
+        a, b, c = int(a), int(b), int(c)
+        assert c == (a + b if op == "+" else a - b if op == "-" else a * b), (task, text)
+    if task.type == "reverse_string":
+        return text.split("Backwards: ")[1].rstrip(".").replace(" ", "")
+    if task.type == "arithmetic":
+        return text.rsplit("= ", 1)[-1]
+    last = re.split(r"(?:So|Kept:|found at|absent,|=|: |\. )\s*", text.strip().rstrip("."))[-1]
+    return last
+
+
+def test_worked_solutions_are_correct_steps_ending_in_the_answer():
+    for task in generate_suite(11, 3):
+        text = worked_solution(task)
+        assert verify(task, _checked_steps(task, text)), (task, text)

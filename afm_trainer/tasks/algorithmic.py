@@ -289,8 +289,149 @@ def verify(task: Task, text: str | None) -> bool:
     if task.type == "two_sum" and task.answer != "none":
         values, target = task.x
         parts = normalise(text).split()
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        # isascii: "²" is a digit to isdigit() but not to int(); model output must not raise
+        if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
             return False
         i, j = map(int, parts)
         return i != j and max(i, j) < len(values) and values[i] + values[j] == target
     return normalise(text) == normalise(task.answer)
+
+
+# --- worked solutions: the teacher's step-by-step reasoning, one short step per line ---
+# A 4M-parameter student cannot compute an answer in one jump; it can follow small steps
+# it has seen worked out (digits are single tokens, letters are spaced to be single tokens).
+
+
+def _work_rpn(tokens):
+    stack, steps = [], []
+    for token in tokens:
+        if token in "+-*":
+            b, a = stack.pop(), stack.pop()
+            value = a + b if token == "+" else a - b if token == "-" else a * b
+            steps.append(f"{a}{token}{b}={value}")
+            stack.append(value)
+        else:
+            stack.append(int(token))
+    return ". ".join(steps) + "."
+
+
+def _work_arithmetic(expression):
+    """Rewrite the expression one operation at a time: innermost brackets first,
+    then * before + and -, left to right."""
+    token = re.compile(r"\d+|[-+*()]")
+    items = token.findall(expression)
+    lines = []
+
+    def reduce_once(seq):
+        for i in range(1, len(seq) - 1):
+            if seq[i] == "*":
+                return seq[: i - 1] + [str(int(seq[i - 1]) * int(seq[i + 1]))] + seq[i + 2 :]
+        op, a, b = seq[1], int(seq[0]), int(seq[2])
+        return [str(a + b if op == "+" else a - b)] + seq[3:]
+
+    while len(items) > 1:
+        if "(" in items:
+            close = items.index(")")
+            open_ = max(i for i in range(close) if items[i] == "(")
+            inner = reduce_once(items[open_ + 1 : close])
+            if len(inner) == 1:  # a bracket holding one number goes away in the same step
+                items = items[:open_] + inner + items[close + 1 :]
+            else:
+                items = items[: open_ + 1] + inner + items[close:]
+        else:
+            items = reduce_once(items)
+        lines.append("".join(items))
+    return " = ".join([expression] + lines)
+
+
+def _work_parentheses(text):
+    """After each bracket, what is still open ("-" for nothing)."""
+    pairs, stack, steps = {")": "(", "]": "[", "}": "{"}, [], []
+    for ch in text:
+        if ch in "([{":
+            stack.append(ch)
+        elif not stack or stack[-1] != pairs[ch]:
+            return " ".join(steps + [f"{ch}:mismatch"]) + ". no."
+        else:
+            stack.pop()
+        steps.append(f"{ch}:{''.join(stack) or '-'}")
+    return " ".join(steps) + (". yes." if not stack else ". open left. no.")
+
+
+def _work_fizzbuzz(n):
+    return f"{n} mod 3 = {n % 3}. {n} mod 5 = {n % 5}. So {solve_fizzbuzz(n)}."
+
+
+def _spaced(text):
+    return " ".join(text)
+
+
+def _work_reverse_string(text):
+    return f"Letters: {_spaced(text)}. Backwards: {_spaced(text[::-1])}."
+
+
+def _work_is_palindrome(text):
+    same = text == text[::-1]
+    return f"Letters: {_spaced(text)}. Backwards: {_spaced(text[::-1])}. {'Same' if same else 'Different'}: {'yes' if same else 'no'}."
+
+
+def _work_fibonacci(n):
+    a, b, values = 0, 1, []
+    for _ in range(n + 1):
+        values.append(a)
+        a, b = b, a + b
+    return "Sequence: " + " ".join(map(str, values)) + f". F({n})={values[-1]}."
+
+
+def _work_binary_search(x):
+    values, target = x
+    lo, hi, steps = 0, len(values) - 1, []
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if values[mid] == target:
+            steps.append(f"lo={lo} hi={hi} mid={mid}: {values[mid]}={target}, found at {mid}")
+            return ". ".join(steps) + "."
+        sign = "<" if values[mid] < target else ">"
+        steps.append(f"lo={lo} hi={hi} mid={mid}: {values[mid]}{sign}{target}")
+        lo, hi = (mid + 1, hi) if sign == "<" else (lo, mid - 1)
+    steps.append(f"lo={lo} hi={hi}: absent, -1")
+    return ". ".join(steps) + "."
+
+
+def _work_two_sum(x):
+    values, target = x
+    seen, steps = {}, []
+    for i, v in enumerate(values):
+        need = target - v
+        if need in seen:
+            steps.append(f"i={i} {v} needs {need}: at {seen[need]}. So {seen[need]} {i}")
+            return ". ".join(steps) + "."
+        steps.append(f"i={i} {v} needs {need}: not seen")
+        seen.setdefault(v, i)
+    return ". ".join(steps) + ". none."
+
+
+def _work_max_subarray(values):
+    best = current = values[0]
+    steps = [f"{values[0]}: cur={current} best={best}"]
+    for v in values[1:]:
+        current = max(v, current + v)
+        best = max(best, current)
+        steps.append(f"{v}: cur={current} best={best}")
+    return ". ".join(steps) + "."
+
+
+def _work_remove_duplicates(values):
+    seen, steps = set(), []
+    for v in values:
+        steps.append(f"{v} {'seen' if v in seen else 'new'}")
+        seen.add(v)
+    return ". ".join(steps) + f". Kept: {solve_remove_duplicates(values)}."
+
+
+WORKED = {name: globals()[f"_work_{name}"] for name in TYPES}
+
+
+def worked_solution(task: Task) -> str:
+    """The teacher's reasoning for ``task``: the steps of the reference solution."""
+    return WORKED[task.type](task.x)

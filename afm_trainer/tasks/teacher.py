@@ -6,7 +6,7 @@ really acting in the demo world (real search results, real sandbox runs).
 - ``agent_chain_record``: Planner plan, Coder solution, Reviewer that runs the solution
   in the sandbox on test cases and reports what happened (seed 001's format);
 - ``teacher_cot_record``: question, answer, a student draft (right or wrong) and the
-  teacher's reasoning (seed 004's format).
+  teacher's step-by-step reasoning (seed 004's format).
 
 ``Noise`` makes a chosen fraction of records wrong (a corrupted answer, score 0) or
 malformed (a field missing or broken), so filtering and rejects meet realistic data.
@@ -18,7 +18,7 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from afm_trainer.tasks.algorithmic import YES_NO_TYPES, Task, make_task, solution_source, verify
+from afm_trainer.tasks.algorithmic import YES_NO_TYPES, Task, make_task, solution_source, verify, worked_solution
 from afm_trainer.tasks.qa_world import Question
 from afm_trainer.tools.sandbox import run_python
 
@@ -130,7 +130,7 @@ def teacher_cot_record(task: Task, rng: random.Random, kind: str = "clean", draf
         "question": task.prompt,
         "answer": answer,
         "student_draft": f"Answer: {draft_answer} - first guess.",
-        "teacher_output": f"The task is {task.type.replace('_', ' ')}. Working it through, the result is {answer}.",
+        "teacher_output": worked_solution(task),
         "score": 0.0 if kind == "wrong" else 1.0,
         "type": task.type,
         "difficulty": task.difficulty,
