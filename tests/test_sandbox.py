@@ -98,3 +98,15 @@ def test_cli_prints_one_json_result(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["status"] == "ok" and result["stdout"] == "42\n" and set(result) >= {"stderr", "returncode", "duration_s"}
+
+
+def test_overlapping_runs_from_threads_do_not_kill_each_other():
+    # verl scores rewards in threads: each run needs its own uid, or one run's final
+    # kill takes down another's processes.
+    from concurrent.futures import ThreadPoolExecutor
+
+    program = "import os, time\ntime.sleep(0.5)\nprint(os.getuid())"
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: run_python(program, timeout_s=10), range(6)))
+    assert [r.status for r in results] == ["ok"] * 6, [(r.status, r.stderr[-200:]) for r in results]
+    assert len({r.stdout.strip() for r in results}) == 6

@@ -35,6 +35,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -85,10 +86,20 @@ def sandbox_python() -> str:
     raise SandboxUnavailable("no Python interpreter that other users may run (tried: " + ", ".join(candidates) + ")")
 
 
-def _next_uid() -> int:
-    # Distinct per process and per run: limits and the final kill apply to this run only.
-    _next_uid.counter = getattr(_next_uid, "counter", 0) + 1
-    return FIRST_UID + (os.getpid() % 10_000) * 100 + _next_uid.counter % 100
+_uid_lock = threading.Lock()
+_uids_in_use: set[int] = set()
+
+
+def _acquire_uid() -> int:
+    """A uid no other run holds, so limits and the final kill apply to this run only.
+    Runs may overlap (verl scores rewards in threads); each process owns 100 uids."""
+    base = FIRST_UID + (os.getpid() % 10_000) * 100
+    with _uid_lock:
+        for uid in range(base, base + 100):
+            if uid not in _uids_in_use:
+                _uids_in_use.add(uid)
+                return uid
+    raise SandboxUnavailable("more than 100 sandboxed runs at once in one process")
 
 
 def _confine(uid: int, code: bytes, memory_mb: int, cpu_s: int, max_procs: int, max_file_mb: int):
@@ -215,7 +226,16 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 512, max_pro
     """Run ``code`` with ``python3 -I`` (isolated mode: no user site, no env paths) in the sandbox."""
     if sys.platform != "linux":
         raise SandboxUnavailable("the sandbox needs Linux namespaces")
-    uid = _next_uid()
+    uid = _acquire_uid()
+    try:
+        return _run_as(uid, code, timeout_s, memory_mb, max_procs, max_output_bytes, max_file_mb)
+    finally:
+        with _uid_lock:
+            _uids_in_use.discard(uid)
+
+
+def _run_as(uid: int, code: str, timeout_s: float, memory_mb: int, max_procs: int, max_output_bytes: int,
+            max_file_mb: int) -> SandboxResult:  # fmt: skip
     started = time.monotonic()
     try:
         process = subprocess.Popen(
