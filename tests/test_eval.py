@@ -17,8 +17,10 @@ def test_collapse_to_one_answer_is_visible_in_the_label_distribution():
 
 
 def test_majority_baseline_uses_the_training_majority_per_group():
-    rows = [{"type": "t", "gold": "yes"}, {"type": "t", "gold": "no"}, {"type": "u", "gold": "3"}]
-    assert majority_baseline({"t": ["yes", "yes", "no"], "u": ["4"]}, rows, "type") == 1 / 3
+    rows = [{"type": "t", "difficulty": 1, "gold": "yes"}, {"type": "t", "difficulty": 2, "gold": "no"},
+            {"type": "u", "difficulty": 1, "gold": "3"}]  # fmt: skip
+    baseline = majority_baseline({"t": ["yes", "yes", "no"], "u": ["4"]}, rows, "type")
+    assert baseline == {"overall": 1 / 3, "by_difficulty": {"1": 0.5, "2": 0.0}}
 
 
 def test_eval_cli_on_both_suites(tmp_path, nano_model):

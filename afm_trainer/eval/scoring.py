@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 
 import torch
 
 from afm_trainer.eval.lm import extract_answer, generate
 from afm_trainer.tasks.algorithmic import Task, normalise, verify
+from afm_trainer.traces.formats import information_text
 
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
+SUMMARY = re.compile(r"<summary>.*?</summary>\s*", re.DOTALL)
 
 
 def _read_jsonl(path: str, limit: int | None) -> list[dict]:
@@ -22,7 +25,11 @@ def _read_jsonl(path: str, limit: int | None) -> list[dict]:
 @torch.no_grad()
 def run_search_agent(model, tokenizer, questions: list[str], index, max_new_tokens: int, max_searches: int) -> list[str]:
     """Greedy multi-turn rollouts: stop at </search> or end of turn; a search gets the
-    tool's results as a tool turn; returns each conversation's assistant text."""
+    tool's results as a tool turn; returns each conversation's assistant text.
+
+    A summary-prefix model writes ``<summary>...</summary>`` before each step; the
+    summary is kept in the transcript but not in the history the next step sees, since
+    the earlier turns of its training contexts carry none (seed 002's dataset 1)."""
     stop_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(SEARCH_CLOSE)]
     conversations = [[{"role": "user", "content": q}] for q in questions]
     transcripts = [""] * len(questions)
@@ -39,12 +46,11 @@ def run_search_agent(model, tokenizer, questions: list[str], index, max_new_toke
         still = []
         for i, text in zip(active, new):
             transcripts[i] += text
-            conversations[i].append({"role": "assistant", "content": text})
+            conversations[i].append({"role": "assistant", "content": SUMMARY.sub("", text)})
             if SEARCH_OPEN in text and "<answer>" not in text:
                 query = text.rsplit(SEARCH_OPEN, 1)[1].split(SEARCH_CLOSE)[0].strip()
                 docs = index.search([query], 3)[0] if query else []
-                info = "\n".join(f"[{k}] {d['title']}: {d['content']}" for k, d in enumerate(docs, 1))
-                conversations[i].append({"role": "tool", "content": f"<information>{info}</information>"})
+                conversations[i].append({"role": "tool", "content": information_text(docs)})
                 still.append(i)
         active = still
     tokenizer.padding_side = "right"
@@ -110,8 +116,15 @@ def evaluate_suite(model_path: str, suite: str, data: str, corpus: str | None = 
     return {"suite": suite, "model": model_path, **summary, "predictions": rows}
 
 
-def majority_baseline(train_answers: dict[str, list[str]], rows: list[dict], group_key: str) -> float:
-    """Accuracy of always answering the most frequent training answer of the item's group."""
+def majority_baseline(train_answers: dict[str, list[str]], rows: list[dict], group_key: str) -> dict:
+    """Accuracy of always answering the most frequent training answer of the item's
+    group: overall and by difficulty (rows without one count only overall)."""
     majority = {g: Counter(normalise(a) for a in answers).most_common(1)[0][0] for g, answers in train_answers.items() if answers}
-    hits = [majority.get(str(r[group_key])) == r["gold"] for r in rows]
-    return sum(hits) / len(hits) if hits else 0.0
+    hits, by_difficulty = [], defaultdict(list)
+    for r in rows:
+        hit = majority.get(str(r[group_key])) == r["gold"]
+        hits.append(hit)
+        if "difficulty" in r:
+            by_difficulty[int(r["difficulty"])].append(hit)
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    return {"overall": mean(hits), "by_difficulty": {str(d): mean(v) for d, v in sorted(by_difficulty.items())}}

@@ -59,8 +59,10 @@ def _id(record: dict) -> str | None:
     return None if record.get("id") is None else str(record["id"])
 
 
-def format_documents(documents: list[dict]) -> str:
-    return "\n".join(f"[{i}] {d['title']}: {d['content']}" for i, d in enumerate(documents, 1))
+def information_text(documents: list[dict]) -> str:
+    """Search results as the tool turn every part of the project shows the model
+    (training traces, evaluation, the RL tool): one format, so nothing drifts."""
+    return "<information>" + "\n".join(f"[{i}] {d['title']}: {d['content']}" for i, d in enumerate(documents, 1)) + "</information>"
 
 
 def parse_search_agent(record: dict) -> Trajectory:
@@ -88,7 +90,7 @@ def parse_search_agent(record: dict) -> Trajectory:
                 for d in documents
             ):
                 raise TraceError(f"trace[{i}].documents must be a list of {{title, content}}")
-            turns.append({"role": "tool", "content": f"<information>{format_documents(documents)}</information>"})
+            turns.append({"role": "tool", "content": information_text(documents)})
         elif kind == "CorrectAnswer":
             answer = _text(step, "content", f"trace[{i}].")
             pending.append(f"<answer>{answer}</answer>")
