@@ -21,7 +21,14 @@ What running verl's trainers on CPU needs, and where each piece lives
    ``VERL_ENGINE_DEVICE``                                      -> ``PlatformCPU.__init__``
 4. FlashAttention does not exist on CPU -> ``attn_implementation=sdpa``, and FSDP1 wants
    GPU tensors -> ``engine.strategy=fsdp2``: both are settings, kept in
-   ``afm_trainer/config/sft_cpu.yaml`` rather than in code.
+   ``afm_trainer/config/device/cpu.yaml`` and ``rl_device/cpu.yaml`` rather than in code.
+5. verl's RL reference model (forward only) always gets FSDP2's
+   ``CPUOffloadPolicy(pin_memory=True)``, and pinning asks for an accelerator; pinned
+   memory only speeds host-to-device copies, so without a device it is a no-op
+                                                              -> ``_patch_pin_memory``
+6. verl loads the PPO critic (a token-classification model) with
+   ``attn_implementation="flash_attention_2"`` written into the call; on CPU it is
+   loaded with the attention its config names instead (sdpa)  -> ``_patch_value_model_loading``
 """
 
 from __future__ import annotations
@@ -77,6 +84,41 @@ def _patch_init_process_group() -> None:
     torch.distributed.init_process_group = init_process_group
 
 
+def _patch_pin_memory() -> None:
+    """``Tensor.pin_memory()`` returns the tensor itself (only in processes that selected
+    this platform, i.e. have no accelerator to pin for)."""
+    original = torch.Tensor.pin_memory
+    if getattr(original, "_afm_noop", False):
+        return
+
+    def pin_memory(self, *args, **kwargs):
+        return self
+
+    pin_memory._afm_noop = True
+    torch.Tensor.pin_memory = pin_memory
+
+
+def _patch_value_model_loading() -> None:
+    """Replace ``verl.utils.model.load_valuehead_model`` (looked up at call time by verl's
+    FSDP engine) with one that keeps the config's attention implementation."""
+    import verl.utils.model as model_utils
+
+    if getattr(model_utils.load_valuehead_model, "_afm_cpu", False):
+        return
+
+    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+        from transformers import AutoModelForTokenClassification
+
+        attention = getattr(model_config, "_attn_implementation", None) or "sdpa"
+        return AutoModelForTokenClassification.from_pretrained(
+            local_path, torch_dtype=torch_dtype, config=model_config, trust_remote_code=trust_remote_code,
+            attn_implementation="sdpa" if attention.startswith("flash") else attention,
+        )  # fmt: skip
+
+    load_valuehead_model._afm_cpu = True
+    model_utils.load_valuehead_model = load_valuehead_model
+
+
 def _rss_bytes() -> int:
     import psutil
 
@@ -127,6 +169,8 @@ class PlatformCPU(PlatformBase):
 
     def __init__(self):
         _patch_init_process_group()
+        _patch_pin_memory()
+        _patch_value_model_loading()
         # verl's FSDP engine is registered for cuda/npu only but is device-agnostic.
         os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
 
