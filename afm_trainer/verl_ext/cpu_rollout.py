@@ -1,0 +1,344 @@
+"""A CPU rollout backend for verl: ``actor_rollout_ref.rollout.name=hf``.
+
+verl 0.9.1 ships vLLM, SGLang and TensorRT-LLM rollouts, all GPU-only, so its RL trainer
+cannot run on a CPU machine. This module adds one through verl's own registries
+(no edits to verl), which makes the whole RL loop run -- and be tested -- on a laptop:
+
+- ``HFRolloutServer``: a Ray actor holding a Hugging Face copy of the policy. The agent
+  loops call ``generate(prompt_ids, sampling_params, request_id)`` concurrently; the
+  server gathers what arrives within a few milliseconds into one batch and decodes it
+  with a KV cache, honouring each request's temperature, top-k, top-p, max tokens,
+  stop tokens and seed (``rollout.seed`` unless the request carries its own).
+- ``HFRolloutReplica``: verl's ``RolloutReplica`` for it (one server per replica).
+- ``HFRolloutAdapter``: the ``BaseRollout`` that lives in the FSDP worker. After every
+  training step verl hands it the actor's full parameters; every rank drains them (the
+  gather is collective) and the replica's leader ships them to its server, so each
+  rollout samples from the current policy. ``rollout.custom.sync_weights=false`` skips
+  the shipping (the server keeps its start weights): verl's
+  ``training/rollout_probs_diff_mean`` then grows, which is how the sync is tested.
+
+On GPU the same recipes use ``rollout.name=vllm``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+
+from verl.workers.rollout import base as rollout_base
+from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
+
+logger = logging.getLogger(__name__)
+
+NAME = "hf"
+BATCH_WAIT_S = 0.02  # how long the first request of a batch waits for company
+
+
+def _server_name(replica_rank: int) -> str:
+    return f"afm_hf_rollout_server_{replica_rank}"
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    want_logprobs: bool
+    stop_ids: set[int]
+    generator: torch.Generator
+    future: asyncio.Future = field(repr=False)
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus filtering of one row of logits (-inf outside)."""
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop = cumulative - torch.softmax(sorted_logits, -1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def decode_batch(model, requests: list[Request], pad_id: int, should_stop=lambda: False) -> list[dict]:
+    """Decode a batch of left-padded prompts with a KV cache, each row with its own
+    sampling parameters; returns token ids, log-probs and stop reason per request.
+
+    Log-probs are those of the sampled token under softmax(logits / temperature), the
+    distribution verl's actor recomputes (top-k/top-p cut the sampling, not the log-prob).
+    """
+    from transformers import DynamicCache
+
+    width = max(len(r.prompt_ids) for r in requests)
+    ids = torch.full((len(requests), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(requests), width), dtype=torch.long)
+    for row, r in enumerate(requests):
+        ids[row, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+        mask[row, width - len(r.prompt_ids) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
+    outputs = [{"token_ids": [], "log_probs": [], "stop_reason": None} for _ in requests]
+    for _ in range(max(r.max_tokens for r in requests)):
+        logits = logits.float()
+        next_ids = torch.full((len(requests),), pad_id, dtype=torch.long)
+        for row, r in enumerate(requests):
+            out = outputs[row]
+            if out["stop_reason"] is not None:
+                continue
+            greedy = r.temperature <= 0
+            scaled = logits[row] if greedy else logits[row] / r.temperature
+            if greedy:
+                token = int(torch.argmax(scaled))
+            else:
+                probs = torch.softmax(_filter_logits(scaled, r.top_k, r.top_p), -1)
+                token = int(torch.multinomial(probs, 1, generator=r.generator))
+            out["token_ids"].append(token)
+            if r.want_logprobs:
+                out["log_probs"].append(float(torch.log_softmax(scaled, -1)[token]))
+            if token in r.stop_ids or len(out["token_ids"]) >= r.max_tokens:
+                out["stop_reason"] = "completed"  # vLLM's name for both "stop" and "length"
+            next_ids[row] = token
+        if all(o["stop_reason"] is not None for o in outputs):
+            break
+        if should_stop():
+            for o in outputs:
+                o["stop_reason"] = o["stop_reason"] or "aborted"
+            break
+        mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long)], dim=1)
+        positions = positions[:, -1:] + 1
+        logits = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True).logits[:, -1]  # fmt: skip
+    return outputs
+
+
+class HFRolloutServer:
+    """The rollout engine of one replica (a Ray actor; see the module docstring)."""
+
+    def __init__(self, config, model_config, replica_rank: int):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from verl.utils.config import omega_conf_to_dataclass
+        from verl.workers.config import HFModelConfig
+
+        config = omega_conf_to_dataclass(config)
+        model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        self.config, self.replica_rank = config, replica_rank
+        custom = dict(config.custom or {})
+        self.sync_weights = str(custom.get("sync_weights", True)).lower() not in ("false", "0")
+        torch.set_num_threads(int(custom.get("threads", os.cpu_count() or 1)))
+        path = model_config.local_path
+        dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}.get(str(config.dtype), torch.float32)
+        # plain sdpa: prompts are left-padded here, so the padding mask matters
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.max_model_len = config.max_model_len or config.prompt_length + config.response_length
+        self.queue: list[Request] = []
+        self.wake = asyncio.Event()
+        self.engine_lock = asyncio.Lock()  # a weight update never lands mid-batch
+        self.aborting = False
+        self.global_steps = 0
+        self.stats = {"batches": 0, "requests": 0, "tokens": 0, "seconds": 0.0, "weight_updates": 0}
+        self.batcher = None
+        self.request_count = 0
+
+    def ready(self) -> bool:
+        return True
+
+    # --- generation ---
+
+    def _request(self, prompt_ids: list[int], sampling_params: dict[str, Any]) -> Request:
+        params = dict(sampling_params)
+        budget = self.max_model_len - len(prompt_ids)
+        if budget < 1:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room within max_model_len {self.max_model_len}")
+        default = min(self.config.response_length, self.config.prompt_length + self.config.response_length - len(prompt_ids))
+        max_tokens = params.get("max_tokens", params.get("max_new_tokens", default))
+        seed = params.get("seed")
+        self.request_count += 1
+        # One stream per request: seeded by the request, else by rollout.seed and its order
+        generator = torch.Generator().manual_seed(int(seed) if seed is not None else self.config.seed * 1_000_003 + self.request_count)
+        stop_ids = set() if self.config.ignore_eos else set(self.eos_ids)
+        stop_ids |= set(params.get("stop_token_ids") or [])
+        return Request(
+            prompt_ids=list(map(int, prompt_ids)),
+            max_tokens=max(1, min(int(max_tokens), budget)),
+            temperature=float(params.get("temperature", self.config.temperature)),
+            top_k=int(params.get("top_k", -1) or -1),
+            top_p=float(params.get("top_p", 1.0)),
+            want_logprobs=bool(params.get("logprobs")),
+            stop_ids=stop_ids,
+            generator=generator,
+            future=asyncio.get_running_loop().create_future(),
+        )
+
+    async def generate(self, prompt_ids, sampling_params, request_id, image_data=None, video_data=None,
+                       audio_data=None, mm_processor_kwargs=None, priority=0, **kwargs) -> TokenOutput:  # fmt: skip
+        if image_data or video_data or audio_data:
+            raise NotImplementedError("the hf CPU rollout is text-only")
+        request = self._request(prompt_ids, sampling_params)
+        if self.batcher is None:
+            self.batcher = asyncio.get_running_loop().create_task(self._batch_forever())
+        self.queue.append(request)
+        self.wake.set()
+        result = await request.future
+        return TokenOutput(token_ids=result["token_ids"], log_probs=result["log_probs"] if request.want_logprobs else None,
+                           stop_reason=result["stop_reason"], extra_fields={"global_steps": self.global_steps})  # fmt: skip
+
+    async def _batch_forever(self):
+        while True:
+            await self.wake.wait()
+            await asyncio.sleep(BATCH_WAIT_S)
+            batch, self.queue = self.queue[: self.config.max_num_seqs], self.queue[self.config.max_num_seqs :]
+            if not self.queue:
+                self.wake.clear()
+            if not batch:
+                continue
+            async with self.engine_lock:
+                started = time.perf_counter()
+                try:
+                    results = await asyncio.to_thread(decode_batch, self.model, batch, self.pad_id, lambda: self.aborting)
+                except Exception as exc:  # a failed batch fails its requests, not the server
+                    for r in batch:
+                        r.future.set_exception(exc)
+                    continue
+                self.stats["seconds"] += time.perf_counter() - started
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(batch)
+            self.stats["tokens"] += sum(len(o["token_ids"]) for o in results)
+            for r, out in zip(batch, results):
+                r.future.set_result(out)
+
+    # --- weights ---
+
+    async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> dict:
+        """Load the actor's parameters (HF names). Unknown names are an error; only tied
+        weights may be missing."""
+        async with self.engine_lock:
+            if global_steps is not None:
+                self.global_steps = global_steps
+            if not self.sync_weights:
+                return {"loaded": 0}
+            dtype = next(self.model.parameters()).dtype
+            result = self.model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False)
+            tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+            if result.unexpected_keys or set(result.missing_keys) - tied:
+                raise RuntimeError(f"weights do not fit the rollout model: unexpected {result.unexpected_keys[:5]}, "
+                                   f"missing {sorted(set(result.missing_keys) - tied)[:5]}")  # fmt: skip
+            if tied:
+                self.model.tie_weights()
+            self.stats["weight_updates"] += 1
+            return {"loaded": len(state_dict)}
+
+    def get_stats(self) -> dict:
+        return dict(self.stats)
+
+    # --- control methods verl's replica calls; CPU memory needs no paging ---
+
+    async def wake_up(self, tags=None):
+        pass
+
+    async def sleep(self):
+        pass
+
+    async def clear_kv_cache(self):
+        pass  # the cache lives only for one batch
+
+    async def release_kv_cache(self):
+        pass
+
+    async def resume_kv_cache(self):
+        pass
+
+    async def abort_all_requests(self, reject_request: bool = False, **kwargs) -> dict:
+        self.aborting = True
+        async with self.engine_lock:  # the running batch returns what it has, marked aborted
+            pass
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def resume_generation(self):
+        self.aborting = False
+
+    async def set_global_steps(self, global_steps: int):
+        self.global_steps = global_steps
+
+    async def start_profile(self, **kwargs):
+        pass
+
+    async def stop_profile(self):
+        pass
+
+
+class HFRolloutReplica(RolloutReplica):
+    """One HF server per replica, placed on the node of the replica's first worker."""
+
+    async def launch_servers(self):
+        options: dict[str, Any] = {"name": _server_name(self.replica_rank), "max_concurrency": self.max_concurrency, "num_cpus": 0}
+        if self.workers:
+            node_id = await self.workers[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+            options["scheduling_strategy"] = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+        server = ray.remote(HFRolloutServer).options(**options).remote(self.config, self.model_config, self.replica_rank)
+        await server.ready.remote()
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"ray://{_server_name(self.replica_rank)}"  # token-in/token-out only, no HTTP
+
+    def rollout_worker_use_gpu(self) -> bool:
+        return False
+
+
+class HFRolloutAdapter(rollout_base.BaseRollout):
+    """The worker side: ships the actor's weights to the replica's server each step."""
+
+    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1, **kwargs):
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", "0"))
+        world = self.config.tensor_model_parallel_size * self.config.data_parallel_size * self.config.pipeline_model_parallel_size
+        self.replica_rank = rank // world if replica_rank == -1 else replica_rank
+        self.is_leader_rank = rank % world == 0
+        self.sync_weights = str(dict(self.config.custom or {}).get("sync_weights", True)).lower() not in ("false", "0")
+        self.server = None
+
+    async def resume(self, tags: list[str]):
+        pass  # weights and cache stay in host memory
+
+    async def release(self):
+        pass
+
+    async def update_weights(self, weights, wire_format: str = "named_tensors", **kwargs):
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"the hf rollout takes full named tensors, not {wire_format!r}")
+        if kwargs.get("peft_config") is not None:
+            raise NotImplementedError("the hf rollout takes merged weights: set actor_rollout_ref.model.lora.merge=True")
+        state_dict = {}
+        for name, tensor in weights:  # every rank drains: producing a full tensor is a collective
+            if self.is_leader_rank and self.sync_weights:
+                state_dict[name] = tensor.detach().to("cpu", copy=True)
+        if self.is_leader_rank:
+            if self.server is None:
+                self.server = ray.get_actor(_server_name(self.replica_rank))
+            await self.server.update_weights.remote(state_dict, kwargs.get("global_steps"))
+
+
+def register() -> None:
+    """Make ``rollout.name=hf`` known to both of verl's rollout registries."""
+    rollout_base._ROLLOUT_REGISTRY[(NAME, "async")] = f"{__name__}.HFRolloutAdapter"
+    RolloutReplicaRegistry.register(NAME, lambda: HFRolloutReplica)
+
+
+register()

@@ -1,0 +1,105 @@
+"""The demo world's tools for verl's tool agent loop, and the parser that finds calls in
+the policy's own tags.
+
+The policy writes ``<search>query</search>`` or ``<code>python</code>`` and ends its turn;
+``multi_turn.format=afm_tags`` (``AfmTagParser``) turns that into a call of the
+``search`` tool (BM25 over the world's corpus, or a running
+``afm_trainer.tools.search_server``) or the ``run_python`` tool (the sandbox: no network,
+private file system, time and memory limits). The result comes back as a tool turn
+``<information>...</information>``, the format of the training traces; verl's agent loop
+gives tool turns response_mask 0, so they never enter the policy loss. A turn with an
+``<answer>`` ends the episode. Turn and length limits are verl's
+(``multi_turn.max_assistant_turns``, ``max_tool_response_length``, ``response_length``).
+
+Configured by ``afm_trainer/config/tools.yaml`` (``multi_turn.tool_config_path``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+from typing import Any
+
+from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
+from verl.tools.base_tool import BaseTool
+from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
+
+from afm_trainer.traces.formats import information_text
+
+CALL = re.compile(r"<(search|code)>(.*?)</\1>", re.DOTALL)
+TOOL_FOR_TAG = {"search": ("search", "query"), "code": ("run_python", "code")}
+
+
+@ToolParser.register("afm_tags")
+class AfmTagParser(ToolParser):
+    """``<search>q</search>`` -> search(query=q); ``<code>c</code>`` -> run_python(code=c)."""
+
+    async def extract_tool_calls(self, responses_ids: list[int], tools=None) -> tuple[str, list[FunctionCall]]:
+        text = await asyncio.to_thread(self.tokenizer.decode, responses_ids, skip_special_tokens=True)
+        if "<answer>" in text:  # a final answer: no more tool use
+            return text, []
+        calls = []
+        for tag, body in CALL.findall(text):
+            name, argument = TOOL_FOR_TAG[tag]
+            calls.append(FunctionCall(name=name, arguments=json.dumps({argument: body.strip()})))
+        return text, calls
+
+
+def _schema(name: str, description: str, argument: str) -> OpenAIFunctionToolSchema:
+    return OpenAIFunctionToolSchema.model_validate({
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": {
+            "type": "object", "properties": {argument: {"type": "string"}}, "required": [argument]}},
+    })  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _index(corpus: str):
+    from afm_trainer.tools.search import SearchIndex
+
+    return SearchIndex.from_jsonl(corpus)
+
+
+class SearchTool(BaseTool):
+    """BM25 search. config: ``corpus`` (a JSONL of {title, content}) or ``url`` (a
+    search server), ``topk`` (default 3)."""
+
+    def __init__(self, config: dict, tool_schema: OpenAIFunctionToolSchema | None = None):
+        if not config.get("corpus") and not config.get("url"):
+            raise ValueError("the search tool needs config.corpus (a JSONL corpus) or config.url (a search server)")
+        super().__init__(config, tool_schema or _schema("search", "Search the knowledge base.", "query"))
+        self.topk = int(config.get("topk", 3))
+
+    async def _documents(self, query: str) -> list[dict]:
+        if self.config.get("url"):
+            import httpx
+
+            async with httpx.AsyncClient(timeout=30) as client:
+                reply = await client.post(self.config["url"].rstrip("/") + "/retrieve", json={"queries": [query], "topk": self.topk})
+                reply.raise_for_status()
+                return reply.json()["result"][0]
+        index = _index(self.config["corpus"])
+        return (await asyncio.to_thread(index.search, [query], self.topk))[0]
+
+    async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs) -> tuple[ToolResponse, float, dict]:
+        query = str(parameters.get("query", "")).strip()
+        documents = await self._documents(query) if query else []
+        return ToolResponse(text=information_text(documents)), 0.0, {"documents": len(documents)}
+
+
+class SandboxTool(BaseTool):
+    """Runs Python in the sandbox. config: ``timeout_s`` (default 5), ``memory_mb`` (256)."""
+
+    def __init__(self, config: dict, tool_schema: OpenAIFunctionToolSchema | None = None):
+        super().__init__(config, tool_schema or _schema("run_python", "Run Python code; returns its output.", "code"))
+
+    async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs) -> tuple[ToolResponse, float, dict]:
+        from afm_trainer.tools.sandbox import run_python
+
+        result = await asyncio.to_thread(run_python, str(parameters.get("code", "")),
+                                         timeout_s=float(self.config.get("timeout_s", 5)),
+                                         memory_mb=int(self.config.get("memory_mb", 256)))  # fmt: skip
+        text = f"status: {result.status}\n{result.stdout[-1000:]}{result.stderr[-500:]}".strip()
+        return ToolResponse(text=f"<information>{text}</information>"), 0.0, {"status": result.status}
