@@ -1,4 +1,5 @@
 # make demo   - install what is missing, then run the main job on the embedded default
+# make demo-rl - GRPO from the demo's final model (after make demo): 20 steps on CPU
 # make test   - install what is missing, then run the test suite
 # make bench  - run the benchmarks (slow; each prints ratios against a peer run beside it)
 #
@@ -12,9 +13,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test
 DEMO_OUT ?= out/demo
+DEMO_RL_OUT ?= out/demo-rl
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-rl test bench clean
 
 install: $(STAMP)
 
@@ -26,6 +28,9 @@ $(STAMP): setup.py
 
 demo: install
 	bash recipes/train_progressive.sh 1 $(DEMO_OUT)
+
+demo-rl: install
+	bash recipes/train_grpo.sh 1 $(DEMO_RL_OUT) SFT_DIR=$(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -q tests

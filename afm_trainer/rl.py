@@ -12,7 +12,8 @@ CPU (``afm_trainer/verl_ext/cpu_rollout.py``), rewards from
 - Data is ``TRAIN_FILES``/``VAL_FILES`` (``data_preprocess/make_rl_data.py``), else the
   demo world's easy algorithmic tasks, written to ``OUT_DIR/data``.
 - Re-running the same command resumes from the last checkpoint (verl's
-  ``resume_mode=auto``); a finished run (``RL_COMPLETE``) is not run again.
+  ``resume_mode=auto``); a finished run (``RL_COMPLETE``) is not run again, unless
+  ``STEPS`` asks for more, which continues it.
 - ``DRY_RUN=1`` prints the command, the configuration verl would run and the verdict of
   verl's own config validation, without starting anything.
 - Multi-node: ``RAY_ADDRESS`` joins a running Ray cluster (``ray start --head`` on node 0,
@@ -36,6 +37,10 @@ from afm_trainer.metrics import METRICS_FILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPLETE_MARKER = "RL_COMPLETE"
+# The embedded default trains the 4M demo model: a learning rate far above the 1e-6 of
+# grpo.yaml (meant for pretrained billion-parameter models), and groups of 8 so that a
+# model right 20% of the time still sees a right answer in most groups.
+EMBEDDED_OVERRIDES = ["actor_rollout_ref.actor.optim.lr=3e-5", "actor_rollout_ref.rollout.n=8"]
 FINAL_SFT_PHASE = "phase3_summary_prefix"
 ALGOS = {
     # adv_estimator, group size: GRPO compares rollout.n answers to one prompt;
@@ -116,7 +121,8 @@ def build_rl(args: RecipeArgs, dry_run: bool = False) -> Launch:
         raise RecipeError(f"ALGO must be one of {', '.join(ALGOS)}, got {algo!r}")
     model = start_model(args)
     train, val = args.get("TRAIN_FILES"), args.get("VAL_FILES")
-    if not train:
+    embedded = not train
+    if embedded:
         train, val = demo_data(args, dry_run)
     train_files = [os.path.abspath(f) for f in train.split(",") if f]
     val_files = [os.path.abspath(f) for f in (val or train).split(",") if f]
@@ -148,6 +154,7 @@ def build_rl(args: RecipeArgs, dry_run: bool = False) -> Launch:
         f"trainer.total_training_steps={args.get('STEPS', '20')}",
         # Ray workers see this through the runtime env, on this node or a joined cluster.
         f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={env['VERL_FILE_LOGGER_PATH']}",
+        *(EMBEDDED_OVERRIDES if embedded else []),
         *ALGOS[algo],
     ]  # fmt: skip
     if algo == "ppo":
@@ -244,9 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_recipe_args(argv, RL_KEYS)
         dry_run = args.get("DRY_RUN", "0") not in ("0", "false")
         marker = os.path.join(args.out_dir, COMPLETE_MARKER)
+        steps = int(args.get("STEPS", "20"))
         if os.path.exists(marker):
-            print(f"[rl] complete ({args.out_dir}), skipping", flush=True)
-            return 0
+            with open(marker) as f:
+                done = json.load(f).get("steps", 0)
+            if done >= steps:
+                print(f"[rl] complete ({args.out_dir}, {done} steps), skipping", flush=True)
+                return 0
         launch = build_rl(args, dry_run)
         if dry_run:
             run(launch, "rl", dry_run=True)
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if code == 0:
             write_report(args.out_dir)
             with open(marker + ".tmp", "w") as f:
-                json.dump({"checkpoint": latest_complete(args.out_dir)}, f)
+                json.dump({"checkpoint": latest_complete(args.out_dir), "steps": steps}, f)
             os.replace(marker + ".tmp", marker)
         return code
     except RecipeError as exc:

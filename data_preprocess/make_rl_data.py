@@ -1,6 +1,6 @@
 """Prompts with rule rewards for verl's RL trainer, from the demo world's suites.
 
-    python data_preprocess/make_rl_data.py --out DIR [--suite algorithmic|qa|code|all] \
+    python data_preprocess/make_rl_data.py --out DIR [--suite algorithmic|qa|code|all|algorithmic,qa] \
         [--world DEMO_DIR] [--qa_file QA.jsonl] [--difficulties 1,2,3] [--n_train 1000] [--n_val 100]
 
 Writes DIR/train.parquet and DIR/val.parquet in verl's RL format: ``data_source``,
@@ -241,7 +241,7 @@ SUITES = {
 
 def make_rl_data(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
-    names = list(SUITES) if args.suite == "all" else [args.suite]
+    names = list(SUITES) if "all" in args.suite else args.suite
     splits = {"train": [], "val": []}
     for name in names:
         train, val = SUITES[name](args)
@@ -259,6 +259,14 @@ def make_rl_data(args) -> dict:
     return counts
 
 
+def _suites(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in SUITES and n != "all"]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"suites are {', '.join([*SUITES, 'all'])} (comma-separated), got {text!r}")
+    return names
+
+
 def _difficulties(text: str) -> list[int]:
     try:
         values = sorted({int(part) for part in text.split(",")})
@@ -272,7 +280,7 @@ def _difficulties(text: str) -> list[int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Write verl RL parquet (prompts with rule rewards) for the demo suites.")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--suite", default="all", choices=[*SUITES, "all"])
+    parser.add_argument("--suite", default=["all"], type=_suites, help="algorithmic, qa, code or all; several: algorithmic,qa")
     parser.add_argument("--world", default=None, help="make_demo's output folder: validation = its held-out sets")
     parser.add_argument("--qa_file", default=None, help='JSONL of {"question", "answer"}: the qa rows instead of the world\'s')
     parser.add_argument("--difficulties", type=_difficulties, default=DIFFICULTIES, help="e.g. 1,2,3 (qa: hop counts)")
@@ -281,9 +289,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n_train < 1 or args.n_val < 1:
         parser.error("--n_train and --n_val must be positive")
-    if args.qa_file and args.suite not in ("qa", "all"):
-        parser.error(f"--qa_file makes qa rows, but --suite is {args.suite}")
-    if args.suite in ("qa", "all") and not args.qa_file and not set(args.difficulties) & set(QA_HOPS):
+    wants_qa = bool({"qa", "all"} & set(args.suite))
+    if args.qa_file and not wants_qa:
+        parser.error(f"--qa_file makes qa rows, but --suite is {','.join(args.suite)}")
+    if wants_qa and not args.qa_file and not set(args.difficulties) & set(QA_HOPS):
         parser.error(f"qa questions have {QA_HOPS} hops; --difficulties {args.difficulties} picks none")
     try:
         counts = make_rl_data(args)

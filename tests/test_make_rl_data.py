@@ -190,3 +190,12 @@ def test_qa_file_with_another_suite_and_bad_difficulties_are_usage_errors(tmp_pa
     assert run("--out", tmp_path, "--difficulties", "0,11").returncode == 2
     assert run("--out", tmp_path, "--suite", "qa", "--difficulties", "5").returncode == 2
     assert run("--out", tmp_path, "--suite", "qa", "--qa_file", tmp_path / "missing.jsonl").returncode == 1
+
+
+def test_several_suites_at_once_and_unknown_ones_refused(tmp_path, world):
+    result = run("--out", tmp_path / "two", "--suite", "algorithmic,qa", "--world", world, "--difficulties", "1", "--n_train", 10, "--n_val", 5)
+    assert result.returncode == 0, result.stderr
+    sources = set(read(tmp_path / "two" / "train.parquet").column("data_source").to_pylist())
+    assert sources == {"afm/algorithmic", "afm/qa"}
+    bad = run("--out", tmp_path / "bad", "--suite", "algorithmic,poetry")
+    assert bad.returncode == 2 and "poetry" in bad.stderr

@@ -42,8 +42,10 @@ SMALL = ["data.train_batch_size=4", "actor_rollout_ref.rollout.n=2", "actor_roll
 
 
 def _metrics(out_dir) -> list[dict]:
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line)["data"] | {"step": json.loads(line)["step"]} for line in f if line.strip()]
+    """Every logged step of every run in out_dir (re-runs rotate the log), step included."""
+    from afm_trainer.metrics import read_metrics
+
+    return [data | {"step": step} for step, data in read_metrics(str(out_dir)).items()]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def synced_run(tmp_path_factory, nano_model, rl_data):
 
 def test_short_grpo_loop_trains_saves_and_does_not_rerun(synced_run, nano_model, rl_data):
     out, result = synced_run
-    metrics = [m for m in _metrics(out) if "critic/score/mean" in m]
+    metrics = [m for m in _metrics(out) if "critic/score/mean" in m and m["step"] <= 3]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(m["actor/pg_loss"] == m["actor/pg_loss"] for m in metrics)  # finite, not NaN
     checkpoint = out / "global_step_3" / "actor" / "huggingface"
@@ -69,11 +71,21 @@ def test_short_grpo_loop_trains_saves_and_does_not_rerun(synced_run, nano_model,
     assert again.returncode == 0 and "complete" in again.stdout and "command:" not in again.stdout
 
 
+def test_asking_for_more_steps_resumes_from_the_last_checkpoint(synced_run, nano_model, rl_data):
+    out, _ = synced_run
+    train, val, corpus = rl_data
+    result = run_rl(1, out, f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, "STEPS=4", *SMALL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(out / "metrics.jsonl") as f:  # this run's own log: it trained step 4 only
+        assert [json.loads(line)["step"] for line in f if "critic/score/mean" in line] == [4]
+    assert json.load(open(out / "RL_COMPLETE"))["steps"] == 4
+
+
 def test_rollout_gets_the_actors_weights_every_step(synced_run, tmp_path, nano_model, rl_data):
     # verl compares the rollout's token probabilities with the actor's each step: equal
     # while weights are shipped every step, apart once the rollout keeps its start weights.
     def rollout_vs_actor(out):
-        rows = [m for m in _metrics(out) if "training/rollout_probs_diff_mean" in m]
+        rows = [m for m in _metrics(out) if "training/rollout_probs_diff_mean" in m and m["step"] <= 3]
         return [m["training/rollout_probs_diff_mean"] for m in rows], [m["training/rollout_actor_probs_pearson_corr"] for m in rows]
 
     out, _ = synced_run
@@ -125,3 +137,10 @@ def test_ppo_with_a_critic_runs(tmp_path, nano_model, rl_data):
     metrics = [m for m in _metrics(out) if "critic/score/mean" in m]
     assert [m["step"] for m in metrics] == [1, 2]
     assert all("critic/vf_loss" in m for m in metrics)  # the value function trained: GAE, not GRPO
+
+
+def test_a_missing_search_corpus_is_a_clear_error(tmp_path, nano_model, rl_data):
+    train, val, _ = rl_data
+    result = run_rl(1, tmp_path / "x", f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}",
+                    f"CORPUS={tmp_path / 'nowhere.jsonl'}")  # fmt: skip
+    assert result.returncode == 2 and "CORPUS file not found" in result.stderr

@@ -111,6 +111,8 @@ def evaluate_suite(model_path: str, suite: str, data: str, corpus: str | None = 
                          "correct": predicted is not None and normalise(predicted) == normalise(it["answer"]),
                          "completion": transcript})  # fmt: skip
         summary = _summarise(rows, "hops")
+        # How often the agent writes a <summary> (phase 3 of the progressive recipe teaches it)
+        summary["summary_rate"] = sum("<summary>" in r["completion"] for r in rows) / max(len(rows), 1)
     else:
         raise ValueError(f"unknown suite {suite!r}")
     return {"suite": suite, "model": model_path, **summary, "predictions": rows}

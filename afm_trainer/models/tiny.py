@@ -103,8 +103,13 @@ def build_tokenizer(vocab_size: int = 4096, seed: int = 0, corpus: list[str] | N
     return hf_tok
 
 
-def build_tiny_model(out_dir: str, size: str = "tiny", vocab_size: int = 4096, seed: int = 0, corpus_file: str | None = None):
+def build_tiny_model(out_dir: str, size: str = "tiny", vocab_size: int = 4096, seed: int = 0, corpus_file: str | None = None,
+                     domain_file: str | None = None):  # fmt: skip
     """Write a tokenizer and a randomly initialised Qwen2 model to ``out_dir``.
+
+    ``corpus_file`` replaces the tokenizer's training text; ``domain_file`` adds to it
+    (weighted 5x), so the domain's words -- the demo world's names -- become single
+    tokens: a name the model copies from a search result is then one token, not four.
 
     The model is saved with its final embedding size (tokenizer length rounded up to a
     multiple of 64, which keeps matmuls aligned) and in float32, the dtype verl's FSDP
@@ -119,6 +124,9 @@ def build_tiny_model(out_dir: str, size: str = "tiny", vocab_size: int = 4096, s
     if corpus_file:
         with open(corpus_file, encoding="utf-8") as f:
             corpus = f.read().splitlines()
+    if domain_file:
+        with open(domain_file, encoding="utf-8") as f:
+            corpus = (corpus if corpus is not None else _tokenizer_corpus(seed)) + f.read().splitlines() * 5
     tokenizer = build_tokenizer(vocab_size=vocab_size, seed=seed, corpus=corpus)
 
     dims = SIZES[size]
@@ -164,8 +172,9 @@ def main(argv=None):
     parser.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size before added tokens")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and tokenizer corpus")
     parser.add_argument("--corpus", default=None, help="optional text file (one document a line) to train the BPE on")
+    parser.add_argument("--domain", default=None, help="optional text file added to the BPE's text (5x): its words become tokens")
     args = parser.parse_args(argv)
-    model, tokenizer = build_tiny_model(args.out, args.size, args.vocab_size, args.seed, args.corpus)
+    model, tokenizer = build_tiny_model(args.out, args.size, args.vocab_size, args.seed, args.corpus, args.domain)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out}: Qwen2 {args.size}, {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
 

@@ -1,7 +1,7 @@
 """Write the demo world: trajectories for training and held-out sets for evaluation.
 
     python -m afm_trainer.tasks.make_demo --out DIR [--n_train 600] [--n_heldout 200] [--seed 42]
-        [--heldout_seed 999] [--wrong 0.05] [--malformed 0.03] [--yes_ratio 0.5]
+        [--heldout_seed 999] [--wrong 0.05] [--malformed 0.03] [--yes_ratio 0.5] [--algo_per_cell N]
 
 DIR/world/corpus.jsonl                 the QA world's documents (serve it with search_server)
 DIR/traces/search_agent.jsonl          multi-hop QA traces with real search results
@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import asdict
 
-from afm_trainer.tasks.algorithmic import generate_suite
+from afm_trainer.tasks.algorithmic import DIFFICULTIES, generate_suite
 from afm_trainer.tasks.qa_world import build_world, make_questions, questions_to_jsonl, save_world
 from afm_trainer.tasks.teacher import Noise, agent_chain_record, balance_yes_no, search_agent_record, teacher_cot_record
 from afm_trainer.tools.search import SearchIndex
@@ -39,7 +39,7 @@ def _write_jsonl(path: str, records) -> int:
 
 
 def make_demo(out: str, n_train: int = 600, n_heldout: int = 200, seed: int = 42, heldout_seed: int = 999,
-              noise: Noise = Noise(0.05, 0.03), yes_ratio: float | None = 0.5, world_seed: int = 0) -> dict:  # fmt: skip
+              noise: Noise = Noise(0.05, 0.03), yes_ratio: float | None = 0.5, world_seed: int = 0, algo_per_cell: int | dict[int, int] | None = None) -> dict:  # fmt: skip
     started = time.time()
     for folder in ("world", "traces", "heldout"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
@@ -54,7 +54,13 @@ def make_demo(out: str, n_train: int = 600, n_heldout: int = 200, seed: int = 42
 
     cells = 11 * 10  # types x difficulties
     algo_heldout = generate_suite(heldout_seed, max(1, n_heldout // cells))
-    algo_train = generate_suite(seed, max(1, -(-n_train // cells)), exclude={t.prompt for t in algo_heldout})
+    # algo_per_cell may weight difficulties ({1: 30, ..., 10: 2}): a curriculum that spends
+    # a small model's training on the tiers it can learn (seed 001).
+    per_cell = algo_per_cell or max(1, -(-n_train // cells))
+    per_difficulty = per_cell if isinstance(per_cell, dict) else {d: per_cell for d in DIFFICULTIES}
+    held_prompts = {t.prompt for t in algo_heldout}
+    algo_train = [t for d, n in sorted(per_difficulty.items()) if n > 0
+                  for t in generate_suite(seed, n, difficulties=[d], exclude=held_prompts)]  # fmt: skip
     algo_train = balance_yes_no(algo_train, yes_ratio, rng)
     _write_jsonl(os.path.join(out, "heldout", "algorithmic.jsonl"),
                  ({"id": t.task_id, "prompt": t.prompt, "answer": t.answer, "type": t.type, "difficulty": t.difficulty, "x": t.x}
@@ -82,6 +88,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--n_train", type=int, default=600, help="training trajectories per format (about)")
     parser.add_argument("--n_heldout", type=int, default=200, help="held-out items per suite (about)")
+    parser.add_argument("--algo_per_cell", type=int, default=None,
+                        help="algorithmic training tasks per (type, difficulty); default n_train / 110")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--heldout_seed", type=int, default=999)
     parser.add_argument("--wrong", type=float, default=0.05, help="fraction of records with a wrong answer")
@@ -91,7 +99,7 @@ def main(argv=None) -> int:
     if args.seed == args.heldout_seed:
         parser.error("--seed and --heldout_seed must differ")
     manifest = make_demo(args.out, args.n_train, args.n_heldout, args.seed, args.heldout_seed,
-                         Noise(args.wrong, args.malformed), args.yes_ratio)  # fmt: skip
+                         Noise(args.wrong, args.malformed), args.yes_ratio, algo_per_cell=args.algo_per_cell)  # fmt: skip
     print(json.dumps(manifest["counts"]), f"in {manifest['seconds']} s -> {args.out}")
     return 0
 

@@ -1,0 +1,72 @@
+"""The embedded demo's data wiring and report (afm_trainer/demo.py), without training."""
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from afm_trainer import demo
+from afm_trainer.eval.scoring import _summarise
+
+
+def _fake_stage(items, key, right):
+    """Summary of a stage that answers the first `right` items of every group correctly."""
+    seen, rows = {}, []
+    for it in items:
+        group = str(it[key])
+        seen[group] = seen.get(group, 0) + 1
+        correct = seen[group] <= right
+        rows.append({"id": it.get("id", it.get("qid")), key: it[key], "difficulty": it.get("difficulty", it.get("hops")),
+                     "gold": it["answer"].lower(), "predicted": it["answer"].lower() if correct else None,
+                     "correct": correct, "completion": ""})  # fmt: skip
+    return _summarise(rows, key), rows
+
+
+def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_path):
+    from afm_trainer.tasks.make_demo import make_demo
+
+    out = tmp_path / "demo"
+    paths = demo.embedded_paths(str(out))
+    make_demo(paths["world"], n_train=30, n_heldout=110)
+    heldout = {s: [json.loads(line) for line in open(os.path.join(paths["world"], "heldout", f"{s}.jsonl"))] for s in ("algorithmic", "qa")}
+    stages = {}
+    for stage, right in (("untrained", 0), ("phase1_multiturn", 1)):
+        stages[stage] = {}
+        for suite, key in (("algorithmic", "type"), ("qa", "hops")):
+            summary, rows = _fake_stage(heldout[suite], key, right)
+            stages[stage][suite] = summary
+            if stage == "untrained":  # the baselines read the untrained stage's predictions
+                os.makedirs(out / "eval" / stage / suite)
+                with open(out / "eval" / stage / suite / "predictions.jsonl", "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
+    demo.write_report(str(out), stages)
+    report = (out / "report.md").read_text()
+    assert "| difficulty | untrained | phase1_multiturn | majority answer |" in report
+    assert "Easy tiers (difficulty 1, 2, 3): untrained 0.0%" in report
+    results = json.load(open(out / "results.json"))
+    assert set(results["easy_tiers"]) == {"algorithmic", "qa"}
+    assert results["easy_tiers"]["algorithmic"]["untrained"] == 0.0
+    assert 0 < results["easy_tiers"]["algorithmic"]["phase1_multiturn"] <= 1
+    assert set(results["majority_baseline"]["algorithmic"]["by_difficulty"]) == {str(d) for d in range(1, 11)}
+    assert (out / "accuracy_by_difficulty.png").stat().st_size > 0 and (out / "loss_curves.png").stat().st_size > 0
+
+
+def test_later_phases_train_on_their_own_set_plus_replay_of_phase_one(tmp_path):
+    paths = demo.embedded_paths(str(tmp_path))
+    sources = {"multiturn": os.path.join(paths["data"], "multiturn", "train.parquet"),
+               "algorithmic": os.path.join(paths["algorithmic"], "train.parquet")}  # fmt: skip
+    for name, path in sources.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(pa.table({"messages": [f"{name}-{i}" for i in range(demo.REPLAY_ROWS + 50)]}), path)
+    replay = os.path.join(paths["root"], "replay")
+    demo.write_replay(paths, replay)
+    for name in sources:
+        rows = pq.read_table(os.path.join(replay, f"{name}.parquet")).column("messages").to_pylist()
+        assert len(rows) == len(set(rows)) == demo.REPLAY_ROWS and all(r.startswith(name) for r in rows)
+    keys = demo.embedded_keys(paths)
+    assert keys["PHASE1_TRAIN_FILES"].split(",") == [sources["multiturn"], sources["algorithmic"]]
+    for phase, own in ((2, "summary_only"), (3, "summary_prefix")):
+        files = keys[f"PHASE{phase}_TRAIN_FILES"].split(",")
+        assert files[0] == os.path.join(paths["data"], own, "train.parquet")
+        assert files[1:] == [os.path.join(replay, "multiturn.parquet"), os.path.join(replay, "algorithmic.parquet")]
