@@ -59,6 +59,11 @@ def _id(record: dict) -> str | None:
     return None if record.get("id") is None else str(record["id"])
 
 
+# A tool call in the policy's own tags: <search>query</search> or <code>python</code>
+# (parsed by the RL tool parser, checked by the rewards' format rule).
+TOOL_CALL = re.compile(r"<(search|code)>(.*?)</\1>", re.DOTALL)
+
+
 def information_text(documents: list[dict]) -> str:
     """Search results as the tool turn every part of the project shows the model
     (training traces, evaluation, the RL tool): one format, so nothing drifts."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +152,6 @@ class HFRolloutServer:
         self.engine_lock = asyncio.Lock()  # a weight update never lands mid-batch
         self.aborting = False
         self.global_steps = 0
-        self.stats = {"batches": 0, "requests": 0, "tokens": 0, "seconds": 0.0, "weight_updates": 0}
         self.batcher = None
         self.request_count = 0
 
@@ -210,17 +208,12 @@ class HFRolloutServer:
             if not batch:
                 continue
             async with self.engine_lock:
-                started = time.perf_counter()
                 try:
                     results = await asyncio.to_thread(decode_batch, self.model, batch, self.pad_id, lambda: self.aborting)
                 except Exception as exc:  # a failed batch fails its requests, not the server
                     for r in batch:
                         r.future.set_exception(exc)
                     continue
-                self.stats["seconds"] += time.perf_counter() - started
-            self.stats["batches"] += 1
-            self.stats["requests"] += len(batch)
-            self.stats["tokens"] += sum(len(o["token_ids"]) for o in results)
             for r, out in zip(batch, results):
                 r.future.set_result(out)
 
@@ -242,11 +235,7 @@ class HFRolloutServer:
                                    f"missing {sorted(set(result.missing_keys) - tied)[:5]}")  # fmt: skip
             if tied:
                 self.model.tie_weights()
-            self.stats["weight_updates"] += 1
             return {"loaded": len(state_dict)}
-
-    def get_stats(self) -> dict:
-        return dict(self.stats)
 
     # --- control methods verl's replica calls; CPU memory needs no paging ---
 

@@ -45,6 +45,7 @@ import secrets
 from collections import Counter
 
 from afm_trainer.tasks.algorithmic import Task, normalise, verify
+from afm_trainer.traces.formats import TOOL_CALL
 from afm_trainer.tools.sandbox import run_python
 
 CORRECT_WEIGHT = 1.0  # the signal RL is for
@@ -55,7 +56,6 @@ CODE_TIMEOUT_S = 5.0  # wall time for all of a response's tests together; an end
 TAG = re.compile(r"</?(?:answer|search|code)>")
 TAG_LETTER = {"<search>": "s", "</search>": "S", "<code>": "c", "</code>": "C", "<answer>": "a", "</answer>": "A"}
 WELL_FORMED = re.compile(r"(?:sS|cC)*aA")  # tool calls first, then exactly one answer
-TOOL_CALL = re.compile(r"<(search|code)>(.*?)</\1>", re.DOTALL)  # the tool parser's own pattern
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 PYTHON_FENCE = re.compile(r"```[ \t]*(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)

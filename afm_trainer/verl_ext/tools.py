@@ -19,16 +19,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 from typing import Any
 
 from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
-from afm_trainer.traces.formats import information_text
+from afm_trainer.traces.formats import TOOL_CALL, information_text
 
-CALL = re.compile(r"<(search|code)>(.*?)</\1>", re.DOTALL)
 TOOL_FOR_TAG = {"search": ("search", "query"), "code": ("run_python", "code")}
 
 
@@ -41,7 +39,7 @@ class AfmTagParser(ToolParser):
         if "<answer>" in text:  # a final answer: no more tool use
             return text, []
         calls = []
-        for tag, body in CALL.findall(text):
+        for tag, body in TOOL_CALL.findall(text):
             name, argument = TOOL_FOR_TAG[tag]
             calls.append(FunctionCall(name=name, arguments=json.dumps({argument: body.strip()})))
         return text, calls
