@@ -135,9 +135,10 @@ def make_attention_portable(step_dir: str) -> bool:
     if config.get("attn_implementation") != TRAINING_ATTENTION:
         return False
     config["attn_implementation"] = "sdpa"
-    with open(path + ".tmp", "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"  # unique per writer: concurrent finalizers never share a temp file
+    with open(tmp, "w") as f:
         json.dump(config, f, indent=2)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
     return True
 
 

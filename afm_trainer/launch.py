@@ -124,6 +124,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     out_dir: str
+    node_rank: int = 0  # only node 0 finalises: with a shared OUT_DIR, every node sees the same exports
 
     def shell(self) -> str:
         """The command as one shell line (environment assignments first)."""
@@ -204,7 +205,7 @@ def build_sft(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         argv.append("trainer.test_freq=-1")
     argv += args.overrides
     env["VERL_FILE_LOGGER_PATH"] = os.path.join(os.path.abspath(args.out_dir), METRICS_FILE)
-    return Launch(argv=argv, env=env, out_dir=args.out_dir)
+    return Launch(argv=argv, env=env, out_dir=args.out_dir, node_rank=int(args.get("NODE_RANK", "0")))
 
 
 BUILDERS = {"sft": (build_sft, SFT_KEYS)}
@@ -225,6 +226,8 @@ def run(launch: Launch, tag: str, dry_run: bool) -> int:
     if returncode != 0:
         print(f"error: {tag} trainer exited with code {returncode} (its log is above)", file=sys.stderr)
         return returncode
+    if launch.node_rank != 0:
+        return 0
     for path in finalize(launch.out_dir):
         print(f"[{tag}] merged LoRA adapter into {path}/huggingface")
     return 0

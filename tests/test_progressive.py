@@ -1,5 +1,6 @@
 """recipes/train_progressive.sh: phases, latest complete checkpoints, resume, DRY_RUN, nodes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -141,3 +142,7 @@ def test_two_nodes_on_localhost(tmp_path, nano_model, starter_data):
     assert "--nnodes=2" in logs[0] and "--node_rank=1" in logs[1]
     assert tracked_step(str(out)) == 3
     assert (out / "global_step_3" / "model_world_size_2_rank_1.pt").exists()  # one shard per node
+    # node 0 alone made the export portable (both finalising one shared folder once raced)
+    config = json.loads((out / "global_step_3" / "huggingface" / "config.json").read_text())
+    assert config["attn_implementation"] == "sdpa"
+    assert not list((out / "global_step_3" / "huggingface").glob("*.tmp"))
