@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from afm_trainer.data.parquet_io import InputError, write_rows  # noqa: E402
 from afm_trainer.tasks.algorithmic import (  # noqa: E402
-    DIFFICULTIES, SOLUTIONS, TYPES, Task, generate_suite, make_task, normalise, solution_source,
+    DIFFICULTIES, TYPES, Task, code_prompt, generate_suite, make_task, normalise, solution_source,
 )  # fmt: skip
 from afm_trainer.tasks.qa_world import build_world, make_questions  # noqa: E402
 
@@ -61,21 +61,6 @@ SCHEMA = pa.schema([
     ("agent_name", pa.string()),
 ])  # fmt: skip
 
-# What solve(x) takes and returns, per type: tests compare str(solve(x)) with the answer.
-CODE_SPECS = {
-    "rpn": "x is a list of tokens (strings) of a reverse Polish notation expression over integers with + - *; return its value as an int.",
-    "arithmetic": "x is a string expression of integers with + - * and brackets (usual precedence); return its value as an int.",
-    "parentheses": 'x is a string of brackets ()[]{}; return "yes" if they are balanced, else "no".',
-    "fizzbuzz": 'x is a positive int; return "FizzBuzz" if 15 divides it, "Fizz" if 3 does, "Buzz" if 5 does, else str(x).',
-    "reverse_string": "x is a string; return it reversed.",
-    "is_palindrome": 'x is a string; return "yes" if it reads the same backwards, else "no".',
-    "fibonacci": "x is an int n >= 0; return F(n), where F(0) = 0 and F(1) = 1.",
-    "binary_search": "x is [values, target]: a sorted list of distinct ints and an int; return the index of target in values, or -1.",
-    "two_sum": 'x is [values, target]: a list of ints and an int; return "i j", two distinct indices whose values sum to target, or "none".',
-    "max_subarray": "x is a non-empty list of ints; return the largest sum of a contiguous non-empty part of it.",
-    "remove_duplicates": "x is a list of ints; return its values without repeats, first occurrences in order, joined by single spaces.",
-}
-CODE_PROMPT = "Write a Python function solve(x). {spec}\nExample: solve({x}) returns {value}.\nGive the code inside <answer></answer>."
 
 
 def rl_row(data_source: str, ability: str, prompt: str, ground_truth: str, **extra) -> dict:
@@ -218,8 +203,7 @@ def _code_row(task: Task) -> dict:
     # The tests are other instances than the example, so copying the example does not pass them.
     seed = zlib.crc32(task.task_id.encode())
     tests = [make_task(seed, task.type, task.difficulty, i) for i in range(N_CODE_TESTS)]
-    prompt = CODE_PROMPT.format(spec=CODE_SPECS[task.type], x=json.dumps(task.x), value=json.dumps(SOLUTIONS[task.type](task.x)))
-    return rl_row("afm/code", "code", prompt, solution_source(task.type), id=task.task_id, type=task.type,
+    return rl_row("afm/code", "code", code_prompt(task), solution_source(task.type), id=task.task_id, type=task.type,
                   difficulty=task.difficulty, tests=json.dumps([{"x": t.x, "expected": t.answer} for t in tests]))  # fmt: skip
 
 

@@ -4,7 +4,8 @@ import json
 import subprocess
 import sys
 
-from afm_trainer.eval.scoring import _summarise, majority_baseline
+from afm_trainer.eval.scoring import _summarise, code_row, majority_baseline
+from afm_trainer.tasks.algorithmic import code_example, code_prompt, make_task, solution_source
 
 
 def test_collapse_to_one_answer_is_visible_in_the_label_distribution():
@@ -23,12 +24,26 @@ def test_majority_baseline_uses_the_training_majority_per_group():
     assert baseline == {"overall": 1 / 3, "by_difficulty": {"1": 0.5, "2": 0.0}}
 
 
-def test_eval_cli_on_both_suites(tmp_path, nano_model):
+def test_code_suite_runs_the_program_on_the_items_input_and_hides_its_answer():
+    task = make_task(999, "two_sum", 3, 0)
+    prompt = code_prompt(code_example(task))
+    assert str(task.x[0]) not in prompt  # the prompt's example is another instance
+    right = code_row(task, f"<answer>{solution_source('two_sum')}</answer>")
+    assert right["correct"] and right["predicted"] == task.answer
+    # a program that returns the example's answer fails on the item itself
+    example_answer = code_example(task).answer
+    copied = code_row(task, f"<answer>def solve(x):\n    return {example_answer!r}</answer>")
+    assert not copied["correct"]
+    assert code_row(task, "<answer>def solve(x):\n    raise ValueError</answer>")["predicted"] is None
+    assert code_row(task, "no program here")["predicted"] is None and not code_row(task, "no program here")["correct"]
+
+
+def test_eval_cli_on_every_suite(tmp_path, nano_model):
     from afm_trainer.tasks.make_demo import make_demo
 
     world = tmp_path / "world"
     make_demo(str(world), n_train=20, n_heldout=110)
-    for suite, data, n in (("algorithmic", "algorithmic.jsonl", 110), ("qa", "qa.jsonl", 110)):
+    for suite, data, n in (("algorithmic", "algorithmic.jsonl", 110), ("code", "algorithmic.jsonl", 110), ("qa", "qa.jsonl", 110)):
         out = tmp_path / f"eval_{suite}"
         result = subprocess.run([sys.executable, "-m", "afm_trainer.eval", "--model", nano_model, "--suite", suite,
                                  "--data", str(world / "heldout" / data), "--out", str(out), "--max_new_tokens", "8"],

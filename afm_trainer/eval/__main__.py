@@ -1,12 +1,14 @@
 """Evaluate a model on a held-out suite of the demo world.
 
-    python -m afm_trainer.eval --model CKPT --suite {algorithmic,qa} --data FILE --out DIR
+    python -m afm_trainer.eval --model CKPT --suite {algorithmic,code,qa} --data FILE --out DIR
         [--corpus corpus.jsonl] [--limit N] [--max_new_tokens 96]
 
 HF generation on CPU, greedy by default, prompts in the chat format the model was
-trained in. ``qa`` runs the model as a search agent: when it closes a ``</search>`` the
-query goes to the BM25 tool and the results come back as an ``<information>`` tool turn,
-up to --max_searches times. Writes DIR/results.json (accuracy overall, by type or hops
+trained in. ``code`` takes the algorithmic held-out file and asks for a program instead
+of an answer: the model writes ``solve(x)`` from a solved example of the item's kind,
+and the sandbox runs it on the item's input (seed 003's protocol). ``qa`` runs the model
+as a search agent: when it closes a ``</search>`` the query goes to the BM25 tool and the
+results come back as an ``<information>`` tool turn, up to --max_searches times. Writes DIR/results.json (accuracy overall, by type or hops
 and by difficulty, format validity, predicted-label distribution next to the gold one)
 and DIR/predictions.jsonl, and prints a short table.
 """
@@ -18,13 +20,13 @@ import json
 import os
 import sys
 
-from afm_trainer.eval.scoring import evaluate_suite
+from afm_trainer.eval.scoring import SUITES, evaluate_suite
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a model on a held-out suite.")
     parser.add_argument("--model", required=True, help="HF model folder (a checkpoint's huggingface/)")
-    parser.add_argument("--suite", required=True, choices=["algorithmic", "qa"])
+    parser.add_argument("--suite", required=True, choices=SUITES)
     parser.add_argument("--data", required=True, help="held-out JSONL from afm_trainer.tasks.make_demo")
     parser.add_argument("--corpus", default=None, help="qa: the world's corpus.jsonl (default: beside --data's world/)")
     parser.add_argument("--out", required=True)

@@ -9,8 +9,9 @@ from collections import Counter, defaultdict
 import torch
 
 from afm_trainer.eval.lm import extract_answer, generate
-from afm_trainer.tasks.algorithmic import Task, normalise, verify
+from afm_trainer.tasks.algorithmic import Task, code_example, code_prompt, normalise, verify
 from afm_trainer.traces.formats import information_text
+from afm_trainer.verl_ext.rewards import code_of, run_tests
 
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 SUMMARY = re.compile(r"<summary>.*?</summary>\s*", re.DOTALL)
@@ -81,6 +82,20 @@ def _summarise(rows: list[dict], group_key: str) -> dict:
     }
 
 
+def code_row(task: Task, completion: str) -> dict:
+    """Score a code-suite completion: its program's output on the task's input, run in the
+    sandbox, judged by the task's verifier (predicted None: no program, or it failed)."""
+    code = code_of(completion)
+    outputs = run_tests(code, [task.x]) if code else None
+    predicted = outputs[0] if outputs else None
+    return {"id": task.task_id, "type": task.type, "difficulty": task.difficulty, "gold": normalise(task.answer),
+            "predicted": normalise(predicted) if predicted is not None else None,
+            "correct": bool(verify(task, predicted)), "completion": completion}  # fmt: skip
+
+
+SUITES = ("algorithmic", "code", "qa")  # code: the algorithmic held-out set, solved by writing solve(x)
+
+
 def evaluate_suite(model_path: str, suite: str, data: str, corpus: str | None = None, limit: int | None = None,
                    max_new_tokens: int = 96, max_searches: int = 4) -> dict:  # fmt: skip
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,6 +113,13 @@ def evaluate_suite(model_path: str, suite: str, data: str, corpus: str | None = 
             rows.append({"id": it["id"], "type": it["type"], "difficulty": it["difficulty"], "gold": normalise(it["answer"]),
                          "predicted": normalise(predicted) if predicted is not None else None, "correct": bool(correct),
                          "completion": completion})  # fmt: skip
+        summary = _summarise(rows, "type")
+    elif suite == "code":
+        # Seed 003's protocol: the model writes solve(x) from a solved example of the
+        # item's kind; the sandbox runs it on the item's input; the verifier judges the output.
+        tasks = [Task(it["id"], it["type"], it["difficulty"], it["prompt"], it["answer"], it.get("x")) for it in items]
+        completions = generate(model, tokenizer, [[{"role": "user", "content": code_prompt(code_example(t))}] for t in tasks], max_new_tokens)
+        rows = [code_row(task, completion) for task, completion in zip(tasks, completions)]
         summary = _summarise(rows, "type")
     elif suite == "qa":
         from afm_trainer.tools.search import SearchIndex

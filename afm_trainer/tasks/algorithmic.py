@@ -13,8 +13,10 @@ scripted Coder writes and the Reviewer runs in the sandbox on test cases.
 from __future__ import annotations
 
 import inspect
+import json
 import random
 import re
+import zlib
 from dataclasses import dataclass, field
 
 TYPES = [
@@ -49,32 +51,11 @@ def solve_rpn(tokens):
     return stack[0]
 
 
+# The expressions are Python syntax (ints, + - *, brackets, usual precedence), so Python's
+# own parser evaluates them, as seed 003's teacher did. Short code matters: the student of
+# the code suite writes it token by token (a hand-written parser was 280 tokens, this 30).
 def solve_arithmetic(expression):
-    def parse(pos):
-        value, pos = term(pos)
-        while pos < len(expression) and expression[pos] in "+-":
-            op = expression[pos]
-            rhs, pos = term(pos + 1)
-            value = value + rhs if op == "+" else value - rhs
-        return value, pos
-
-    def term(pos):
-        value, pos = factor(pos)
-        while pos < len(expression) and expression[pos] == "*":
-            rhs, pos = factor(pos + 1)
-            value *= rhs
-        return value, pos
-
-    def factor(pos):
-        if expression[pos] == "(":
-            value, pos = parse(pos + 1)
-            return value, pos + 1
-        end = pos
-        while end < len(expression) and expression[end].isdigit():
-            end += 1
-        return int(expression[pos:end]), end
-
-    return parse(0)[0]
+    return eval(expression, {"__builtins__": {}})
 
 
 def solve_parentheses(text):
@@ -295,6 +276,39 @@ def verify(task: Task, text: str | None) -> bool:
         i, j = map(int, parts)
         return i != j and max(i, j) < len(values) and values[i] + values[j] == target
     return normalise(text) == normalise(task.answer)
+
+
+# --- the code suite (seed 003's protocol): write solve(x), run it on the task's input ---
+
+# What solve(x) takes and returns, per type: tests compare str(solve(x)) with the answer.
+CODE_SPECS = {
+    "rpn": "x is a list of tokens (strings) of a reverse Polish notation expression over integers with + - *; return its value as an int.",
+    "arithmetic": "x is a string expression of integers with + - * and brackets (usual precedence); return its value as an int.",
+    "parentheses": 'x is a string of brackets ()[]{}; return "yes" if they are balanced, else "no".',
+    "fizzbuzz": 'x is a positive int; return "FizzBuzz" if 15 divides it, "Fizz" if 3 does, "Buzz" if 5 does, else str(x).',
+    "reverse_string": "x is a string; return it reversed.",
+    "is_palindrome": 'x is a string; return "yes" if it reads the same backwards, else "no".',
+    "fibonacci": "x is an int n >= 0; return F(n), where F(0) = 0 and F(1) = 1.",
+    "binary_search": "x is [values, target]: a sorted list of distinct ints and an int; return the index of target in values, or -1.",
+    "two_sum": 'x is [values, target]: a list of ints and an int; return "i j", two distinct indices whose values sum to target, or "none".',
+    "max_subarray": "x is a non-empty list of ints; return the largest sum of a contiguous non-empty part of it.",
+    "remove_duplicates": "x is a list of ints; return its values without repeats, first occurrences in order, joined by single spaces.",
+}
+CODE_PROMPT = "Write a Python function solve(x). {spec}\nExample: solve({x}) returns {value}.\nGive the code inside <answer></answer>."
+
+
+def code_prompt(example: Task) -> str:
+    """The code suite's prompt: the spec of ``example``'s type and ``example`` solved.
+    The program is then tested on other inputs, so the example's answer gives none away."""
+    value = json.dumps(SOLUTIONS[example.type](example.x))
+    return CODE_PROMPT.format(spec=CODE_SPECS[example.type], x=json.dumps(example.x), value=value)
+
+
+def code_example(task: Task) -> Task:
+    """Another instance of ``task``'s type and difficulty, the same on every machine, to
+    show in the prompt when ``task`` itself is the test."""
+    seed = zlib.crc32(task.task_id.encode())
+    return next(t for t in (make_task(seed, task.type, task.difficulty, i) for i in range(100)) if t.prompt != task.prompt)
 
 
 # --- worked solutions: the teacher's step-by-step reasoning, one short step per line ---
