@@ -30,12 +30,25 @@ REPLAY_ROWS = 300
 # Algorithmic training tasks per (type, difficulty): a curriculum weighted to the tiers a
 # 4M model can learn in minutes; the hard tiers stay in, thinly, and in the evaluation.
 ALGO_PER_CELL = {1: 40, 2: 40, 3: 20} | {d: 2 for d in range(4, 11)}
+# Code-writing examples per task type, from the Coder turns of the agent-chain traces: a
+# program serves every difficulty, so a few per type teach it (measured: 93% of the
+# held-out code suite after phase 1 with 16 per type; 24 took 2 minutes more for 91%).
+CODE_PER_TYPE = 16
+CODE_REPLAY_ROWS = 100
 # Generous: a phase-3 model writes a <summary> before each step.
 EVAL_MAX_NEW_TOKENS = 256
+CODE_MAX_NEW_TOKENS = 160  # the longest reference program (binary search) is 121 tokens
 STAGES = ["untrained", "phase1_multiturn", "phase2_summary_only", "phase3_summary_prefix"]
 # The tiers the demo's claim is about: a 4M model trained for minutes learns the short
 # instances; the long ones show how far it is from solving the suite.
-EASY_TIERS = {"algorithmic": ["1", "2", "3"], "qa": ["1", "2"]}
+EASY_TIERS = {"algorithmic": ["1", "2", "3"], "code": ["1", "2", "3"], "qa": ["1", "2"]}
+# Held-out file and grouping of each suite; code is the algorithmic set, solved by a program.
+SUITE_DATA = {"algorithmic": ("algorithmic.jsonl", "type"), "code": ("algorithmic.jsonl", "type"), "qa": ("qa.jsonl", "hops")}
+SUITE_TASK = {
+    "algorithmic": "The model reasons step by step and gives the answer itself.",
+    "code": "The same items; the model writes solve(x) from a solved example of the kind, the sandbox runs it on the item's input (seed 003).",
+    "qa": "Multi-hop questions; the model searches the world's corpus (BM25 tool) and answers.",
+}
 
 
 def embedded_paths(out_dir: str) -> dict:
@@ -46,6 +59,7 @@ def embedded_paths(out_dir: str) -> dict:
         "world": os.path.join(root, "world"),
         "data": os.path.join(root, "data"),
         "algorithmic": os.path.join(root, "algorithmic"),
+        "code": os.path.join(root, "code"),
     }
 
 
@@ -86,11 +100,49 @@ def prepare(out_dir: str, n_train: int = 600) -> dict:
                 g.write(json.dumps(record) + "\n")
         # Held-out tasks come from another seed already, so every converted row is training data.
         convert(no_drafts, algo_train, "teacher_cot", "multiturn", min_score=0.5)
+    code_train = os.path.join(paths["code"], "train.parquet")
+    if not os.path.isfile(code_train):
+        print("[prepare] converting the Coder turns of the agent-chain traces", flush=True)
+        os.makedirs(paths["code"], exist_ok=True)
+        coder_turns = os.path.join(paths["code"], "coder_turns.jsonl")
+        sampled, total = write_coder_turns(os.path.join(paths["world"], "traces", "agent_chain.jsonl"), coder_turns)
+        print(f"[prepare] {sampled} of {total} agent-chain traces sampled ({CODE_PER_TYPE} per task type)", flush=True)
+        convert(coder_turns, code_train, "teacher_cot", "multiturn", min_score=0.5)
     replay = os.path.join(paths["root"], "replay")
-    if not os.path.isfile(os.path.join(replay, "algorithmic.parquet")):
+    if not os.path.isfile(os.path.join(replay, "code.parquet")):
         print("[prepare] sampling the replay sets of phases 2 and 3", flush=True)
         write_replay(paths, replay)
     return paths
+
+
+def write_coder_turns(agent_chain: str, out_path: str) -> tuple[int, int]:
+    """The Coder turn of CODE_PER_TYPE agent-chain traces per task type, as code-suite
+    examples: the code prompt of the trace's task, the Coder's program as the answer and
+    the trace's score (1 when the Reviewer's sandbox run passed). Written in the
+    teacher_cot format without reasoning, so convert() accounts for each record: one
+    with no Coder output or no task input is rejected there, with its reason.
+    Returns (records written, traces read)."""
+    from afm_trainer.tasks.algorithmic import Task, code_prompt
+
+    with open(agent_chain) as f:
+        traces = [json.loads(line) for line in f if line.strip()]
+    by_type = defaultdict(list)
+    for trace in traces:
+        by_type[str(trace.get("type"))].append(trace)
+    rng = random.Random(0)
+    with open(out_path + ".tmp", "w") as f:
+        for task_type, group in sorted(by_type.items()):
+            for trace in rng.sample(group, min(CODE_PER_TYPE, len(group))):
+                coder = next((s.get("output") for s in trace.get("trajectory") or [] if s.get("agent") == "Coder"), None)
+                record = {"id": trace.get("id"), "score": trace.get("score")}
+                if "x" in trace and "task" in trace:
+                    task = Task(str(trace["id"]), task_type, int(trace.get("difficulty") or 0), trace["task"], "", trace["x"])
+                    record["question"] = code_prompt(task)
+                if coder is not None:
+                    record["answer"] = coder  # the teacher_cot parser wraps it in <answer></answer>
+                f.write(json.dumps(record) + "\n")
+    os.replace(out_path + ".tmp", out_path)
+    return sum(min(CODE_PER_TYPE, len(g)) for g in by_type.values()), len(traces)
 
 
 def write_replay(paths: dict, folder: str) -> None:
@@ -100,10 +152,11 @@ def write_replay(paths: dict, folder: str) -> None:
     import pyarrow.parquet as pq
 
     os.makedirs(folder, exist_ok=True)
-    for name, source in (("multiturn", os.path.join(paths["data"], "multiturn", "train.parquet")),
-                         ("algorithmic", os.path.join(paths["algorithmic"], "train.parquet"))):  # fmt: skip
+    for name, source, n in (("multiturn", os.path.join(paths["data"], "multiturn", "train.parquet"), REPLAY_ROWS),
+                            ("algorithmic", os.path.join(paths["algorithmic"], "train.parquet"), REPLAY_ROWS),
+                            ("code", os.path.join(paths["code"], "train.parquet"), CODE_REPLAY_ROWS)):  # fmt: skip
         table = pq.read_table(source)
-        rows = sorted(random.Random(0).sample(range(table.num_rows), min(REPLAY_ROWS, table.num_rows)))
+        rows = sorted(random.Random(0).sample(range(table.num_rows), min(n, table.num_rows)))
         target = os.path.join(folder, f"{name}.parquet")
         pq.write_table(table.take(rows), target + ".tmp")
         os.replace(target + ".tmp", target)
@@ -115,12 +168,13 @@ def embedded_keys(paths: dict) -> dict:
     replay = os.path.join(paths["root"], "replay")
     keys = {"MODEL": paths["model"], "DATA_DIR": paths["data"], **EMBEDDED_DEFAULTS}
     phase_sets = {
-        1: [os.path.join(paths["data"], "multiturn", "train.parquet"), os.path.join(paths["algorithmic"], "train.parquet")],
+        1: [os.path.join(paths["data"], "multiturn", "train.parquet"), os.path.join(paths["algorithmic"], "train.parquet"),
+            os.path.join(paths["code"], "train.parquet")],
         2: [os.path.join(paths["data"], "summary_only", "train.parquet")],
         3: [os.path.join(paths["data"], "summary_prefix", "train.parquet")],
     }
     for number, name in ((1, "multiturn"), (2, "summary_only"), (3, "summary_prefix")):
-        files = phase_sets[number] + ([os.path.join(replay, f"{r}.parquet") for r in ("multiturn", "algorithmic")] if number > 1 else [])
+        files = phase_sets[number] + ([os.path.join(replay, f"{r}.parquet") for r in ("multiturn", "algorithmic", "code")] if number > 1 else [])
         keys[f"PHASE{number}_TRAIN_FILES"] = ",".join(files)
         keys[f"PHASE{number}_VAL_FILES"] = os.path.join(paths["data"], name, "val.parquet")
     return keys
@@ -132,12 +186,13 @@ def evaluate_stage(out_dir: str, stage: str, model_dir: str) -> dict:
 
     paths = embedded_paths(out_dir)
     results = {}
-    for suite, data in (("algorithmic", "algorithmic.jsonl"), ("qa", "qa.jsonl")):
+    for suite, (data, _) in SUITE_DATA.items():
         folder = os.path.join(out_dir, "eval", stage, suite)
         cached = os.path.join(folder, "results.json")
         if not os.path.exists(cached):
             result = evaluate_suite(model_dir, suite, os.path.join(paths["world"], "heldout", data),
-                                    os.path.join(paths["world"], "world", "corpus.jsonl"), max_new_tokens=EVAL_MAX_NEW_TOKENS)  # fmt: skip
+                                    os.path.join(paths["world"], "world", "corpus.jsonl"),
+                                    max_new_tokens=CODE_MAX_NEW_TOKENS if suite == "code" else EVAL_MAX_NEW_TOKENS)  # fmt: skip
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "predictions.jsonl"), "w") as f:
                 for row in result.pop("predictions"):
@@ -166,9 +221,9 @@ def baselines(out_dir: str) -> dict:
         if "answer" in r:
             qa_train[str(r.get("hops"))].append(r["answer"])
     out = {}
-    for suite, train, key in (("algorithmic", algo_train, "type"), ("qa", qa_train, "hops")):
+    for suite, (_, key) in SUITE_DATA.items():
         rows = read(os.path.join(out_dir, "eval", "untrained", suite, "predictions.jsonl"))
-        out[suite] = majority_baseline(train, rows, key)
+        out[suite] = majority_baseline(qa_train if suite == "qa" else algo_train, rows, key)
     return out
 
 
@@ -193,10 +248,10 @@ def write_report(out_dir: str, stage_results: dict[str, dict]) -> None:
     os.replace(os.path.join(out_dir, "results.json.tmp"), os.path.join(out_dir, "results.json"))
 
     lines = ["# afm-trainer progressive demo", "", "Held-out accuracy (greedy; verifiers of the demo world).", ""]
-    for suite, group_name in (("algorithmic", "type"), ("qa", "hops")):
+    for suite, (_, group_name) in SUITE_DATA.items():
         stages = [s for s in STAGES if s in stage_results]
         groups = list(stage_results[stages[0]][suite]["by_group"])
-        lines += [f"## {suite} by {group_name}", "", "| " + group_name + " | " + " | ".join(stages) + " |",
+        lines += [f"## {suite} by {group_name}", "", SUITE_TASK[suite], "", "| " + group_name + " | " + " | ".join(stages) + " |",
                   "|---" * (len(stages) + 1) + "|"]  # fmt: skip
         extra = ["writes a summary"] if suite == "qa" else []
         for g in groups + ["overall", "format valid"] + extra:
@@ -239,14 +294,14 @@ def write_report(out_dir: str, stage_results: dict[str, dict]) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "loss_curves.png"), dpi=110)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, suite in zip(axes, ("algorithmic", "qa")):
+    fig, axes = plt.subplots(1, len(SUITE_DATA), figsize=(14, 3.5))
+    for ax, suite in zip(axes, SUITE_DATA):
         for stage in [s for s in STAGES if s in stage_results]:
             by_d = stage_results[stage][suite]["by_difficulty"]
             ax.plot([int(d) for d in by_d], list(by_d.values()), "o-", label=stage)
         by_d = base[suite]["by_difficulty"]
         ax.plot([int(d) for d in by_d], list(by_d.values()), "--", color="grey", label="majority answer")
-        ax.set_title(f"{suite}: accuracy by {'difficulty' if suite == 'algorithmic' else 'hops'}")
+        ax.set_title(f"{suite}: accuracy by {'hops' if suite == 'qa' else 'difficulty'}")
         ax.set_ylim(0, 1)
     axes[0].legend(fontsize=7)
     fig.tight_layout()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,11 +30,12 @@ def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_
     out = tmp_path / "demo"
     paths = demo.embedded_paths(str(out))
     make_demo(paths["world"], n_train=30, n_heldout=110)
-    heldout = {s: [json.loads(line) for line in open(os.path.join(paths["world"], "heldout", f"{s}.jsonl"))] for s in ("algorithmic", "qa")}
+    heldout = {s: [json.loads(line) for line in open(os.path.join(paths["world"], "heldout", data))]
+               for s, (data, _) in demo.SUITE_DATA.items()}  # fmt: skip
     stages = {}
     for stage, right in (("untrained", 0), ("phase1_multiturn", 1)):
         stages[stage] = {}
-        for suite, key in (("algorithmic", "type"), ("qa", "hops")):
+        for suite, (_, key) in demo.SUITE_DATA.items():
             summary, rows = _fake_stage(heldout[suite], key, right)
             stages[stage][suite] = summary
             if stage == "untrained":  # the baselines read the untrained stage's predictions
@@ -45,7 +47,9 @@ def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_
     assert "| difficulty | untrained | phase1_multiturn | majority answer |" in report
     assert "Easy tiers (difficulty 1, 2, 3): untrained 0.0%" in report
     results = json.load(open(out / "results.json"))
-    assert set(results["easy_tiers"]) == {"algorithmic", "qa"}
+    assert set(results["easy_tiers"]) == {"algorithmic", "code", "qa"}
+    # code is the algorithmic set solved by a program: the same items, the same baseline
+    assert results["majority_baseline"]["code"] == results["majority_baseline"]["algorithmic"]
     assert results["easy_tiers"]["algorithmic"]["untrained"] == 0.0
     assert 0 < results["easy_tiers"]["algorithmic"]["phase1_multiturn"] <= 1
     assert set(results["majority_baseline"]["algorithmic"]["by_difficulty"]) == {str(d) for d in range(1, 11)}
@@ -55,7 +59,8 @@ def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_
 def test_later_phases_train_on_their_own_set_plus_replay_of_phase_one(tmp_path):
     paths = demo.embedded_paths(str(tmp_path))
     sources = {"multiturn": os.path.join(paths["data"], "multiturn", "train.parquet"),
-               "algorithmic": os.path.join(paths["algorithmic"], "train.parquet")}  # fmt: skip
+               "algorithmic": os.path.join(paths["algorithmic"], "train.parquet"),
+               "code": os.path.join(paths["code"], "train.parquet")}  # fmt: skip
     for name, path in sources.items():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         pq.write_table(pa.table({"messages": [f"{name}-{i}" for i in range(demo.REPLAY_ROWS + 50)]}), path)
@@ -63,10 +68,36 @@ def test_later_phases_train_on_their_own_set_plus_replay_of_phase_one(tmp_path):
     demo.write_replay(paths, replay)
     for name in sources:
         rows = pq.read_table(os.path.join(replay, f"{name}.parquet")).column("messages").to_pylist()
-        assert len(rows) == len(set(rows)) == demo.REPLAY_ROWS and all(r.startswith(name) for r in rows)
+        expected = demo.CODE_REPLAY_ROWS if name == "code" else demo.REPLAY_ROWS
+        assert len(rows) == len(set(rows)) == expected and all(r.startswith(name) for r in rows)
     keys = demo.embedded_keys(paths)
-    assert keys["PHASE1_TRAIN_FILES"].split(",") == [sources["multiturn"], sources["algorithmic"]]
+    assert keys["PHASE1_TRAIN_FILES"].split(",") == list(sources.values())
     for phase, own in ((2, "summary_only"), (3, "summary_prefix")):
         files = keys[f"PHASE{phase}_TRAIN_FILES"].split(",")
         assert files[0] == os.path.join(paths["data"], own, "train.parquet")
-        assert files[1:] == [os.path.join(replay, "multiturn.parquet"), os.path.join(replay, "algorithmic.parquet")]
+        assert files[1:] == [os.path.join(replay, f"{name}.parquet") for name in ("multiturn", "algorithmic", "code")]
+
+
+def test_coder_turns_become_code_examples_and_every_trace_is_accounted_for(tmp_path):
+    """Approved Coder programs become (code prompt -> program) samples; a rejected or broken
+    chain ends in the rejects file with its reason."""
+    from afm_trainer.data.convert import convert
+    from afm_trainer.tasks.algorithmic import code_prompt, make_task, solution_source
+    from afm_trainer.tasks.teacher import agent_chain_record
+
+    rng = random.Random(0)
+    good = agent_chain_record(make_task(1, "fizzbuzz", 2, 0), rng)
+    wrong = agent_chain_record(make_task(1, "rpn", 1, 0), rng, kind="wrong")  # the Reviewer rejected it
+    broken = agent_chain_record(make_task(1, "fibonacci", 1, 0), rng)
+    broken["trajectory"][1].pop("output")  # no Coder output
+    chains = tmp_path / "agent_chain.jsonl"
+    chains.write_text("".join(json.dumps(r) + "\n" for r in (good, wrong, broken)))
+    turns = str(tmp_path / "coder_turns.jsonl")
+    assert demo.write_coder_turns(str(chains), turns) == (3, 3)
+    report = convert(turns, str(tmp_path / "code.parquet"), "teacher_cot", "multiturn", min_score=0.5)
+    assert report["records_converted"] == 1 and report["records_rejected"] == 2
+    messages = pq.read_table(tmp_path / "code.parquet").column("messages").to_pylist()[0]
+    assert messages[0]["content"] == code_prompt(make_task(1, "fizzbuzz", 2, 0))
+    assert messages[1]["content"] == f"<answer>{solution_source('fizzbuzz').strip()}</answer>"
+    reasons = [json.loads(line)["reason"] for line in open(tmp_path / "code.parquet.rejects.jsonl")]
+    assert any("below --min_score" in r for r in reasons) and any("answer" in r for r in reasons)

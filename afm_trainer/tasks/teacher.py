@@ -115,7 +115,8 @@ def agent_chain_record(task: Task, rng: random.Random, kind: str = "clean") -> d
         {"agent": "Planner", "output": plan},
         {"agent": "Coder", "output": code},
         {"agent": "Reviewer", "output": reviewer},
-    ], "answer": answer, "score": 1.0 if passed else 0.0, "type": task.type, "difficulty": task.difficulty}  # fmt: skip
+    ], "answer": answer, "score": 1.0 if passed else 0.0, "type": task.type, "difficulty": task.difficulty,
+       "x": task.x}  # fmt: skip  # x: the input the Reviewer ran the code on
     if kind == "malformed":
         record["trajectory"][rng.randrange(3)].pop("output")
     return record
