@@ -1,16 +1,17 @@
 """Evaluate a model on a held-out suite of the demo world.
 
     python -m afm_trainer.eval --model CKPT --suite {algorithmic,code,qa} --data FILE --out DIR
-        [--corpus corpus.jsonl] [--limit N] [--max_new_tokens 96]
+        [--corpus corpus.jsonl] [--limit N] [--max_new_tokens N]
 
 HF generation on CPU, greedy by default, prompts in the chat format the model was
 trained in. ``code`` takes the algorithmic held-out file and asks for a program instead
 of an answer: the model writes ``solve(x)`` from a solved example of the item's kind,
 and the sandbox runs it on the item's input (seed 003's protocol). ``qa`` runs the model
 as a search agent: when it closes a ``</search>`` the query goes to the BM25 tool and the
-results come back as an ``<information>`` tool turn, up to --max_searches times. Writes DIR/results.json (accuracy overall, by type or hops
-and by difficulty, format validity, predicted-label distribution next to the gold one)
-and DIR/predictions.jsonl, and prints a short table.
+results come back as an ``<information>`` tool turn, up to --max_searches times.
+Writes DIR/results.json (accuracy overall, by type or hops and by difficulty, format
+validity, predicted-label distribution next to the gold one) and DIR/predictions.jsonl,
+and prints a short table.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus", default=None, help="qa: the world's corpus.jsonl (default: beside --data's world/)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--max_new_tokens", type=int, default=96)
+    parser.add_argument("--max_new_tokens", type=int, default=None, help="per turn (default: per suite, code 160, else 96)")
     parser.add_argument("--max_searches", type=int, default=4)
     args = parser.parse_args(argv)
     for path in (args.model, args.data):

@@ -93,13 +93,19 @@ def code_row(task: Task, completion: str) -> dict:
             "correct": bool(verify(task, predicted)), "completion": completion}  # fmt: skip
 
 
-SUITES = ("algorithmic", "code", "qa")  # code: the algorithmic held-out set, solved by writing solve(x)
+# code: the algorithmic held-out set, solved by writing solve(x). Tokens per turn: the
+# longest reference program (binary search) is 121 tokens.
+MAX_NEW_TOKENS = {"algorithmic": 96, "code": 160, "qa": 96}
+SUITES = tuple(MAX_NEW_TOKENS)
 
 
 def evaluate_suite(model_path: str, suite: str, data: str, corpus: str | None = None, limit: int | None = None,
-                   max_new_tokens: int = 96, max_searches: int = 4) -> dict:  # fmt: skip
+                   max_new_tokens: int | None = None, max_searches: int = 4) -> dict:  # fmt: skip
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if suite not in MAX_NEW_TOKENS:
+        raise ValueError(f"unknown suite {suite!r}")
+    max_new_tokens = max_new_tokens or MAX_NEW_TOKENS[suite]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     items = _read_jsonl(data, limit)
@@ -135,8 +141,6 @@ def evaluate_suite(model_path: str, suite: str, data: str, corpus: str | None = 
         summary = _summarise(rows, "hops")
         # How often the agent writes a <summary> (phase 3 of the progressive recipe teaches it)
         summary["summary_rate"] = sum("<summary>" in r["completion"] for r in rows) / max(len(rows), 1)
-    else:
-        raise ValueError(f"unknown suite {suite!r}")
     return {"suite": suite, "model": model_path, **summary, "predictions": rows}
 
 

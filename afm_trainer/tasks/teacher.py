@@ -104,6 +104,8 @@ def review(task: Task, code: str, n_tests: int = 3) -> tuple[bool, str]:
 
 
 def agent_chain_record(task: Task, rng: random.Random, kind: str = "clean") -> dict:
+    """The chain, with the task's type, difficulty and input ``x`` (what the Reviewer ran
+    the code on) beside it, so its Coder turn can become a code-suite example."""
     code = solution_source(task.type)
     if kind == "wrong":  # a plausible bug the Reviewer really catches
         code = code.replace("return", "return 1 + 0 *", 1) if "return" in code else code
@@ -116,7 +118,7 @@ def agent_chain_record(task: Task, rng: random.Random, kind: str = "clean") -> d
         {"agent": "Coder", "output": code},
         {"agent": "Reviewer", "output": reviewer},
     ], "answer": answer, "score": 1.0 if passed else 0.0, "type": task.type, "difficulty": task.difficulty,
-       "x": task.x}  # fmt: skip  # x: the input the Reviewer ran the code on
+       "x": task.x}  # fmt: skip
     if kind == "malformed":
         record["trajectory"][rng.randrange(3)].pop("output")
     return record
