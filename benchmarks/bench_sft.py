@@ -12,8 +12,10 @@ the ratios. Targets of the foundation issue: afm-trainer >= 1.5x TRL's best sett
   the gaps between the arrival of consecutive lines in its metrics.jsonl.
 - TRL: SFTTrainer (packing off and on), in a virtual environment this script creates in
   .bench/trl-venv, so TRL's newer transformers cannot disturb verl's pins.
-- plain loop: AdamW over 1,024-token packed rows, bf16 autocast, no checkpointing; the
-  rows are plain concatenations (attention crosses sample boundaries), an upper bound.
+- plain loop: AdamW over 1,024-token packed rows, no checkpointing; the rows are plain
+  concatenations (attention crosses sample boundaries), an upper bound.
+
+All three train in fp32, afm-trainer's CPU default (config/device/cpu.yaml explains why).
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class Clock(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
 cfg = SFTConfig(output_dir=out, per_device_train_batch_size=16, max_steps=steps, max_length=1024, packing=packing,
-                bf16=True, use_cpu=True, logging_steps=1000, save_strategy="no", report_to=[], learning_rate=1e-4,
+                bf16=False, use_cpu=True, logging_steps=1000, save_strategy="no", report_to=[], learning_rate=1e-4,
                 include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, gradient_checkpointing=False)
 trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_path), args=cfg, train_dataset=ds,
                      processing_class=tok, callbacks=[Clock()])
@@ -184,8 +186,7 @@ def bench_plain(model_path: str, data: str, steps: int, warmup: int) -> dict:
     for step in range(steps):
         batch = rows[(step * rows_per_step) % len(rows) :][:rows_per_step]
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=batch, labels=batch).loss
+        loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
