@@ -123,7 +123,7 @@ def merge_lora_export(step_dir: str) -> bool:
 
 def make_attention_portable(step_dir: str) -> bool:
     """Write plain "sdpa" into an export whose config names the project's training-only
-    attention (``sdpa_right_pad``, same results): transformers elsewhere would refuse
+    attention (``sdpa_varlen``, same results): transformers elsewhere would refuse
     to load it. Returns True if config.json was rewritten (atomically)."""
     from afm_trainer.models.attention import NAME as TRAINING_ATTENTION
 

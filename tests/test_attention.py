@@ -1,11 +1,12 @@
-"""attn_implementation="sdpa_right_pad": the padding mask is skipped only where causality
-already hides the padding, and results on real tokens are those of plain SDPA."""
+"""attn_implementation="sdpa_varlen": no dense mask where causality already hides the
+padding or where packed samples can be attended one by one, and results on real tokens
+are those of plain SDPA."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from afm_trainer.models.attention import NAME, is_right_padded
+from afm_trainer.models.attention import NAME, is_right_padded, sample_spans
 
 
 def _pair():
@@ -53,6 +54,42 @@ def test_packed_rows_keep_their_block_mask():
     with torch.no_grad():
         alone = reference(input_ids=ids[:, 4:], position_ids=position_ids[:, 4:], use_cache=False).logits
     assert torch.allclose(b[:, 4:], alone, atol=1e-5)
+
+
+def test_sample_spans_follow_position_restarts():
+    assert sample_spans(torch.tensor([[0, 1, 2, 0, 1, 0]])) == [[(0, 3), (3, 5), (5, 6)]]
+    assert sample_spans(torch.tensor([[5, 6, 7]])) == [[(0, 3)]]  # one sample, offset positions
+
+
+def test_packed_rows_train_like_separate_samples_without_a_dense_mask(monkeypatch):
+    reference, fast = _pair()
+    lengths = [5, 2, 7]
+    samples = [torch.randint(1, 64, (1, n)) for n in lengths]
+    ids = torch.cat(samples, dim=1)
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    packed_logits = fast(input_ids=ids, position_ids=position_ids, use_cache=False).logits[0]
+    assert masks and all(m is None for m in masks)  # no block-diagonal mask over the row
+    # Same logits and gradients as the samples one at a time.
+    spans = torch.cumsum(torch.tensor([0] + lengths), 0).tolist()
+    separate_logits = torch.cat([reference(input_ids=x, use_cache=False).logits[0] for x in samples])
+    assert torch.allclose(packed_logits, separate_logits, atol=1e-5)
+
+    def within_sample_loss(logits):
+        return sum(torch.nn.functional.cross_entropy(logits[s : e - 1], ids[0, s + 1 : e], reduction="sum")
+                   for s, e in zip(spans, spans[1:]))  # fmt: skip
+
+    within_sample_loss(packed_logits).backward()
+    within_sample_loss(separate_logits).backward()
+    for (name, a), b in zip(reference.named_parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4), name
 
 
 def test_greedy_generation_with_left_padding_matches_sdpa():
