@@ -53,3 +53,28 @@ def test_eval_cli_on_every_suite(tmp_path, nano_model):
         assert results["n"] == n and 0 <= results["accuracy"] <= 1
         assert sum(1 for _ in open(out / "predictions.jsonl")) == n
         assert f"{suite}: accuracy" in result.stdout
+
+
+def test_greedy_decode_matches_generate_while_dropping_finished_rows(nano_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from afm_trainer.eval.lm import greedy_decode
+
+    model = AutoModelForCausalLM.from_pretrained(nano_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    tokenizer.padding_side = "left"
+    texts = ["the river city", "a", "mayor wrote code to test each plan before the reviewer", "score of 7 and"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    reference = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id)[:, batch["input_ids"].shape[1]:]  # fmt: skip
+    # Stop tokens that some rows meet early and others never, so rows leave at different steps.
+    first_tokens = reference[:, 2].tolist()
+    stop_ids = [tokenizer.eos_token_id, first_tokens[0], first_tokens[2]]
+    reference = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=stop_ids)[:, batch["input_ids"].shape[1]:]  # fmt: skip
+    ours = greedy_decode(model, batch["input_ids"], batch["attention_mask"], 12, stop_ids)
+    lengths = {len(row) for row in ours}
+    assert len(lengths) > 1 and min(lengths) < 12  # some rows really stopped early
+    for row, expected in zip(ours, reference.tolist()):
+        assert row == expected[: len(row)]
+        assert all(t == tokenizer.pad_token_id for t in expected[len(row):])  # generate() only padded after the stop

@@ -53,9 +53,43 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]], batch_size
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 32) -> list[str]:
-    """Greedy completions (decoded, special tokens dropped) for chat prompts."""
+@torch.no_grad()
+def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                  stop_ids: list[int]) -> list[list[int]]:  # fmt: skip
+    """The tokens `model.generate(do_sample=False)` appends to each row of a left-padded
+    batch (a stop token included), but a row leaves the batch, KV cache and all, as soon
+    as it stops. generate() decodes every row until the last one stops, and in this
+    project's evaluations one rambling row would keep the whole batch busy to the token
+    limit (trained models: 2-3x the tokens actually kept)."""
+    stop = torch.tensor(sorted(set(stop_ids)))
+    rows = torch.arange(input_ids.shape[0])  # which original row each batch row is
+    new_tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+    cache, next_position = out.past_key_values, position_ids[:, -1:] + 1
+    for step in range(max_new_tokens):
+        tokens = out.logits[:, -1].argmax(-1)
+        for row, token in zip(rows.tolist(), tokens.tolist()):
+            new_tokens[row].append(token)
+        keep = (~torch.isin(tokens, stop)).nonzero().flatten()
+        if step == max_new_tokens - 1 or len(keep) == 0:
+            break
+        if len(keep) < len(rows):
+            cache.batch_select_indices(keep)
+            rows, tokens, attention_mask, next_position = rows[keep], tokens[keep], attention_mask[keep], next_position[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_position,
+                    past_key_values=cache, use_cache=True)  # fmt: skip
+        next_position = next_position + 1
+    return new_tokens
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 32,
+             stop_ids: list[int] | None = None) -> list[str]:  # fmt: skip
+    """Greedy completions (decoded, special tokens dropped) for chat prompts, stopping at
+    the end of the turn or at any of `stop_ids`."""
     model.eval()
+    stop_ids = [tokenizer.eos_token_id] + list(stop_ids or [])
     outputs = []
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right edge
@@ -66,14 +100,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 
                 for p in prompts[start : start + batch_size]
             ]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            new_tokens = greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, stop_ids)
             outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = old_side
