@@ -33,7 +33,10 @@ N_HELDOUT = 110
 REPLAY_ROWS = 300
 # Algorithmic training tasks per (type, difficulty): a curriculum weighted to the tiers a
 # 4M model can learn in minutes; the hard tiers stay in, thinly, and in the evaluation.
-ALGO_PER_CELL = {1: 40, 2: 40, 3: 20} | {d: 2 for d in range(4, 11)}
+# Half of what it was (40/40/20): twice the examples were 38% of phase 1's tokens and
+# did not lift the suite above the majority answer (answer-mode reasoning miscopies its
+# input; the code suite is where the model solves these tasks).
+ALGO_PER_CELL = {1: 20, 2: 20, 3: 10} | {d: 2 for d in range(4, 11)}
 # Code-writing examples per task type, from the Coder turns of the agent-chain traces: a
 # program serves every difficulty, so a few per type teach it (measured: 93% of the
 # held-out code suite after phase 1 with 16 per type; 24 took 2 minutes more for 91%).
