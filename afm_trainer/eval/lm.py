@@ -53,7 +53,6 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]], batch_size
 
 
 @torch.no_grad()
-@torch.no_grad()
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   stop_ids: list[int]) -> list[list[int]]:  # fmt: skip
     """The tokens `model.generate(do_sample=False)` appends to each row of a left-padded
