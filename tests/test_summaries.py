@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,13 +21,29 @@ from tests.test_convert_traces import SEARCH, write_jsonl
 FAULTS = ["429", "500", "slow", "not json", "no choices", "empty"]
 
 
+def hung_up(sock) -> bool:
+    """True once the peer closed the connection (EOF is pending on the socket)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 class FaultyServer:
     """Each distinct prompt first gets one fault (in turn), then a good reply; a prompt
-    mentioning 'person 0' always gets 500. Counts requests and the most in flight."""
+    mentioning 'person 0' always gets 500. Counts requests and the most in flight.
+
+    In flight means a client is still waiting: a 'slow' request whose client timed out
+    and hung up no longer counts, although its handler thread sleeps on. The client
+    closes that socket before it releases its concurrency slot, so the hang-up is
+    already visible when the next request arrives."""
 
     def __init__(self, always_ok=False):
         self.lock = threading.Lock()
-        self.seen, self.requests, self.in_flight, self.max_in_flight = {}, 0, 0, 0
+        self.seen, self.requests, self.max_in_flight = {}, 0, 0
+        self.waiting = set()  # sockets of requests whose client has not hung up
         self.always_ok = always_ok
         server = self
 
@@ -39,8 +56,8 @@ class FaultyServer:
                 text = body["messages"][-1]["content"]
                 with server.lock:
                     server.requests += 1
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.waiting = {sock for sock in server.waiting if not hung_up(sock)} | {self.connection}
+                    server.max_in_flight = max(server.max_in_flight, len(server.waiting))
                     attempt = server.seen.get(text, 0)
                     server.seen[text] = attempt + 1
                     fault = None if server.always_ok or attempt else FAULTS[len(server.seen) % len(FAULTS)]
@@ -60,7 +77,7 @@ class FaultyServer:
                     self._send(200, json.dumps({"choices": [{"message": {"content": content}}]}).encode())
                 finally:
                     with server.lock:
-                        server.in_flight -= 1
+                        server.waiting.discard(self.connection)
 
             def _send(self, code, payload):
                 self.send_response(code)
