@@ -98,3 +98,29 @@ def test_pinning_memory_works_without_an_accelerator():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-2:] == ["cpu", "True"]
+
+
+def test_token_logprobs_match_verl_and_are_patched_in_on_cpu(monkeypatch):
+    from verl.utils.torch_functional import logprobs_from_logits_naive
+
+    import afm_trainer.verl_ext.cpu_platform as cpu_platform
+
+    monkeypatch.setattr(cpu_platform, "LOGPROB_CHUNK_ELEMENTS", 7 * 50)  # 7 rows per chunk: chunk edges are hit
+    torch.manual_seed(0)
+    for shape in [(23, 50), (3, 9, 50)]:  # packed tokens, and padded (batch, seq)
+        logits = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        labels = torch.randint(0, 50, shape[:-1])
+        chunked = cpu_platform.chunked_token_logprobs(logits, labels)
+        expected = logprobs_from_logits_naive(logits, labels)
+        assert chunked.shape == expected.shape
+        torch.testing.assert_close(chunked, expected)
+        (grad,) = torch.autograd.grad(chunked.sum(), logits)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+        torch.testing.assert_close(grad, expected_grad)
+
+    # verl's trainers reach it through logprobs_from_logits once the platform is selected.
+    code = ("import verl; from verl.utils.device import get_device_name; get_device_name(); "
+            "import verl.utils.torch_functional as f; print(f.logprobs_from_logits_v2._afm_chunked)")  # fmt: skip
+    result = _python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "True"
