@@ -39,8 +39,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPLETE_MARKER = "RL_COMPLETE"
 # The embedded default trains the 4M demo model: a learning rate far above the 1e-6 of
 # grpo.yaml (meant for pretrained billion-parameter models), and groups of 8 so that a
-# model right 20% of the time still sees a right answer in most groups.
-EMBEDDED_OVERRIDES = ["actor_rollout_ref.actor.optim.lr=3e-5", "actor_rollout_ref.rollout.n=8"]
+# model right 20% of the time still sees a right answer in most groups; two updates a
+# step (mini-batches of 8 prompts), since rollouts cost most of a step on CPU. Measured
+# on the same 20 batches: lr 1e-4 with two updates took held-out accuracy 12.1% -> 18.2%
+# and the last five steps' reward to 0.277; lr 3e-5 with one update: 9.1% and 0.249.
+EMBEDDED_OVERRIDES = ["actor_rollout_ref.actor.optim.lr=1e-4", "actor_rollout_ref.rollout.n=8",
+                      "actor_rollout_ref.actor.ppo_mini_batch_size=8"]  # fmt: skip
 FINAL_SFT_PHASE = "phase3_summary_prefix"
 ALGOS = {
     # adv_estimator, group size: GRPO compares rollout.n answers to one prompt;
