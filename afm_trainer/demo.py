@@ -25,8 +25,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # keeps it; phase 3 must learn to write summaries, which took more than one (measured:
 # after one epoch its summaries garbled facts and QA fell from 40% to 3%; its validation
 # loss was 0.273, 0.222, 0.214 after epochs 1-3). Epochs are cut (from 6/1/3) for the
-# 20-minute budget of `make demo` on 2 cores; on an AVX2-only CPU it took 19.6-22.4 min,
-# with QA after phase 1 at 35% instead of 56% for six epochs (phase 3 recovers most).
+# 20-minute budget of `make demo` on 2 cores (AVX2-only CPU, fresh clone with install:
+# 17-21 min depending on the host's load), with QA after phase 1 at 35% instead of 56%
+# for six epochs (phase 3 recovers most).
 EMBEDDED_DEFAULTS = {"PHASE1_LR": "2e-3", "PHASE2_LR": "1e-3", "PHASE3_LR": "1e-3",
                      "PHASE1_EPOCHS": "5", "PHASE2_EPOCHS": "1", "PHASE3_EPOCHS": "2"}  # fmt: skip
 # Held-out items per suite: QA questions, and one algorithmic item per (type, difficulty).
