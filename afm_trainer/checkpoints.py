@@ -143,13 +143,15 @@ def make_attention_portable(step_dir: str) -> bool:
 
 
 def finalize(ckpt_dir: str) -> list[str]:
-    """Make every complete checkpoint's huggingface/ export loadable by plain
-    transformers; returns the step folders whose LoRA adapter was merged."""
+    """Make every complete checkpoint's huggingface/ export (actor/huggingface/ for the RL
+    trainer) loadable by plain transformers; returns the step folders whose LoRA adapter
+    was merged."""
     tracked = tracked_step(ckpt_dir)
     merged = []
     for step, path in sorted(step_dirs(ckpt_dir).items()):
         if tracked is None or step > tracked:
             continue
+        make_attention_portable(os.path.join(path, "actor"))  # the RL trainer's layout: global_step_N/actor/huggingface
         make_attention_portable(path)
         if merge_lora_export(path):
             merged.append(path)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import warnings
 
-from afm_trainer.checkpoints import latest_complete
+from afm_trainer.checkpoints import finalize, latest_complete
 from afm_trainer.launch import (
     CONFIG_DIR, Launch, RecipeArgs, RecipeError, check_model, check_parquet_files, device_env, hydra_list,
     parse_recipe_args, run, visible_gpus,
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key} = {json.dumps(value)}")
             return 0
         code = run(launch, "rl", dry_run=False)
+        finalize(args.out_dir)  # exports loadable by plain transformers, also those of an interrupted run
         if code == 0:
             write_report(args.out_dir)
             with open(marker + ".tmp", "w") as f:

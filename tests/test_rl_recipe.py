@@ -65,6 +65,8 @@ def test_short_grpo_loop_trains_saves_and_does_not_rerun(synced_run, nano_model,
     checkpoint = out / "global_step_3" / "actor" / "huggingface"
     from transformers import AutoModelForCausalLM
 
+    with open(checkpoint / "config.json") as f:  # not the project's attention: this process may not have it registered
+        assert json.load(f)["attn_implementation"] == "sdpa"
     AutoModelForCausalLM.from_pretrained(checkpoint)  # the RL model is a plain HF model
     train, val, corpus = rl_data
     again = run_rl(1, out, f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, "STEPS=3", *SMALL)
