@@ -2,6 +2,8 @@
 padding or where packed samples can be attended one by one, and results on real tokens
 are those of plain SDPA."""
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
@@ -13,8 +15,10 @@ def _pair():
     config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
     torch.manual_seed(0)
-    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    fast = AutoModelForCausalLM.from_config(config, attn_implementation=NAME).eval()
+    # Each its own config: from_config records the attention implementation on the one passed.
+    reference = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa").eval()
+    fast = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation=NAME).eval()
+    assert (reference.config._attn_implementation, fast.config._attn_implementation) == ("sdpa", NAME)
     fast.load_state_dict(reference.state_dict())
     return reference, fast
 
@@ -98,3 +102,32 @@ def test_greedy_generation_with_left_padding_matches_sdpa():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(reference.generate(ids, **kwargs), fast.generate(ids, **kwargs))
+
+
+def test_decoding_step_with_a_padded_cache_matches_sdpa_without_copying_the_cache(monkeypatch):
+    """A decoding step (one token per row, left-padded cache) gives plain SDPA's logits,
+    and the grouped-query cache is read as it is, not copied once per query head."""
+    from transformers import DynamicCache
+    from transformers.integrations import sdpa_attention
+
+    reference, fast = _pair()
+    with torch.no_grad():  # sharp attention, so that a head reading the wrong cache shows
+        for name, weight in reference.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                weight.mul_(30)
+    fast.load_state_dict(reference.state_dict())
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [1, 2, 3, 4, 5, 9]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step_logits = []
+    for model in (reference, fast):
+        cache = DynamicCache()
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+            copies = []
+            if model is fast:
+                monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda *a: copies.append(1) or pytest.fail("cache copied"))
+            out = model(input_ids=torch.tensor([[11], [12]]), attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+                        position_ids=positions[:, -1:] + 1, past_key_values=cache, use_cache=True)  # fmt: skip
+        step_logits.append(out.logits[:, -1])
+    assert torch.allclose(step_logits[0], step_logits[1], atol=1e-5)
