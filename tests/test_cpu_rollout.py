@@ -9,9 +9,21 @@ import torch
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(nano_model):
+    """The model as the rollout server loads it (the actor's attention)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(nano_model, attn_implementation="sdpa").eval(), AutoTokenizer.from_pretrained(nano_model)
+    from afm_trainer.models.attention import NAME
+
+    model = AutoModelForCausalLM.from_pretrained(nano_model, attn_implementation=NAME).eval()
+    return model, AutoTokenizer.from_pretrained(nano_model)
+
+
+@pytest.fixture(scope="module")
+def reference_model(nano_model):
+    """transformers' own SDPA, to check the rollout's decoding against."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(nano_model, attn_implementation="sdpa").eval()
 
 
 def _request(prompt_ids, max_tokens=12, temperature=1.0, seed=0, stop_ids=(), top_k=-1, top_p=1.0, logprobs=True):
@@ -28,14 +40,15 @@ def _prompts(tokenizer):
             for t in texts]  # fmt: skip
 
 
-def test_greedy_batch_matches_hf_generate_row_by_row(model_and_tokenizer):
+def test_greedy_batch_matches_hf_generate_row_by_row(model_and_tokenizer, reference_model):
     from afm_trainer.verl_ext.cpu_rollout import decode_batch
 
     model, tokenizer = model_and_tokenizer
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query decoding is covered
     prompts = _prompts(tokenizer)  # different lengths: left padding must not change anything
     outputs = decode_batch(model, [_request(p, temperature=0) for p in prompts], tokenizer.pad_token_id)
     for prompt, out in zip(prompts, outputs):
-        reference = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+        reference = reference_model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
                                    pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()  # fmt: skip
         assert out["token_ids"] == reference
         assert out["stop_reason"] == "completed"
@@ -67,6 +80,32 @@ def test_seeds_are_honoured_and_stop_tokens_end_a_row(model_and_tokenizer):
     stopped = decode_batch(model, [_request(prompt, max_tokens=20, seed=1, stop_ids={stop})], tokenizer.pad_token_id)[0]
     assert stopped["token_ids"] == first[: first.index(stop) + 1]  # the stop token is kept, as vLLM does
     assert stopped["stop_reason"] == "completed"
+
+
+def test_a_row_decodes_the_same_whether_its_batch_mates_finish_early_or_not(model_and_tokenizer):
+    """Finished rows leave the batch and its cache; the others must not notice."""
+    from afm_trainer.verl_ext.cpu_rollout import decode_batch
+
+    model, tokenizer = model_and_tokenizer
+    prompts = _prompts(tokenizer)
+    requests = lambda: [_request(p, max_tokens=n, seed=i) for i, (p, n) in enumerate(zip(prompts, [3, 16, 9]))]  # noqa: E731
+    together = decode_batch(model, requests(), tokenizer.pad_token_id)
+    alone = [decode_batch(model, [r], tokenizer.pad_token_id)[0] for r in requests()]
+    assert [len(o["token_ids"]) for o in together] == [3, 16, 9]
+    for a, b in zip(together, alone):
+        assert a["token_ids"] == b["token_ids"]
+        assert a["log_probs"] == pytest.approx(b["log_probs"], abs=1e-4)
+
+
+def test_sample_rows_draws_each_token_with_its_probability():
+    from afm_trainer.verl_ext.cpu_rollout import sample_rows
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.3, 0.7, 0.0, 0.0]])
+    grid = (torch.arange(1000, dtype=torch.float64) + 0.5) / 1000  # evenly spread uniforms: exact counts
+    counts = [torch.bincount(sample_rows(row.expand(1000, 4), grid), minlength=4).tolist() for row in probs]
+    assert counts == [[500, 0, 300, 200], [300, 700, 0, 0]]
+    # u just below 1: never a zero-probability token, even where rounding reaches the total
+    assert sample_rows(probs, torch.tensor([1 - 1e-17, 1 - 1e-17], dtype=torch.float64)).tolist() == [3, 1]
 
 
 def test_top_k_one_is_greedy(model_and_tokenizer):
