@@ -9,7 +9,8 @@ Writes DIR/train.parquet and DIR/val.parquet in verl's RL format: ``data_source`
 ``tests`` as JSON text, since parquet holds values of mixed types badly) and
 ``agent_name`` (verl's agent loop: ``tool_agent`` for qa, which needs the search tool,
 ``single_turn_agent`` otherwise). They are scored by afm_trainer/verl_ext/rewards.py.
---n_train and --n_val count rows per suite.
+--n_train and --n_val count rows per suite. Training rows are interleaved by task type
+(and suite): any run of consecutive rows covers the kinds evenly.
 
 - algorithmic: tasks of seed 42 for training; validation is the held-out suite, from
   --world DEMO_DIR (make_demo's heldout/algorithmic.jsonl, so validation is what the
@@ -24,6 +25,7 @@ Writes DIR/train.parquet and DIR/val.parquet in verl's RL format: ``data_source`
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -223,6 +225,17 @@ SUITES = {
 }
 
 
+def interleave_kinds(rows: list[dict]) -> list[dict]:
+    """Round-robin over (data source, type), each kind keeping its shuffled order: every
+    run of consecutive rows covers the kinds evenly. With the trainer's shuffling off (the
+    RL recipe's embedded default), a step's batch is such a run, and the reward moves with
+    what the model learns rather than with which kinds of task a batch happened to draw."""
+    kinds: dict[tuple, list[dict]] = {}
+    for row in rows:
+        kinds.setdefault((row["data_source"], row["extra_info"]["type"]), []).append(row)
+    return [row for layer in itertools.zip_longest(*kinds.values()) for row in layer if row is not None]
+
+
 def make_rl_data(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
     names = list(SUITES) if "all" in args.suite else args.suite
@@ -231,6 +244,7 @@ def make_rl_data(args) -> dict:
         train, val = SUITES[name](args)
         splits["train"] += train
         splits["val"] += val
+    splits["train"] = interleave_kinds(splits["train"])
     prompts = {split: {r["prompt"][0]["content"] for r in rows} for split, rows in splits.items()}
     if prompts["train"] & prompts["val"]:  # the suites exclude held-out prompts; this guards that
         raise AssertionError(f"{len(prompts['train'] & prompts['val'])} prompts are in train and val both")

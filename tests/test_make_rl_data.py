@@ -75,6 +75,17 @@ def test_counts_per_suite_are_the_ones_asked_for(all_suites):
         assert {s: sources.count(s) for s in set(sources)} == {"afm/qa": n, "afm/algorithmic": n, "afm/code": n}
 
 
+def test_training_rows_take_the_kinds_in_turn(all_suites):
+    """Unshuffled, a step's batch covers the task kinds evenly, not a run of one kind."""
+    rows = read(all_suites / "train.parquet").to_pylist()
+    kinds = [(r["data_source"], r["extra_info"]["type"]) for r in rows]
+    n_kinds = len(set(kinds))
+    assert n_kinds > 10
+    window = kinds[: n_kinds]
+    assert len(set(window)) == n_kinds  # the first rows: one of each kind
+    assert [r["extra_info"]["index"] for r in rows] == list(range(len(rows)))
+
+
 def test_hf_datasets_reads_it_as_verl_does(all_suites):
     import datasets
 
