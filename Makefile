@@ -39,6 +39,7 @@ bench: install
 	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_sandbox.py
+	$(PY) benchmarks/bench_rollout.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -37,7 +37,10 @@ from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry,
 logger = logging.getLogger(__name__)
 
 NAME = "hf"
-BATCH_WAIT_S = 0.02  # how long the first request of a batch waits for company
+# A batch starts once no request has arrived for this long (or it is full): the agent
+# loop sends a step's requests one by one, and a batch started on the first few keeps
+# the rest waiting for its longest answer.
+BATCH_WAIT_S = 0.02
 
 
 def _server_name(replica_rank: int) -> str:
@@ -76,7 +79,7 @@ def sample_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     and batched (torch.multinomial row by row was 16% of the rollout's time)."""
     cdf = probs.double().cumsum(-1)
     tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)
-    last = torch.searchsorted(cdf, cdf[:, -1:])  # the last token with probability > 0, should u * total round up
+    last = torch.searchsorted(cdf, cdf[:, -1:].contiguous())  # the last token with probability > 0, should u * total round up
     return torch.minimum(tokens, last)[:, 0]
 
 
@@ -223,7 +226,10 @@ class HFRolloutServer:
     async def _batch_forever(self):
         while True:
             await self.wake.wait()
-            await asyncio.sleep(BATCH_WAIT_S)
+            queued = -1
+            while queued != len(self.queue) < self.config.max_num_seqs:
+                queued = len(self.queue)
+                await asyncio.sleep(BATCH_WAIT_S)
             batch, self.queue = self.queue[: self.config.max_num_seqs], self.queue[self.config.max_num_seqs :]
             if not self.queue:
                 self.wake.clear()
