@@ -10,7 +10,7 @@ CPU (``afm_trainer/verl_ext/cpu_rollout.py``), rewards from
 - The start model is ``MODEL``, else the latest complete checkpoint of the progressive
   recipe's final phase under ``SFT_DIR`` (default ``out/demo``, what ``make demo`` writes).
 - Data is ``TRAIN_FILES``/``VAL_FILES`` (``data_preprocess/make_rl_data.py``), else the
-  demo world's easy algorithmic tasks, written to ``OUT_DIR/data``.
+  demo world's easy code tasks, written to ``OUT_DIR/data``.
 - Re-running the same command resumes from the last checkpoint (verl's
   ``resume_mode=auto``); a finished run (``RL_COMPLETE``) is not run again, unless
   ``STEPS`` asks for more, which continues it.
@@ -37,14 +37,16 @@ from afm_trainer.metrics import METRICS_FILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPLETE_MARKER = "RL_COMPLETE"
-# The embedded default trains the 4M demo model: a learning rate far above the 1e-6 of
-# grpo.yaml (meant for pretrained billion-parameter models), and groups of 8 so that a
-# model right 20% of the time still sees a right answer in most groups; two updates a
-# step (mini-batches of 8 prompts), since rollouts cost most of a step on CPU. Measured
-# on the same 20 batches: lr 1e-4 with two updates took held-out accuracy 12.1% -> 18.2%
-# and the last five steps' reward to 0.277; lr 3e-5 with one update: 9.1% and 0.249.
+# The embedded default trains the 4M demo model on the easy code tasks (the sandbox runs
+# its solve(x) on tests): the SFT model samples a passing answer ~65% of the time, so
+# most groups hold both right and wrong answers, while on the algorithmic tasks (~12%,
+# nearly all from the yes/no types) most groups were all wrong and taught nothing.
+# A learning rate far above grpo.yaml's 1e-6 (meant for pretrained billion-parameter
+# models); groups of 8; two updates a step (mini-batches of 8 prompts), since rollouts
+# cost most of a step on CPU; batches in the data's order, which make_rl_data.py
+# interleaves by task type, so the reward curve is not the luck of each batch's draw.
 EMBEDDED_OVERRIDES = ["actor_rollout_ref.actor.optim.lr=1e-4", "actor_rollout_ref.rollout.n=8",
-                      "actor_rollout_ref.actor.ppo_mini_batch_size=8"]  # fmt: skip
+                      "actor_rollout_ref.actor.ppo_mini_batch_size=8", "data.shuffle=false"]  # fmt: skip
 FINAL_SFT_PHASE = "phase3_summary_prefix"
 ALGOS = {
     # adv_estimator, group size: GRPO compares rollout.n answers to one prompt;
@@ -55,7 +57,7 @@ ALGOS = {
 RL_KEYS = {
     "MODEL": f"HF model folder to start from (default: latest checkpoint of SFT_DIR/{FINAL_SFT_PHASE})",
     "SFT_DIR": "OUT_DIR of the progressive recipe (default out/demo)",
-    "TRAIN_FILES": "RL parquet from data_preprocess/make_rl_data.py (default: demo-world tasks)",
+    "TRAIN_FILES": "RL parquet from data_preprocess/make_rl_data.py (default: the demo world's easy code tasks)",
     "VAL_FILES": "RL parquet for validation",
     "CORPUS": "JSONL corpus for the search tool (default: the demo world's, under SFT_DIR)",
     "SEARCH_URL": "a running afm_trainer.tools.search_server, instead of CORPUS",
@@ -82,15 +84,16 @@ def start_model(args: RecipeArgs) -> str:
 
 
 def demo_data(args: RecipeArgs, dry_run: bool) -> tuple[str, str]:
-    """The embedded default: the demo world's easy algorithmic tasks (verifier rewards).
-    With the world `make demo` built, validation is its held-out set, so verl's
-    validation accuracy is the same held-out accuracy as in the SFT report."""
+    """The embedded default: the demo world's easy code tasks (difficulty 1-3), rewarded
+    by running the model's solve(x) on tests in the sandbox. Validation is held out
+    (seed 999, none of its examples in training); with the world `make demo` built,
+    no training prompt shows a held-out algorithmic task either."""
     folder = os.path.join(os.path.abspath(args.out_dir), "data")
     train, val = os.path.join(folder, "train.parquet"), os.path.join(folder, "val.parquet")
     if not dry_run and not os.path.exists(val):
         world = os.path.join(args.get("SFT_DIR", "out/demo"), "embedded", "world")
         command = [sys.executable, os.path.join(REPO, "data_preprocess", "make_rl_data.py"), "--out", folder,
-                   "--suite", "algorithmic", "--difficulties", "1,2,3"]  # fmt: skip
+                   "--suite", "code", "--difficulties", "1,2,3"]  # fmt: skip
         subprocess.run(command + (["--world", world] if os.path.isdir(world) else []), check=True)
     return train, val
 
