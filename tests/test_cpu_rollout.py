@@ -27,7 +27,7 @@ def reference_model(nano_model):
 
 
 def _request(prompt_ids, max_tokens=12, temperature=1.0, seed=0, stop_ids=(), top_k=-1, top_p=1.0, logprobs=True):
-    from afm_trainer.verl_ext.cpu_rollout import Request
+    from afm_trainer.models.decoding import Request
 
     return Request(prompt_ids=list(prompt_ids), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    want_logprobs=logprobs, stop_ids=set(stop_ids), generator=torch.Generator().manual_seed(seed),
@@ -41,7 +41,7 @@ def _prompts(tokenizer):
 
 
 def test_greedy_batch_matches_hf_generate_row_by_row(model_and_tokenizer, reference_model):
-    from afm_trainer.verl_ext.cpu_rollout import decode_batch
+    from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query decoding is covered
@@ -55,7 +55,7 @@ def test_greedy_batch_matches_hf_generate_row_by_row(model_and_tokenizer, refere
 
 
 def test_log_probs_are_the_models_own(model_and_tokenizer):
-    from afm_trainer.verl_ext.cpu_rollout import decode_batch
+    from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
     prompt = _prompts(tokenizer)[0]
@@ -68,7 +68,7 @@ def test_log_probs_are_the_models_own(model_and_tokenizer):
 
 
 def test_seeds_are_honoured_and_stop_tokens_end_a_row(model_and_tokenizer):
-    from afm_trainer.verl_ext.cpu_rollout import decode_batch
+    from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
     prompt = _prompts(tokenizer)[1]
@@ -84,7 +84,7 @@ def test_seeds_are_honoured_and_stop_tokens_end_a_row(model_and_tokenizer):
 
 def test_a_row_decodes_the_same_whether_its_batch_mates_finish_early_or_not(model_and_tokenizer):
     """Finished rows leave the batch and its cache; the others must not notice."""
-    from afm_trainer.verl_ext.cpu_rollout import decode_batch
+    from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
     prompts = _prompts(tokenizer)
@@ -98,7 +98,7 @@ def test_a_row_decodes_the_same_whether_its_batch_mates_finish_early_or_not(mode
 
 
 def test_sample_rows_draws_each_token_with_its_probability():
-    from afm_trainer.verl_ext.cpu_rollout import sample_rows
+    from afm_trainer.models.decoding import sample_rows
 
     probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.3, 0.7, 0.0, 0.0]])
     grid = (torch.arange(1000, dtype=torch.float64) + 0.5) / 1000  # evenly spread uniforms: exact counts
@@ -109,7 +109,7 @@ def test_sample_rows_draws_each_token_with_its_probability():
 
 
 def test_top_k_one_is_greedy(model_and_tokenizer):
-    from afm_trainer.verl_ext.cpu_rollout import decode_batch
+    from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
     prompt = _prompts(tokenizer)[0]

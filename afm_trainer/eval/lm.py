@@ -10,6 +10,8 @@ import re
 
 import torch
 
+from afm_trainer.models.decoding import Request, decode_batch
+
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -52,35 +54,15 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]], batch_size
     return total / max(count, 1)
 
 
-@torch.no_grad()
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   stop_ids: list[int]) -> list[list[int]]:  # fmt: skip
     """The tokens `model.generate(do_sample=False)` appends to each row of a left-padded
-    batch (a stop token included), but a row leaves the batch, KV cache and all, as soon
-    as it stops. generate() decodes every row until the last one stops, and in this
-    project's evaluations one rambling row would keep the whole batch busy to the token
-    limit (trained models: 2-3x the tokens actually kept)."""
-    stop = torch.tensor(sorted(set(stop_ids)))
-    rows = torch.arange(input_ids.shape[0])  # which original row each batch row is
-    new_tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
-    cache, next_position = out.past_key_values, position_ids[:, -1:] + 1
-    for step in range(max_new_tokens):
-        tokens = out.logits[:, -1].argmax(-1)
-        for row, token in zip(rows.tolist(), tokens.tolist()):
-            new_tokens[row].append(token)
-        keep = (~torch.isin(tokens, stop)).nonzero().flatten()
-        if step == max_new_tokens - 1 or len(keep) == 0:
-            break
-        if len(keep) < len(rows):
-            cache.batch_select_indices(keep)
-            rows, tokens, attention_mask, next_position = rows[keep], tokens[keep], attention_mask[keep], next_position[keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_position,
-                    past_key_values=cache, use_cache=True)  # fmt: skip
-        next_position = next_position + 1
-    return new_tokens
+    batch (a stop token included), by the rollout's decoder: a row leaves the batch, KV
+    cache and all, as soon as it stops, where generate() decodes every row until the
+    last one stops (trained models: 2-3x the tokens actually kept)."""
+    requests = [Request(prompt_ids=ids[mask.bool()].tolist(), max_tokens=max_new_tokens, temperature=0.0, stop_ids=set(stop_ids))
+                for ids, mask in zip(input_ids, attention_mask)]  # fmt: skip
+    return [out["token_ids"] for out in decode_batch(model, requests)]
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 32,

@@ -7,7 +7,7 @@ cannot run on a CPU machine. This module adds one through verl's own registries
 - ``HFRolloutServer``: a Ray actor holding a Hugging Face copy of the policy. The agent
   loops call ``generate(prompt_ids, sampling_params, request_id)`` concurrently; the
   server gathers what arrives within a few milliseconds into one batch and decodes it
-  with a KV cache, honouring each request's temperature, top-k, top-p, max tokens,
+  (``afm_trainer/models/decoding.py``), honouring each request's temperature, top-k, top-p, max tokens,
   stop tokens and seed (``rollout.seed`` unless the request carries its own).
 - ``HFRolloutReplica``: verl's ``RolloutReplica`` for it (one server per replica).
 - ``HFRolloutAdapter``: the ``BaseRollout`` that lives in the FSDP worker. After every
@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 import torch
 
+from afm_trainer.models.decoding import Request, decode_batch
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
@@ -45,106 +45,6 @@ BATCH_WAIT_S = 0.02
 
 def _server_name(replica_rank: int) -> str:
     return f"afm_hf_rollout_server_{replica_rank}"
-
-
-@dataclass
-class Request:
-    prompt_ids: list[int]
-    max_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    want_logprobs: bool
-    stop_ids: set[int]
-    generator: torch.Generator
-    future: asyncio.Future = field(repr=False)
-
-
-def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Top-k then nucleus filtering of one row of logits (-inf outside)."""
-    if 0 < top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, -1).cumsum(-1)
-        drop = cumulative - torch.softmax(sorted_logits, -1) >= top_p  # keep the token that crosses top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    return logits
-
-
-def sample_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """One token per row by inverse CDF: the first token whose cumulative probability
-    exceeds u * total, u uniform in [0, 1). Exact, never picks a zero-probability token,
-    and batched (torch.multinomial row by row was 16% of the rollout's time)."""
-    cdf = probs.double().cumsum(-1)
-    tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)
-    last = torch.searchsorted(cdf, cdf[:, -1:].contiguous())  # the last token with probability > 0, should u * total round up
-    return torch.minimum(tokens, last)[:, 0]
-
-
-@torch.no_grad()
-def decode_batch(model, requests: list[Request], pad_id: int, should_stop=lambda: False) -> list[dict]:
-    """Decode a batch of left-padded prompts with a KV cache, each row with its own
-    sampling parameters; returns token ids, log-probs and stop reason per request.
-
-    Log-probs are those of the sampled token under softmax(logits / temperature), the
-    distribution verl's actor recomputes (top-k/top-p cut the sampling, not the log-prob).
-    A finished row leaves the batch (and the cache): sampled lengths vary a lot, and
-    decoding every row until the longest one ends cost ~3.5x the tokens kept.
-    """
-    from transformers import DynamicCache
-
-    width = max(len(r.prompt_ids) for r in requests)
-    ids = torch.full((len(requests), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(requests), width), dtype=torch.long)
-    for row, r in enumerate(requests):
-        ids[row, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-        mask[row, width - len(r.prompt_ids) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
-    outputs = [{"token_ids": [], "log_probs": [], "stop_reason": None} for _ in requests]
-    # Greedy rows (temperature <= 0) score their token under the plain softmax.
-    temperatures = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in requests])
-    greedy = torch.tensor([r.temperature <= 0 for r in requests])
-    live = list(range(len(requests)))  # the request behind each row of the batch
-    for _ in range(max(r.max_tokens for r in requests)):
-        scaled = logits.float() / temperatures[live, None]
-        log_probs = torch.log_softmax(scaled, -1)
-        probs = log_probs.exp()
-        for row, index in enumerate(live):
-            r = requests[index]
-            if r.temperature > 0 and (r.top_k > 0 or r.top_p < 1.0):
-                probs[row] = torch.softmax(_filter_logits(scaled[row], r.top_k, r.top_p), -1)
-        # One draw from each request's own generator: a request's tokens depend on its seed only.
-        uniforms = torch.tensor([float(torch.rand((), generator=requests[i].generator)) for i in live], dtype=torch.float64)
-        next_ids = torch.where(greedy[live], scaled.argmax(-1), sample_rows(probs, uniforms))
-        chosen = log_probs.gather(1, next_ids[:, None])[:, 0].tolist()
-        for row, (index, token) in enumerate(zip(live, next_ids.tolist())):
-            r, out = requests[index], outputs[index]
-            out["token_ids"].append(token)
-            if r.want_logprobs:
-                out["log_probs"].append(chosen[row])
-            if token in r.stop_ids or len(out["token_ids"]) >= r.max_tokens:
-                out["stop_reason"] = "completed"  # vLLM's name for both "stop" and "length"
-        keep = [row for row, index in enumerate(live) if outputs[index]["stop_reason"] is None]
-        if not keep:
-            break
-        if should_stop():
-            for o in outputs:
-                o["stop_reason"] = o["stop_reason"] or "aborted"
-            break
-        if len(keep) < len(live):
-            rows = torch.tensor(keep)
-            cache.batch_select_indices(rows)
-            mask, positions, next_ids = mask[rows], positions[rows], next_ids[rows]
-            live = [live[row] for row in keep]
-        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
-        positions = positions[:, -1:] + 1
-        logits = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True).logits[:, -1]  # fmt: skip
-    return outputs
 
 
 class HFRolloutServer:
