@@ -84,15 +84,17 @@ def decode_batch(model, requests: list[Request], pad_id: int = 0, should_stop=la
     for _ in range(max(r.max_tokens for r in requests)):
         scaled = logits.float() / temperatures[live, None]
         log_probs = torch.log_softmax(scaled, -1)
-        probs = log_probs.exp()
-        for row, index in enumerate(live):
-            r = requests[index]
-            if r.temperature > 0 and (r.top_k > 0 or r.top_p < 1.0):
-                probs[row] = torch.softmax(_filter_logits(scaled[row], r.top_k, r.top_p), -1)
-        # One draw from each request's own generator: a request's tokens depend on its seed only.
-        uniforms = torch.tensor([float(torch.rand((), generator=requests[i].generator)) if requests[i].temperature > 0 else 0.0
-                                 for i in live], dtype=torch.float64)  # fmt: skip
-        next_ids = torch.where(greedy[live], scaled.argmax(-1), sample_rows(probs, uniforms))
+        next_ids = scaled.argmax(-1)
+        if not greedy[live].all():  # the evaluation's batches are all greedy: no sampling work
+            probs = log_probs.exp()
+            for row, index in enumerate(live):
+                r = requests[index]
+                if r.temperature > 0 and (r.top_k > 0 or r.top_p < 1.0):
+                    probs[row] = torch.softmax(_filter_logits(scaled[row], r.top_k, r.top_p), -1)
+            # One draw from each request's own generator: a request's tokens depend on its seed only.
+            uniforms = torch.tensor([float(torch.rand((), generator=requests[i].generator)) if requests[i].temperature > 0 else 0.0
+                                     for i in live], dtype=torch.float64)  # fmt: skip
+            next_ids = torch.where(greedy[live], next_ids, sample_rows(probs, uniforms))
         chosen = log_probs.gather(1, next_ids[:, None])[:, 0].tolist()
         for row, (index, token) in enumerate(zip(live, next_ids.tolist())):
             r, out = requests[index], outputs[index]

@@ -7,8 +7,8 @@ cannot run on a CPU machine. This module adds one through verl's own registries
 - ``HFRolloutServer``: a Ray actor holding a Hugging Face copy of the policy. The agent
   loops call ``generate(prompt_ids, sampling_params, request_id)`` concurrently; the
   server gathers what arrives within a few milliseconds into one batch and decodes it
-  (``afm_trainer/models/decoding.py``), honouring each request's temperature, top-k, top-p, max tokens,
-  stop tokens and seed (``rollout.seed`` unless the request carries its own).
+  (``afm_trainer/models/decoding.py``), honouring each request's temperature, top-k,
+  top-p, max tokens, stop tokens and seed (``rollout.seed`` unless the request carries its own).
 - ``HFRolloutReplica``: verl's ``RolloutReplica`` for it (one server per replica).
 - ``HFRolloutAdapter``: the ``BaseRollout`` that lives in the FSDP worker. After every
   training step verl hands it the actor's full parameters; every rank drains them (the
@@ -30,6 +30,7 @@ from typing import Any
 import ray
 import torch
 
+from afm_trainer.models.attention import NAME as ATTENTION
 from afm_trainer.models.decoding import Request, decode_batch
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
@@ -66,7 +67,7 @@ class HFRolloutServer:
         dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}.get(str(config.dtype), torch.float32)
         # The actor's attention (models/attention.py): standard SDPA with the padding mask
         # that left-padded prompts need, and decoding steps without copying the cache per head.
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa_varlen").eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
@@ -126,8 +127,8 @@ class HFRolloutServer:
     async def _batch_forever(self):
         while True:
             await self.wake.wait()
-            queued = -1
-            while queued != len(self.queue) < self.config.max_num_seqs:
+            queued = 0
+            while len(self.queue) != queued and len(self.queue) < self.config.max_num_seqs:  # still arriving, room left
                 queued = len(self.queue)
                 await asyncio.sleep(BATCH_WAIT_S)
             batch, self.queue = self.queue[: self.config.max_num_seqs], self.queue[self.config.max_num_seqs :]
