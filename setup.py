@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Turn agent trajectories into one Agent Foundation Model: data, SFT, RL and evaluation on verl",
     packages=find_packages(include=["afm_trainer", "afm_trainer.*"]),
-    package_data={"afm_trainer": ["config/*.yaml"]},
+    package_data={"afm_trainer": ["recipes/*/config/*.yaml", "recipes/*/config/*/*.yaml", "demo/config/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "verl==0.9.1",
@@ -31,10 +31,13 @@ setup(
         "bm25s",
         "httpx",
         "orjson",
+        "pyyaml",
+        # trainer.logger=[console,file,tensorboard]: verl writes through torch.utils.tensorboard
+        "tensorboard",
     ],
     extras_require={
         "gpu": ["vllm", "flash-attn"],
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout", "ruff==0.17.5"],
     },
     entry_points={
         # verl imports every "verl.plugins" entry point in every process (torchrun

@@ -10,17 +10,11 @@ OUT.parquet with an empty summary. Exit 1 with one error line if the input is un
 """
 
 import argparse
-import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import pyarrow as pa  # noqa: E402
-
-from afm_trainer.data.parquet_io import InputError, read_table, write_rows  # noqa: E402
-
-from afm_trainer.data.summaries import OpenAISummarizer, extractive_summary  # noqa: E402
+from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.summaries import add_summaries
 
 
 def main(argv=None) -> int:
@@ -36,31 +30,22 @@ def main(argv=None) -> int:
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each retry)")
     parser.add_argument("--cache_dir", default=None)
     args = parser.parse_args(argv)
+    options = {
+        "base_url": args.base_url,
+        "model": args.model,
+        "max_concurrent": args.max_concurrent,
+        "cache_dir": args.cache_dir,
+        "max_retries": args.max_retries,
+        "timeout_s": args.timeout,
+        "backoff_s": args.backoff,
+    }
     try:
-        table = read_table(args.input_file, "messages", "convert it with convert_traces.py --mode stepwise")
+        counts = add_summaries(args.input_file, args.output_file, args.backend, **options)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    rows = table.to_pylist()
-    contexts = [row["messages"][:-1] for row in rows]
-    if args.backend == "extractive":
-        results = [extractive_summary(c) for c in contexts]
-    else:
-        summarizer = OpenAISummarizer(args.base_url, args.model, args.max_concurrent, args.cache_dir,
-                                      args.max_retries, args.timeout, args.backoff)  # fmt: skip
-        results = summarizer.summarize(contexts)
-
-    kept, rejected = [], 0
-    with open(args.output_file + ".rejects.jsonl.tmp", "w") as rejects:
-        for index, (row, result) in enumerate(zip(rows, results)):
-            if isinstance(result, BaseException):
-                rejected += 1
-                rejects.write(json.dumps({"where": f"row {index}", "reason": str(result), "record": row}, default=str) + "\n")
-            else:
-                kept.append({**row, "summary": result})
-    write_rows(kept, table.schema.append(pa.field("summary", pa.string())), args.output_file)
-    os.replace(args.output_file + ".rejects.jsonl.tmp", args.output_file + ".rejects.jsonl")
-    print(f"{len(rows)} samples: {len(kept)} summarised, {rejected} rejected (see {args.output_file}.rejects.jsonl)")
+    print(f"{counts['samples']} samples: {counts['summarised']} summarised, {counts['rejected']} rejected "
+          f"(see {args.output_file}.rejects.jsonl)")  # fmt: skip
     return 0
 
 

@@ -12,13 +12,10 @@ input file does (exit 1, one error line).
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from afm_trainer.data.convert import InputError, convert  # noqa: E402
-from afm_trainer.traces.formats import FORMATS  # noqa: E402
+from afm_trainer.data.convert import InputError, convert
+from afm_trainer.traces.formats import FORMATS
 
 
 def main(argv=None) -> int:

@@ -4,31 +4,15 @@
         [--val_ratio 0.1] [--seed 42] [--shards N]
 
 Writes DIR/train.parquet and DIR/val.parquet, or with --shards N,
-DIR/train-0000K-of-0000N.parquet (and val likewise), all readable by verl.
-No trajectory has samples in both sets.
+DIR/train-0000K-of-0000N.parquet (and val likewise): the recipes take DIR, the folder,
+or the shards' names. No trajectory has samples in both sets.
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from afm_trainer.data.parquet_io import InputError, read_table, write_rows  # noqa: E402
-from afm_trainer.data.splits import split_by_trajectory  # noqa: E402
-
-
-def write_split(rows, schema, out_dir, name, shards):
-    paths = []
-    if shards <= 1:
-        parts = [(f"{name}.parquet", rows)]
-    else:
-        parts = [(f"{name}-{k:05d}-of-{shards:05d}.parquet", rows[k::shards]) for k in range(shards)]
-    for filename, part in parts:
-        path = os.path.join(out_dir, filename)
-        write_rows(part, schema, path)
-        paths.append(path)
-    return paths
+from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.splits import prepare_train_val
 
 
 def main(argv=None) -> int:
@@ -43,16 +27,12 @@ def main(argv=None) -> int:
         print(f"error: --val_ratio must be in [0, 1), got {args.val_ratio}", file=sys.stderr)
         return 1
     try:
-        table = read_table(args.input_file, "trajectory_id", "convert it with convert_traces.py")
+        c = prepare_train_val(args.input_file, args.output_dir, args.val_ratio, args.seed, args.shards)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    train, val = split_by_trajectory(table.to_pylist(), args.val_ratio, args.seed)
-    os.makedirs(args.output_dir, exist_ok=True)
-    write_split(train, table.schema, args.output_dir, "train", args.shards)
-    write_split(val, table.schema, args.output_dir, "val", args.shards)
-    n_train, n_val = len({r["trajectory_id"] for r in train}), len({r["trajectory_id"] for r in val})
-    print(f"{args.output_dir}: train {len(train)} samples ({n_train} trajectories), val {len(val)} samples ({n_val} trajectories)")
+    print(f"{args.output_dir}: train {c['train_samples']} samples ({c['train_trajectories']} trajectories), "
+          f"val {c['val_samples']} samples ({c['val_trajectories']} trajectories)")  # fmt: skip
     return 0
 
 

@@ -1,37 +1,31 @@
 """Make the two summary datasets of seed 002 from summarised stepwise samples.
 
     python data_preprocess/split_summary_datasets.py --input_file SUMMARISED.parquet \
-        --output_dataset1 PREFIX.parquet --output_dataset2 ONLY.parquet
+        --summary_prefix_file PREFIX.parquet --summary_only_file ONLY.parquet
 
-Dataset 1 (summary prefix): full context -> <summary>...</summary> + the target turn.
-Dataset 2 (summary only): the summary as the only context -> the target turn.
+Summary prefix: full context -> <summary>...</summary> + the target turn.
+Summary only: the summary as the only context -> the target turn.
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from afm_trainer.data.parquet_io import InputError, read_table, write_rows  # noqa: E402
-from afm_trainer.data.splits import summary_only, summary_prefix  # noqa: E402
+from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.summaries import write_summary_datasets
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Split summarised samples into summary-prefix and summary-only sets.")
     parser.add_argument("--input_file", required=True)
-    parser.add_argument("--output_dataset1", required=True, help="summary-prefix parquet")
-    parser.add_argument("--output_dataset2", required=True, help="summary-only parquet")
+    parser.add_argument("--summary_prefix_file", required=True, help="summary-prefix parquet (seed 002's dataset 1)")
+    parser.add_argument("--summary_only_file", required=True, help="summary-only parquet (seed 002's dataset 2)")
     args = parser.parse_args(argv)
     try:
-        table = read_table(args.input_file, "summary", "run add_summaries.py first")
+        n = write_summary_datasets(args.input_file, args.summary_prefix_file, args.summary_only_file)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    rows = table.to_pylist()
-    write_rows([summary_prefix(r) for r in rows], table.schema, args.output_dataset1)
-    write_rows([summary_only(r) for r in rows], table.schema, args.output_dataset2)
-    print(f"{len(rows)} samples -> {args.output_dataset1}, {args.output_dataset2}")
+    print(f"{n} samples -> {args.summary_prefix_file}, {args.summary_only_file}")
     return 0
 
 

@@ -12,4 +12,4 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
-exec "$PYTHON" -m afm_trainer.progressive "$@"
+exec "$PYTHON" -m afm_trainer.recipes.progressive.main "$@"

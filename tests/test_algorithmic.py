@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from afm_trainer.tasks.algorithmic import (
+from afm_trainer.world.algorithmic import (
     DIFFICULTIES, TYPES, generate_suite, make_task, solution_source, verify, worked_solution,
 )  # fmt: skip
 from afm_trainer.tools.sandbox import run_python

@@ -4,14 +4,15 @@ import json
 import subprocess
 import sys
 
-from afm_trainer.eval.scoring import _summarise, code_row, majority_baseline
-from afm_trainer.tasks.algorithmic import code_example, code_prompt, make_task, solution_source
+from afm_trainer.eval.scoring import majority_baseline, summarise
+from afm_trainer.suites.code import score_completion as code_row
+from afm_trainer.world.algorithmic import code_example, code_prompt, make_task, solution_source
 
 
 def test_collapse_to_one_answer_is_visible_in_the_label_distribution():
     rows = [{"type": "parentheses", "difficulty": 1, "gold": g, "predicted": "no", "correct": g == "no"}
             for g in ["yes"] * 6 + ["no"] * 4]  # fmt: skip
-    summary = _summarise(rows, "type")
+    summary = summarise(rows, "type")
     assert summary["accuracy"] == 0.4 and summary["format_valid"] == 1.0
     assert summary["label_distribution"]["gold"] == {"yes": 6, "no": 4}
     assert summary["label_distribution"]["predicted"]["no"] == 10 and summary["label_distribution"]["predicted"]["yes"] == 0
@@ -39,10 +40,10 @@ def test_code_suite_runs_the_program_on_the_items_input_and_hides_its_answer():
 
 
 def test_eval_cli_on_every_suite(tmp_path, nano_model):
-    from afm_trainer.tasks.make_demo import make_demo
+    from afm_trainer.world.make_world import make_world
 
     world = tmp_path / "world"
-    make_demo(str(world), n_train=20, n_heldout=110)
+    make_world(str(world), n_train=20, n_heldout=110)
     for suite, data, n in (("algorithmic", "algorithmic.jsonl", 110), ("code", "algorithmic.jsonl", 110), ("qa", "qa.jsonl", 110)):
         out = tmp_path / f"eval_{suite}"
         result = subprocess.run([sys.executable, "-m", "afm_trainer.eval", "--model", nano_model, "--suite", suite,

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from afm_trainer.launch import RecipeError, device_env, parse_recipe_args, SFT_KEYS
+from afm_trainer.recipes.common import RecipeError, device_env, parse_recipe_args
+from afm_trainer.recipes.sft.main import KEYS as SFT_KEYS
 from tests.conftest import run_recipe
 
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from afm_trainer.tasks.algorithmic import generate_suite, solution_source
-from afm_trainer.tasks.qa_world import build_world, make_questions, questions_to_jsonl, save_world
+from afm_trainer.world.algorithmic import generate_suite, solution_source
+from afm_trainer.world.qa_world import build_world, make_questions, questions_to_jsonl, save_world
 from tests.conftest import REPO
 from tests.test_rewards import rewards  # loaded by its path, as verl loads it
 
@@ -30,10 +30,10 @@ def read(path):
 def world(tmp_path_factory):
     """A demo folder as make_demo writes it, minus the traces (held-out sets, corpus, manifest)."""
     out = tmp_path_factory.mktemp("demo")
-    for folder in ("world", "heldout"):
+    for folder in ("heldout",):
         os.makedirs(out / folder)
     qa_world = build_world(0)
-    save_world(qa_world, str(out / "world" / "corpus.jsonl"))
+    save_world(qa_world, str(out / "corpus.jsonl"))
     questions_to_jsonl(make_questions(qa_world, 999, 40), str(out / "heldout" / "qa.jsonl"))
     with open(out / "heldout" / "algorithmic.jsonl", "w") as f:
         for t in generate_suite(999, 2):
@@ -147,11 +147,10 @@ def test_difficulties_pick_tasks_and_hop_counts(world, tmp_path):
 
 def test_a_world_whose_corpus_is_another_is_refused(world, tmp_path):
     other = tmp_path / "other"
-    os.makedirs(other / "world")
     os.makedirs(other / "heldout")
     for name in ("heldout/qa.jsonl", "heldout/algorithmic.jsonl"):
         (other / name).write_text((world / name).read_text())
-    save_world(build_world(5), str(other / "world" / "corpus.jsonl"))
+    save_world(build_world(5), str(other / "corpus.jsonl"))
     (other / "manifest.json").write_text(json.dumps({"world_seed": 0}))
     result = run("--out", tmp_path / "out", "--suite", "qa", "--world", other)
     assert result.returncode == 1 and "corpus.jsonl is not the world of seed 0" in result.stderr

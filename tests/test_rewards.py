@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from afm_trainer.tasks.algorithmic import TYPES, make_task, solution_source
+from afm_trainer.suites import code as code_suite
+from afm_trainer.suites import qa as qa_suite
+from afm_trainer.world.algorithmic import TYPES, make_task, solution_source
 from tests.conftest import REPO
 
 REWARDS_PATH = os.path.join(REPO, "afm_trainer", "verl_ext", "rewards.py")
@@ -101,7 +103,7 @@ def test_qa_partial_answer_earns_a_share_of_the_f1():
     result = score("afm/qa", "<answer>Kalomi</answer>", "Kalomi Works")
     f1 = 2 * (1 * 0.5) / (1 + 0.5)  # precision 1, recall 1/2
     assert result["correct"] == 0 and result["format"] == 1
-    assert result["score"] == pytest.approx(FORMAT_ONLY + rewards.QA_PARTIAL_WEIGHT * f1)
+    assert result["score"] == pytest.approx(FORMAT_ONLY + qa_suite.PARTIAL_WEIGHT * f1)
 
 
 def test_qa_wrong_answer_gets_only_the_format_score():
@@ -173,15 +175,15 @@ def test_code_cannot_print_its_own_results():
 
 def test_an_endless_loop_is_cut_by_the_sandbox_time_limit(monkeypatch):
     statuses = []
-    real_run = rewards.run_python
+    real_run = code_suite.run_python
 
     def spy(program, timeout_s):
         result = real_run(program, timeout_s=timeout_s)
         statuses.append(result.status)
         return result
 
-    monkeypatch.setattr(rewards, "run_python", spy)
-    monkeypatch.setattr(rewards, "CODE_TIMEOUT_S", 1.0)  # the rule is the same at 5 s; the test is shorter
+    monkeypatch.setattr(code_suite, "run_python", spy)
+    monkeypatch.setattr(code_suite, "CODE_TIMEOUT_S", 1.0)  # the rule is the same at 5 s; the test is shorter
     result = score("afm/code", "<answer>def solve(n):\n    while True:\n        pass\n</answer>", "", FIB_INFO)
     assert statuses == ["timeout"]
     assert result == {"score": FORMAT_ONLY, "correct": 0, "format": 1}

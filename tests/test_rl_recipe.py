@@ -17,10 +17,10 @@ def run_rl(*args, env=None, timeout=600):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from afm_trainer.tasks.make_demo import make_demo
+    from afm_trainer.world.make_world import make_world
 
     folder = tmp_path_factory.mktemp("world")
-    make_demo(str(folder), n_train=20, n_heldout=110)
+    make_world(str(folder), n_train=20, n_heldout=110)
     return folder
 
 
@@ -31,7 +31,7 @@ def rl_data(tmp_path_factory, world):
     subprocess.run([sys.executable, os.path.join(REPO, "data_preprocess", "make_rl_data.py"), "--out", str(out),
                     "--suite", "all", "--world", str(world), "--difficulties", "1", "--n_train", "8", "--n_val", "4"],
                    check=True)  # fmt: skip
-    return str(out / "train.parquet"), str(out / "val.parquet"), f"CORPUS={world / 'world' / 'corpus.jsonl'}"
+    return str(out / "train.parquet"), str(out / "val.parquet"), f"CORPUS={world / 'corpus.jsonl'}"
 
 
 # Small and quick: 4 prompts x 2 answers a step. An untrained model earns no reward, so an

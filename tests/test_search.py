@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from afm_trainer.tasks.qa_world import build_world, make_questions, save_world
+from afm_trainer.world.qa_world import build_world, make_questions, save_world
 from afm_trainer.tools.search import SearchIndex
 
 

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from afm_trainer.data.convert import convert
-from afm_trainer.tasks.algorithmic import generate_suite, verify
-from afm_trainer.tasks.qa_world import build_world, make_questions
-from afm_trainer.tasks.teacher import (
+from afm_trainer.world.algorithmic import generate_suite, verify
+from afm_trainer.world.qa_world import build_world, make_questions
+from afm_trainer.world.teacher import (
     Noise, agent_chain_record, balance_yes_no, search_agent_record, teacher_cot_record,
 )  # fmt: skip
 from afm_trainer.tools.search import SearchIndex
@@ -70,7 +70,7 @@ def test_noise_and_label_balance_knobs():
 
 def test_make_demo_writes_every_format_and_disjoint_held_out_sets(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "afm_trainer.tasks.make_demo", "--out", str(out), "--n_train", "150",
+    result = subprocess.run([sys.executable, "-m", "afm_trainer.world.make_world", "--out", str(out), "--n_train", "150",
                              "--n_heldout", "110", "--wrong", "0.1", "--malformed", "0.1"],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -1,31 +1,19 @@
-"""Summary datasets (seed 002) and train/validation splits by trajectory.
+"""Train/validation splits by trajectory, optionally in shards.
 
-- ``summary_prefix``: full context -> "<summary>...</summary>" + the original target turn;
-- ``summary_only``: the summary alone as the user turn -> the original target turn;
-- ``split_by_trajectory``: every sample of a trajectory lands on the same side (the peer
-  pipeline split per step, so steps of one trajectory leaked into validation), and
-  trajectories are stratified by label when the answers are categorical. The choice
-  depends only on (trajectory_id, label, seed), so the three datasets of one pipeline run
-  get the same validation trajectories.
+Every sample of a trajectory lands on the same side (splitting per step would leak steps
+of one trajectory into validation), and trajectories are stratified by label when the
+answers are categorical. The choice depends only on (trajectory_id, label, seed), so the
+three datasets of one pipeline run get the same validation trajectories.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 
 from afm_trainer.data.convert import is_categorical, label_of
-
-
-def summary_prefix(row: dict) -> dict:
-    *context, target = row["messages"]
-    content = f"<summary>{row['summary']}</summary>\n{target['content']}"
-    return {**row, "messages": [{**m, "train": False} for m in context] + [{**target, "content": content, "train": True}]}
-
-
-def summary_only(row: dict) -> dict:
-    target = row["messages"][-1]
-    return {**row, "messages": [{"role": "user", "content": row["summary"], "train": False}, {**target, "train": True}]}
+from afm_trainer.data.parquet_io import read_table, write_rows
 
 
 def _rank(seed: int, trajectory_id: str) -> str:
@@ -49,3 +37,34 @@ def split_by_trajectory(rows: list[dict], val_ratio: float, seed: int) -> tuple[
     train = [r for r in rows if r["trajectory_id"] not in val_ids]
     val = [r for r in rows if r["trajectory_id"] in val_ids]
     return train, val
+
+
+def shard_names(name: str, shards: int) -> list[str]:
+    return [f"{name}.parquet"] if shards <= 1 else [f"{name}-{k:05d}-of-{shards:05d}.parquet" for k in range(shards)]
+
+
+def write_split(rows: list[dict], schema, out_dir: str, name: str, shards: int = 1) -> list[str]:
+    """Write rows as OUT_DIR/NAME.parquet or as shards: consecutive runs of rows, so the
+    shards read in order are the rows in order (a run on them equals a run on one file)."""
+    names = shard_names(name, shards)
+    paths = []
+    for k, filename in enumerate(names):
+        part = rows[len(rows) * k // len(names) : len(rows) * (k + 1) // len(names)]
+        paths.append(os.path.join(out_dir, filename))
+        write_rows(part, schema, paths[-1])
+    return paths
+
+
+def prepare_train_val(input_file: str, output_dir: str, val_ratio: float = 0.1, seed: int = 42, shards: int = 1) -> dict:
+    """OUTPUT_DIR/{train,val}.parquet (or their shards) from a converted parquet."""
+    table = read_table(input_file, "trajectory_id", "convert it with convert_traces.py")
+    train, val = split_by_trajectory(table.to_pylist(), val_ratio, seed)
+    os.makedirs(output_dir, exist_ok=True)
+    write_split(train, table.schema, output_dir, "train", shards)
+    write_split(val, table.schema, output_dir, "val", shards)
+    return {
+        "train_samples": len(train),
+        "train_trajectories": len({r["trajectory_id"] for r in train}),
+        "val_samples": len(val),
+        "val_trajectories": len({r["trajectory_id"] for r in val}),
+    }

@@ -1,5 +1,6 @@
 """Summaries of the context of each stepwise sample (seed 002): question, reasoning so
-far, and the key facts quoted verbatim from the search results.
+far, and the key facts quoted verbatim from the search results; and the two summary
+datasets made from them.
 
 Two backends, one interface (``summarize(contexts) -> list[str | Exception]``):
 - ``extractive``: offline and deterministic, built from the context itself;
@@ -141,3 +142,55 @@ class OpenAISummarizer:
     def summarize(self, contexts: list[list[dict]]) -> list:
         """A summary (str) or the exception that ended its retries, per context."""
         return asyncio.run(self._run([context_text(c) for c in contexts]))
+
+
+def add_summaries(input_file: str, output_file: str, backend: str = "extractive", **openai_options) -> dict:
+    """Add a ``summary`` column to stepwise samples (the context before each target turn).
+    A row whose summary finally fails goes to OUTPUT.rejects.jsonl with the reason, never
+    into the output with an empty summary. ``openai_options`` are OpenAISummarizer's."""
+    import pyarrow as pa
+
+    from afm_trainer.data.parquet_io import read_table, write_rows
+
+    table = read_table(input_file, "messages", "convert it with convert_traces.py --mode stepwise")
+    rows = table.to_pylist()
+    contexts = [row["messages"][:-1] for row in rows]
+    if backend == "extractive":
+        results = [extractive_summary(c) for c in contexts]
+    else:
+        results = OpenAISummarizer(**openai_options).summarize(contexts)
+    kept, rejected = [], 0
+    with open(output_file + ".rejects.jsonl.tmp", "w") as rejects:
+        for index, (row, result) in enumerate(zip(rows, results)):
+            if isinstance(result, BaseException):
+                rejected += 1
+                rejects.write(json.dumps({"where": f"row {index}", "reason": str(result), "record": row}, default=str) + "\n")
+            else:
+                kept.append({**row, "summary": result})
+    write_rows(kept, table.schema.append(pa.field("summary", pa.string())), output_file)
+    os.replace(output_file + ".rejects.jsonl.tmp", output_file + ".rejects.jsonl")
+    return {"samples": len(rows), "summarised": len(kept), "rejected": rejected}
+
+
+def summary_prefix(row: dict) -> dict:
+    """Dataset 1: full context -> "<summary>...</summary>" + the original target turn."""
+    *context, target = row["messages"]
+    content = f"<summary>{row['summary']}</summary>\n{target['content']}"
+    return {**row, "messages": [{**m, "train": False} for m in context] + [{**target, "content": content, "train": True}]}
+
+
+def summary_only(row: dict) -> dict:
+    """Dataset 2: the summary alone as the user turn -> the original target turn."""
+    target = row["messages"][-1]
+    return {**row, "messages": [{"role": "user", "content": row["summary"], "train": False}, {**target, "train": True}]}
+
+
+def write_summary_datasets(input_file: str, prefix_file: str, only_file: str) -> int:
+    """The summary-prefix and summary-only datasets of summarised samples; returns their size."""
+    from afm_trainer.data.parquet_io import read_table, write_rows
+
+    table = read_table(input_file, "summary", "run add_summaries.py first")
+    rows = table.to_pylist()
+    write_rows([summary_prefix(r) for r in rows], table.schema, prefix_file)
+    write_rows([summary_only(r) for r in rows], table.schema, only_file)
+    return len(rows)

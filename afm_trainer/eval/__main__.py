@@ -1,4 +1,4 @@
-"""Evaluate a model on a held-out suite of the demo world.
+"""Evaluate a model on a held-out suite (any registered in afm_trainer.suites).
 
     python -m afm_trainer.eval --model CKPT --suite {algorithmic,code,qa} --data FILE --out DIR
         [--corpus corpus.jsonl] [--limit N] [--max_new_tokens N]
@@ -21,25 +21,26 @@ import json
 import os
 import sys
 
-from afm_trainer.eval.scoring import SUITES, evaluate_suite
+from afm_trainer.eval.scoring import evaluate_suite
+from afm_trainer.suites import SUITES
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a model on a held-out suite.")
     parser.add_argument("--model", required=True, help="HF model folder (a checkpoint's huggingface/)")
-    parser.add_argument("--suite", required=True, choices=SUITES)
-    parser.add_argument("--data", required=True, help="held-out JSONL from afm_trainer.tasks.make_demo")
-    parser.add_argument("--corpus", default=None, help="qa: the world's corpus.jsonl (default: beside --data's world/)")
+    parser.add_argument("--suite", required=True, choices=sorted(SUITES))
+    parser.add_argument("--data", required=True, help="held-out JSONL (a world's heldout/*.jsonl, from afm_trainer.world.make_world)")
+    parser.add_argument("--corpus", default=None, help="qa: the world's corpus.jsonl (default: the one of --data's world folder)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--max_new_tokens", type=int, default=None, help="per turn (default: per suite, code 160, else 96)")
+    parser.add_argument("--max_new_tokens", type=int, default=None, help="per turn (default: the suite's own budget)")
     parser.add_argument("--max_searches", type=int, default=4)
     args = parser.parse_args(argv)
     for path in (args.model, args.data):
         if not os.path.exists(path):
             print(f"error: not found: {path}", file=sys.stderr)
             return 2
-    corpus = args.corpus or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.data))), "world", "corpus.jsonl")
+    corpus = args.corpus or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.data))), "corpus.jsonl")
     results = evaluate_suite(args.model, args.suite, args.data, corpus, args.limit, args.max_new_tokens, args.max_searches)
     os.makedirs(args.out, exist_ok=True)
     predictions = results.pop("predictions")

@@ -6,19 +6,9 @@ scored is exactly what was trained (seed 004's Phase B failed on a train/eval fo
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from afm_trainer.models.decoding import Request, decode_batch
-
-ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
-def extract_answer(text: str) -> str | None:
-    """The content of the first <answer>...</answer>, stripped; None if there is none."""
-    m = ANSWER.search(text)
-    return m.group(1).strip() if m else None
 
 
 def _prompt_and_full_ids(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:

@@ -1,15 +1,15 @@
-"""Turn a recipe's command line into a checked torchrun command for verl's trainers.
+"""What every recipe shares: its command line, input checks, and launching verl.
 
-    python -m afm_trainer.launch sft NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]
-
-(``recipes/train_sft.sh`` is this, for the shell.) Arguments are split by shape:
-an UPPER_CASE ``KEY=VALUE`` is a recipe argument (falling back to the environment),
-anything else goes to Hydra unchanged. Bad input ends with one ``error:`` line naming
-what is wrong, before any process starts, instead of a traceback from deep in verl.
+A recipe's command line is ``NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]``.
+Arguments are split by shape: an UPPER_CASE ``KEY=VALUE`` is a recipe argument (falling
+back to the environment), anything else goes to Hydra unchanged. Bad input ends with one
+``error:`` line naming what is wrong, before any process starts, instead of a traceback
+from deep in verl.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shlex
@@ -17,20 +17,14 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from afm_trainer.checkpoints import finalize
 from afm_trainer.metrics import METRICS_FILE, rotate_metrics
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
 RECIPE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*=")
 
-# Recipe arguments of the SFT recipe, with what each means (printed on a bad key).
-SFT_KEYS = {
-    "MODEL": "HF model folder (or hub id) to start from",
-    "TRAIN_FILES": "comma-separated parquet files with a `messages` column",
-    "VAL_FILES": "comma-separated parquet files for validation (optional)",
-    "CONFIG": "Hydra config name in afm_trainer/config (default: sft)",
+# Recipe arguments every torchrun-launched recipe takes.
+LAUNCH_KEYS = {
     "NNODES": "number of nodes (default 1)",
     "NODE_RANK": "this node's rank (multi-node)",
     "MASTER_ADDR": "address of node 0 (multi-node)",
@@ -55,6 +49,10 @@ class RecipeArgs:
         value = self.keys.get(key, os.environ.get(key))
         return default if value in (None, "") else value
 
+    @property
+    def dry_run(self) -> bool:
+        return self.get("DRY_RUN", "0") not in ("0", "false")
+
 
 def parse_recipe_args(argv: list[str], known_keys: dict[str, str]) -> RecipeArgs:
     if len(argv) < 2:
@@ -75,6 +73,17 @@ def parse_recipe_args(argv: list[str], known_keys: dict[str, str]) -> RecipeArgs
     return args
 
 
+def recipe_main(body, argv: list[str] | None, known_keys: dict[str, str]) -> int:
+    """Parse a recipe's command line and run ``body(args)``; a RecipeError becomes one
+    ``error:`` line and exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return body(parse_recipe_args(argv, known_keys))
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def visible_gpus() -> int:
     import torch
 
@@ -89,6 +98,42 @@ def check_model(path: str) -> None:
     looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not path.startswith((".", "/"))
     if not looks_like_hub_id or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RecipeError(f"MODEL path does not exist: {path}")
+
+
+def model_path(path: str) -> str:
+    """A local model folder as an absolute path (the trainers run elsewhere); a hub id as is."""
+    return os.path.abspath(path) if os.path.isdir(path) else path
+
+
+def data_files(spec: str | None) -> list[str]:
+    """The parquet files a ``*_FILES`` argument names: comma-separated files, folders (every
+    ``*.parquet`` in them, sorted, so shards keep their order) or glob patterns."""
+    files = []
+    for item in (spec or "").split(","):
+        if not item:
+            continue
+        if os.path.isdir(item):
+            found = sorted(glob.glob(os.path.join(item, "*.parquet")))
+            if not found:
+                raise RecipeError(f"folder {item} holds no .parquet files")
+            files += found
+        elif glob.has_magic(item):
+            found = sorted(glob.glob(item))
+            if not found:
+                raise RecipeError(f"no file matches {item}")
+            files += found
+        else:
+            files.append(item)
+    return [os.path.abspath(f) for f in files]
+
+
+def split_files(folder: str, split: str) -> list[str]:
+    """``folder/split.parquet``, or its shards ``folder/split-0000K-of-0000N.parquet`` in
+    order (as data_preprocess/prepare_train_val.py writes them); [] when there is neither."""
+    single = os.path.join(folder, f"{split}.parquet")
+    if os.path.isfile(single):
+        return [single]
+    return sorted(glob.glob(os.path.join(folder, f"{split}-*-of-*.parquet")))
 
 
 def check_parquet_files(files: list[str], what: str, column: str | None) -> None:
@@ -156,63 +201,21 @@ def device_env(nproc: int, gpus: int) -> dict[str, str]:
             raise RecipeError(f"NPROC={nproc} but only {gpus} GPU(s) are visible on this node")
         return {}
     threads = max(1, len(os.sched_getaffinity(0)) // nproc)
-    # PyTorch's CPU allocator asks for transparent huge pages for large tensors: logits
-    # and their gradients (tens of MB, freshly mapped every step) then fault in 2 MB pages
-    # instead of 4 kB ones. 50 demo phase-1 steps: 10x fewer page faults, ~7% less time.
+    # PyTorch's CPU allocator then asks for transparent huge pages for large tensors:
+    # logits and their gradients are mapped afresh every step, and fault in 2 MB pages
+    # instead of 4 kB ones.
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "1")
     return {"VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": str(threads), "THP_MEM_ALLOC_ENABLE": thp}
 
 
-def build_sft(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
-    """Check an SFT recipe's arguments and build its torchrun command.
-
-    ``inputs_exist=False`` (dry runs of multi-phase recipes) skips the checks of a model
-    and data files that earlier steps have not produced yet."""
-    model = args.get("MODEL")
-    if not model:
-        raise RecipeError("MODEL is not set (MODEL=path/to/hf_model)")
-    if inputs_exist:
-        check_model(model)
-    if os.path.isdir(model):
-        model = os.path.abspath(model)
-    train_files = [f for f in (args.get("TRAIN_FILES") or "").split(",") if f]
-    if not train_files:
-        raise RecipeError("TRAIN_FILES is not set (TRAIN_FILES=train.parquet[,more.parquet])")
-    val_files = [f for f in (args.get("VAL_FILES") or "").split(",") if f]
-    custom_cls = override_value(args.overrides, "data.custom_cls.path")
-    column = None if custom_cls not in (None, "null") else (override_value(args.overrides, "data.messages_key") or "messages")
-    if inputs_exist:
-        check_parquet_files(train_files, "TRAIN_FILES", column)
-        check_parquet_files(val_files, "VAL_FILES", column)
-    train_files, val_files = [os.path.abspath(f) for f in train_files], [os.path.abspath(f) for f in val_files]
-
-    gpus = visible_gpus()
-    env = device_env(args.nproc, gpus)
-    config = args.get("CONFIG", "sft")
-    if not (CONFIG_DIR / f"{config}.yaml").is_file():
-        raise RecipeError(f"CONFIG {config} not found in {CONFIG_DIR}")
-
-    argv, nnodes = torchrun_argv(args)
-    argv += [
-        "-m", "verl.trainer.sft_trainer",
-        f"--config-path={CONFIG_DIR}", f"--config-name={config}",
-        f"model.path={model}",
-        f"data.train_files={hydra_list(train_files)}",
-        f"data.val_files={hydra_list(val_files) if val_files else 'null'}",
-        f"trainer.default_local_dir={os.path.abspath(args.out_dir)}",
-        f"trainer.nnodes={nnodes}",
-        f"trainer.n_gpus_per_node={args.nproc}",
-    ]  # fmt: skip
-    if override_value(args.overrides, "device") is None:  # the user may force device=cpu|gpu
-        argv.append(f"device={'gpu' if gpus else 'cpu'}")
-    if not val_files:
-        argv.append("trainer.test_freq=-1")
-    argv += args.overrides
-    env["VERL_FILE_LOGGER_PATH"] = os.path.join(os.path.abspath(args.out_dir), METRICS_FILE)
-    return Launch(argv=argv, env=env, out_dir=args.out_dir, node_rank=int(args.get("NODE_RANK", "0")))
-
-
-BUILDERS = {"sft": (build_sft, SFT_KEYS)}
+def logger_env(out_dir: str) -> dict[str, str]:
+    """Where verl's loggers write: OUT_DIR/metrics.jsonl (the ``file`` logger, which the
+    reports read) and OUT_DIR/tensorboard (the ``tensorboard`` logger, when asked for)."""
+    out_dir = os.path.abspath(out_dir)
+    return {
+        "VERL_FILE_LOGGER_PATH": os.path.join(out_dir, METRICS_FILE),
+        "TENSORBOARD_DIR": os.environ.get("TENSORBOARD_DIR") or os.path.join(out_dir, "tensorboard"),
+    }
 
 
 def run(launch: Launch, tag: str, dry_run: bool) -> int:
@@ -235,22 +238,3 @@ def run(launch: Launch, tag: str, dry_run: bool) -> int:
     for path in finalize(launch.out_dir):
         print(f"[{tag}] merged LoRA adapter into {path}/huggingface")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in BUILDERS:
-        print(f"usage: python -m afm_trainer.launch {{{','.join(BUILDERS)}}} NPROC OUT_DIR [KEY=VALUE ...] [overrides]")
-        return 2
-    build, keys = BUILDERS[argv[0]]
-    try:
-        args = parse_recipe_args(argv[1:], keys)
-        launch = build(args)
-        return run(launch, argv[0], dry_run=args.get("DRY_RUN", "0") not in ("0", "false"))
-    except RecipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

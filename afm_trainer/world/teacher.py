@@ -18,8 +18,8 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from afm_trainer.tasks.algorithmic import YES_NO_TYPES, Task, make_task, solution_source, verify, worked_solution
-from afm_trainer.tasks.qa_world import Question
+from afm_trainer.world.algorithmic import YES_NO_TYPES, Task, make_task, solution_source, verify, worked_solution
+from afm_trainer.world.qa_world import Question
 from afm_trainer.tools.sandbox import run_python
 
 NEED = {

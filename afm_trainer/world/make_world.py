@@ -1,9 +1,9 @@
-"""Write the demo world: trajectories for training and held-out sets for evaluation.
+"""Write a demo world: trajectories for training and held-out sets for evaluation.
 
-    python -m afm_trainer.tasks.make_demo --out DIR [--n_train 600] [--n_heldout 200] [--seed 42]
+    python -m afm_trainer.world.make_world --out DIR [--n_train 600] [--n_heldout 200] [--seed 42]
         [--heldout_seed 999] [--wrong 0.05] [--malformed 0.03] [--yes_ratio 0.5] [--algo_per_cell N]
 
-DIR/world/corpus.jsonl                 the QA world's documents (serve it with search_server)
+DIR/corpus.jsonl                       the QA world's documents (serve it with search_server)
 DIR/traces/search_agent.jsonl          multi-hop QA traces with real search results
 DIR/traces/agent_chain.jsonl           Planner -> Coder -> Reviewer (sandbox-checked)
 DIR/traces/teacher_cot.jsonl           question, answer, student draft, teacher reasoning
@@ -22,9 +22,9 @@ import random
 import time
 from dataclasses import asdict
 
-from afm_trainer.tasks.algorithmic import DIFFICULTIES, generate_suite
-from afm_trainer.tasks.qa_world import build_world, make_questions, questions_to_jsonl, save_world
-from afm_trainer.tasks.teacher import Noise, agent_chain_record, balance_yes_no, search_agent_record, teacher_cot_record
+from afm_trainer.world.algorithmic import DIFFICULTIES, generate_suite
+from afm_trainer.world.qa_world import build_world, make_questions, questions_to_jsonl, save_world
+from afm_trainer.world.teacher import Noise, agent_chain_record, balance_yes_no, search_agent_record, teacher_cot_record
 from afm_trainer.tools.search import SearchIndex
 
 
@@ -38,15 +38,15 @@ def _write_jsonl(path: str, records) -> int:
     return count
 
 
-def make_demo(out: str, n_train: int = 600, n_heldout: int = 200, seed: int = 42, heldout_seed: int = 999,
+def make_world(out: str, n_train: int = 600, n_heldout: int = 200, seed: int = 42, heldout_seed: int = 999,
               noise: Noise = Noise(0.05, 0.03), yes_ratio: float | None = 0.5, world_seed: int = 0, algo_per_cell: int | dict[int, int] | None = None) -> dict:  # fmt: skip
     started = time.time()
-    for folder in ("world", "traces", "heldout"):
+    for folder in ("traces", "heldout"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     rng = random.Random(seed)
 
     world = build_world(world_seed)
-    save_world(world, os.path.join(out, "world", "corpus.jsonl"))
+    save_world(world, os.path.join(out, "corpus.jsonl"))
     index = SearchIndex(world["documents"])
     qa_heldout = make_questions(world, heldout_seed, n_heldout)
     qa_train = make_questions(world, seed, n_train, exclude={q.question for q in qa_heldout})
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.seed == args.heldout_seed:
         parser.error("--seed and --heldout_seed must differ")
-    manifest = make_demo(args.out, args.n_train, args.n_heldout, args.seed, args.heldout_seed,
+    manifest = make_world(args.out, args.n_train, args.n_heldout, args.seed, args.heldout_seed,
                          Noise(args.wrong, args.malformed), args.yes_ratio, algo_per_cell=args.algo_per_cell)  # fmt: skip
     print(json.dumps(manifest["counts"]), f"in {manifest['seconds']} s -> {args.out}")
     return 0

@@ -1,0 +1,77 @@
+"""Prompts with rule rewards for verl's RL trainer, from registered task suites.
+
+Writes OUT/train.parquet and OUT/val.parquet in verl's RL format: ``data_source``,
+``prompt`` (chat messages), ``ability``, ``reward_model`` ({"style": "rule",
+"ground_truth"}), ``extra_info`` (index, split, id, type, difficulty, and ``x`` and
+``tests`` as JSON text, since parquet holds values of mixed types badly) and
+``agent_name`` (verl's agent loop: ``tool_agent`` for suites whose agent searches,
+``single_turn_agent`` otherwise). afm_trainer/verl_ext/rewards.py scores them through
+the same suites. Training rows are interleaved by task type (and suite): any run of
+consecutive rows covers the kinds evenly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pyarrow as pa
+
+from afm_trainer.data.parquet_io import write_rows
+from afm_trainer.suites import RLDataRequest, get_suite
+
+CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+EXTRA_INFO = pa.struct(
+    [
+        ("index", pa.int64()),
+        ("split", pa.string()),
+        ("id", pa.string()),
+        ("type", pa.string()),
+        ("difficulty", pa.int64()),
+        ("x", pa.string()),
+        ("tests", pa.string()),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", CHAT),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        ("extra_info", EXTRA_INFO),
+        ("agent_name", pa.string()),
+    ]
+)
+
+
+def interleave_kinds(rows: list[dict]) -> list[dict]:
+    """Round-robin over (data source, type), each kind keeping its shuffled order: every
+    run of consecutive rows covers the kinds evenly. With the trainer's shuffling off, a
+    step's batch is such a run, and the reward moves with what the model learns rather
+    than with which kinds of task a batch happened to draw."""
+    kinds: dict[tuple, list[dict]] = {}
+    for row in rows:
+        kinds.setdefault((row["data_source"], row["extra_info"]["type"]), []).append(row)
+    return [row for layer in itertools.zip_longest(*kinds.values()) for row in layer if row is not None]
+
+
+def make_rl_data(suite_names: list[str], request: RLDataRequest) -> dict:
+    """Write the rows of every named suite; returns {split: {data_source: rows}}."""
+    os.makedirs(request.out, exist_ok=True)
+    splits = {"train": [], "val": []}
+    for name in suite_names:
+        train, val = get_suite(name).rl_rows(request)
+        splits["train"] += train
+        splits["val"] += val
+    splits["train"] = interleave_kinds(splits["train"])
+    prompts = {split: {r["prompt"][0]["content"] for r in rows} for split, rows in splits.items()}
+    if prompts["train"] & prompts["val"]:  # the suites exclude held-out prompts; this guards that
+        raise AssertionError(f"{len(prompts['train'] & prompts['val'])} prompts are in train and val both")
+    counts = {}
+    for split, rows in splits.items():
+        for index, row in enumerate(rows):
+            row["extra_info"].update(index=index, split=split)
+        write_rows(rows, SCHEMA, os.path.join(request.out, f"{split}.parquet"))
+        sources = sorted({r["data_source"] for r in rows})
+        counts[split] = {source: sum(r["data_source"] == source for r in rows) for source in sources}
+    return counts

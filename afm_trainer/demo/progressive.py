@@ -1,0 +1,180 @@
+"""The progressive recipe's embedded default (``make demo``).
+
+``bash recipes/train_progressive.sh NPROC OUT_DIR`` with no MODEL and no data builds
+everything under ``OUT_DIR/embedded/``: the tiny model, the demo world's trajectories
+(afm_trainer.world.make_world), the search-agent data pipeline with extractive summaries,
+the algorithmic teacher traces and the Coder turns of the agent chains for phase 1, and
+replay samples for phases 2 and 3. It then runs the progressive recipe, evaluates the
+untrained model and each phase's final model on the held-out suites, and writes
+``OUT_DIR/report.md``, ``results.json`` and PNG plots (afm_trainer.demo.report). Every
+step is skipped when its output is already complete, so a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import defaultdict
+
+from afm_trainer.demo import load_settings
+from afm_trainer.recipes.common import RecipeArgs, RecipeError
+from afm_trainer.recipes.progressive.main import PhaseFailed, train_phases
+
+
+def embedded_paths(out_dir: str) -> dict:
+    root = os.path.join(os.path.abspath(out_dir), "embedded")
+    names = ("model", "world", "data", "algorithmic", "code", "replay")
+    return {"root": root, **{name: os.path.join(root, name) for name in names}}
+
+
+def run_embedded_default(args: RecipeArgs) -> int:
+    from afm_trainer.demo import report
+
+    settings = load_settings("progressive", args.get("DEMO_CONFIG"))
+    paths = embedded_paths(args.out_dir) if args.dry_run else prepare(args.out_dir, settings)
+    args.keys = {**embedded_keys(paths, settings), **args.keys}
+    if args.dry_run:  # a dry run of the demo has built nothing yet
+        try:
+            for _ in train_phases(args, model_exists=False):
+                pass
+        except PhaseFailed as exc:
+            return exc.returncode
+        return 0
+    stages = {"untrained": report.evaluate_stage(args.out_dir, "untrained", paths["model"], settings)}
+    try:
+        for phase, model in train_phases(args):
+            stages[phase.folder] = report.evaluate_stage(args.out_dir, phase.folder, model, settings)
+    except PhaseFailed as exc:
+        return exc.returncode
+    print(f"final model: {model}", flush=True)
+    report.write_report(args.out_dir, stages, settings)
+    return 0
+
+
+def prepare(out_dir: str, settings: dict) -> dict:
+    """Build model, world and training sets (each skipped when already complete)."""
+    from afm_trainer.data.convert import convert
+    from afm_trainer.data.pipeline import run_pipeline
+    from afm_trainer.models.tiny import build_tiny_model
+    from afm_trainer.world.make_world import make_world
+
+    paths = embedded_paths(out_dir)
+    world, data = settings["world"], settings["data"]
+    traces = os.path.join(paths["world"], "traces")
+    if not os.path.isfile(os.path.join(paths["world"], "manifest.json")):
+        print("[prepare] writing the demo world", flush=True)
+        make_world(paths["world"], n_train=world["n_train"], n_heldout=world["n_heldout"], algo_per_cell=world["algo_per_cell"])
+    if not os.path.isfile(os.path.join(paths["model"], "config.json")):
+        print("[prepare] building the tiny model (its tokenizer also learns the world's corpus)", flush=True)
+        domain = os.path.join(paths["root"], "tokenizer_domain.txt")
+        with open(os.path.join(paths["world"], "corpus.jsonl")) as f, open(domain, "w") as g:
+            for line in f:  # titles and texts: every name of the world becomes one token
+                document = json.loads(line)
+                g.write(f"{document['title']}: {document['content']}\n")
+        build_tiny_model(paths["model"], size=settings["model"]["size"], domain_file=domain)
+    if not os.path.isfile(os.path.join(paths["data"], "summary_prefix", "val.parquet")):
+        print("[prepare] running the search-agent data pipeline", flush=True)
+        run_pipeline(os.path.join(traces, "search_agent.jsonl"), paths["data"], min_score=data["min_score"])
+    algo_train = os.path.join(paths["algorithmic"], "train.parquet")
+    if not os.path.isfile(algo_train):
+        print("[prepare] converting the algorithmic teacher traces", flush=True)
+        no_drafts = os.path.join(paths["algorithmic"], "teacher_cot_no_drafts.jsonl")
+        write_without_drafts(os.path.join(traces, "teacher_cot.jsonl"), no_drafts)
+        # Held-out tasks come from another seed already, so every converted row is training data.
+        convert(no_drafts, algo_train, "teacher_cot", "multiturn", min_score=data["min_score"])
+    code_train = os.path.join(paths["code"], "train.parquet")
+    if not os.path.isfile(code_train):
+        print("[prepare] converting the Coder turns of the agent-chain traces", flush=True)
+        os.makedirs(paths["code"], exist_ok=True)
+        coder_turns = os.path.join(paths["code"], "coder_turns.jsonl")
+        per_type = data["code_per_type"]
+        sampled, total = write_coder_turns(os.path.join(traces, "agent_chain.jsonl"), coder_turns, per_type)
+        print(f"[prepare] {sampled} of {total} agent-chain traces sampled ({per_type} per task type)", flush=True)
+        convert(coder_turns, code_train, "teacher_cot", "multiturn", min_score=data["min_score"])
+    if not os.path.isfile(os.path.join(paths["replay"], "code.parquet")):
+        print("[prepare] sampling the replay sets of phases 2 and 3", flush=True)
+        write_replay(phase1_sets(paths), paths["replay"], data["replay_rows"])
+    return paths
+
+
+def write_without_drafts(source: str, target: str) -> None:
+    """The teacher traces without student drafts: evaluation asks the bare question, so
+    training must too (seed 004)."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(source) as f, open(target + ".tmp", "w") as g:
+        for line in f:
+            record = json.loads(line)
+            record.pop("student_draft", None)
+            g.write(json.dumps(record) + "\n")
+    os.replace(target + ".tmp", target)
+
+
+def write_coder_turns(agent_chain: str, out_path: str, per_type: int) -> tuple[int, int]:
+    """The Coder turn of ``per_type`` agent-chain traces per task type, as code-suite
+    examples: the code prompt of the trace's task, the Coder's program as the answer and
+    the trace's score (1 when the Reviewer's sandbox run passed). Written in the
+    teacher_cot format without reasoning, so convert() accounts for each record: one
+    with no Coder output or no task input is rejected there, with its reason.
+    Returns (records written, traces read)."""
+    from afm_trainer.world.algorithmic import Task, code_prompt
+
+    with open(agent_chain) as f:
+        traces = [json.loads(line) for line in f if line.strip()]
+    by_type = defaultdict(list)
+    for trace in traces:
+        by_type[str(trace.get("type"))].append(trace)
+    rng = random.Random(0)
+    with open(out_path + ".tmp", "w") as f:
+        for task_type, group in sorted(by_type.items()):
+            for trace in rng.sample(group, min(per_type, len(group))):
+                coder = next((s.get("output") for s in trace.get("trajectory") or [] if s.get("agent") == "Coder"), None)
+                record = {"id": trace.get("id"), "score": trace.get("score")}
+                if "x" in trace and "task" in trace:
+                    task = Task(str(trace["id"]), task_type, int(trace.get("difficulty") or 0), trace["task"], "", trace["x"])
+                    record["question"] = code_prompt(task)
+                if coder is not None:
+                    record["answer"] = coder  # the teacher_cot parser wraps it in <answer></answer>
+                f.write(json.dumps(record) + "\n")
+    os.replace(out_path + ".tmp", out_path)
+    return sum(min(per_type, len(g)) for g in by_type.values()), len(traces)
+
+
+def phase1_sets(paths: dict) -> dict[str, str]:
+    """Phase 1's training sets: the multi-turn search traces, the algorithmic teacher
+    traces and the code-writing examples."""
+    return {
+        "multiturn": os.path.join(paths["data"], "multiturn", "train.parquet"),
+        "algorithmic": os.path.join(paths["algorithmic"], "train.parquet"),
+        "code": os.path.join(paths["code"], "train.parquet"),
+    }
+
+
+def write_replay(sources: dict[str, str], folder: str, rows_per_set: dict[str, int]) -> None:
+    """Samples of phase 1's sets that phases 2 and 3 train on beside their own, so a later
+    phase does not erase what the earlier one taught."""
+    import pyarrow.parquet as pq
+
+    os.makedirs(folder, exist_ok=True)
+    for name, source in sources.items():
+        table = pq.read_table(source)
+        rows = sorted(random.Random(0).sample(range(table.num_rows), min(rows_per_set[name], table.num_rows)))
+        target = os.path.join(folder, f"{name}.parquet")
+        pq.write_table(table.take(rows), target + ".tmp")
+        os.replace(target + ".tmp", target)
+
+
+def embedded_keys(paths: dict, settings: dict) -> dict:
+    """The recipe arguments of the demo: the settings' ``recipe:`` keys, the model, and
+    each phase's data (phases 2 and 3: their summary set plus the replay samples)."""
+    if not settings.get("recipe"):
+        raise RecipeError("the demo settings have no `recipe:` section")
+    keys = {"MODEL": paths["model"], "DATA_DIR": paths["data"], **{k: str(v) for k, v in settings["recipe"].items()}}
+    phase1 = list(phase1_sets(paths).values())
+    replay = [os.path.join(paths["replay"], f"{name}.parquet") for name in phase1_sets(paths)]
+    own = {1: phase1, 2: [os.path.join(paths["data"], "summary_only", "train.parquet")],
+           3: [os.path.join(paths["data"], "summary_prefix", "train.parquet")]}  # fmt: skip
+    for number, name in ((1, "multiturn"), (2, "summary_only"), (3, "summary_prefix")):
+        keys[f"PHASE{number}_TRAIN_FILES"] = ",".join(own[number] + (replay if number > 1 else []))
+        keys[f"PHASE{number}_VAL_FILES"] = os.path.join(paths["data"], name, "val.parquet")
+    return keys

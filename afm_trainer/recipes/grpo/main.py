@@ -1,0 +1,250 @@
+"""RL on verl: GRPO (default) or PPO with a critic, from the progressive recipe's model.
+
+    bash recipes/train_grpo.sh NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]
+
+runs ``python -m verl.trainer.main_ppo`` with ``config/grpo.yaml`` beside this file: verl's
+single controller, Ray worker groups, rollouts by vLLM on GPUs or by the hf rollout on
+CPU (``afm_trainer/verl_ext/cpu_rollout.py``), rewards from
+``afm_trainer/verl_ext/rewards.py``, tools from ``afm_trainer/verl_ext/tools.py``.
+
+- The start model is ``MODEL``, else the latest complete checkpoint of the progressive
+  recipe's final phase under ``SFT_DIR`` (default ``out/demo``, what ``make demo`` writes).
+- Data is ``TRAIN_FILES``/``VAL_FILES`` (``data_preprocess/make_rl_data.py``; files,
+  folders of shards or globs). Without TRAIN_FILES the embedded default runs
+  (``afm_trainer.demo.grpo``: the demo world's easy code tasks, written to
+  ``OUT_DIR/data``, with the settings of afm_trainer/demo/config/grpo.yaml).
+- Tools: with ``CORPUS`` (or ``SEARCH_URL``) the search tool and the code sandbox reach
+  the rows whose agent is verl's tool agent (OUT_DIR/tools.yaml).
+- Re-running the same command resumes from the last checkpoint (verl's
+  ``resume_mode=auto``); a finished run (``RL_COMPLETE``) is not run again, unless
+  ``STEPS`` asks for more, which continues it.
+- ``DRY_RUN=1`` prints the command, the configuration verl would run and the verdict of
+  verl's own config validation, without starting anything.
+- Multi-node: ``RAY_ADDRESS`` joins a running Ray cluster (``ray start --head`` on node 0,
+  ``ray start --address=...`` on the others); ``NNODES`` nodes of NPROC devices each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from afm_trainer.checkpoints import finalize, latest_complete
+from afm_trainer.recipes.common import (
+    Launch,
+    RecipeArgs,
+    RecipeError,
+    check_model,
+    check_parquet_files,
+    data_files,
+    device_env,
+    hydra_list,
+    logger_env,
+    model_path,
+    recipe_main,
+    run,
+    visible_gpus,
+)
+from afm_trainer.recipes.grpo.report import write_report
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+COMPLETE_MARKER = "RL_COMPLETE"
+FINAL_SFT_PHASE = "phase3_summary_prefix"
+ALGOS = {
+    # adv_estimator, group size: GRPO compares rollout.n answers to one prompt;
+    # PPO's critic (GAE) gives each answer its own baseline.
+    "grpo": ["algorithm.adv_estimator=grpo"],
+    "ppo": ["algorithm.adv_estimator=gae", "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.use_kl_loss=false"],
+}
+KEYS = {
+    "MODEL": f"HF model folder to start from (default: latest checkpoint of SFT_DIR/{FINAL_SFT_PHASE})",
+    "SFT_DIR": "OUT_DIR of the progressive recipe (default out/demo)",
+    "TRAIN_FILES": "RL parquet from data_preprocess/make_rl_data.py: files, folders of shards or globs (default: the demo's)",
+    "VAL_FILES": "RL parquet for validation (default: TRAIN_FILES)",
+    "CORPUS": "JSONL corpus for the search tool",
+    "SEARCH_URL": "a running afm_trainer.tools.search_server, instead of CORPUS",
+    "ALGO": "grpo (default) or ppo",
+    "ROLLOUT": "rollout backend: vllm (default with GPUs) or hf (default without)",
+    "STEPS": "training steps (trainer.total_training_steps, default 20)",
+    "NNODES": "number of nodes (default 1)",
+    "RAY_ADDRESS": "address of a running Ray cluster to join (multi-node)",
+    "DEMO_CONFIG": "settings of the embedded default (default afm_trainer/demo/config/grpo.yaml)",
+    "DRY_RUN": "1: print the command and the validated configuration without running",
+}
+
+
+def start_model(args: RecipeArgs) -> str:
+    model = args.get("MODEL")
+    if model:
+        check_model(model)
+        return model_path(model)
+    sft_dir = args.get("SFT_DIR", "out/demo")
+    latest = latest_complete(os.path.join(sft_dir, FINAL_SFT_PHASE))
+    if latest is None:
+        raise RecipeError(
+            f"no MODEL given and no complete checkpoint in {sft_dir}/{FINAL_SFT_PHASE} "
+            "(run `make demo` first, or pass MODEL=... / SFT_DIR=...)"
+        )
+    return os.path.abspath(os.path.join(latest, "huggingface"))
+
+
+def tool_config(args: RecipeArgs) -> str | None:
+    """OUT_DIR/tools.yaml for verl's tool agent loop: the search tool (over CORPUS or
+    SEARCH_URL) and the code sandbox; None when there is nothing to search."""
+    if args.get("SEARCH_URL"):
+        search = {"url": args.get("SEARCH_URL")}
+    elif args.get("CORPUS"):
+        if not os.path.isfile(args.get("CORPUS")):
+            raise RecipeError(f"CORPUS file not found: {args.get('CORPUS')}")
+        search = {"corpus": os.path.abspath(args.get("CORPUS"))}
+    else:
+        return None
+    tools = [
+        {"class_name": "afm_trainer.verl_ext.tools.SearchTool", "config": {"type": "native", "topk": 3, **search}},
+        {"class_name": "afm_trainer.verl_ext.tools.SandboxTool", "config": {"type": "native", "timeout_s": 5}},
+    ]
+    path = os.path.join(os.path.abspath(args.out_dir), "tools.yaml")
+    if not args.dry_run:
+        import yaml
+
+        os.makedirs(args.out_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            yaml.safe_dump({"tools": tools}, f)
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
+    """Check an RL run's arguments and build its command (``inputs_exist=False``: a dry
+    run of the embedded default, whose data is not written yet)."""
+    algo = args.get("ALGO", "grpo")
+    if algo not in ALGOS:
+        raise RecipeError(f"ALGO must be one of {', '.join(ALGOS)}, got {algo!r}")
+    model = start_model(args)
+    train_files = data_files(args.get("TRAIN_FILES"))
+    if not train_files:
+        raise RecipeError("TRAIN_FILES is not set (TRAIN_FILES=train.parquet, from data_preprocess/make_rl_data.py)")
+    val_files = data_files(args.get("VAL_FILES")) or train_files
+    if inputs_exist:
+        check_parquet_files(train_files, "TRAIN_FILES", "prompt")
+        check_parquet_files(val_files, "VAL_FILES", "prompt")
+
+    gpus = visible_gpus()
+    rollout = args.get("ROLLOUT", "vllm" if gpus else "hf")
+    # A GPU configuration can be previewed anywhere (DRY_RUN ... ROLLOUT=vllm).
+    device = "gpu" if gpus or rollout == "vllm" else "cpu"
+    if device == "gpu" and not gpus and not args.dry_run:
+        raise RecipeError("ROLLOUT=vllm needs GPUs and none are visible (use ROLLOUT=hf on CPU)")
+    env = device_env(args.nproc, gpus) if gpus or device == "cpu" else {}
+    nnodes = int(args.get("NNODES", "1"))
+    out_dir = os.path.abspath(args.out_dir)
+    loggers = logger_env(out_dir)
+    env.update(loggers)
+    argv = [
+        sys.executable, "-m", "verl.trainer.main_ppo",
+        f"--config-path={CONFIG_DIR}", "--config-name=grpo",
+        f"device={device}",
+        f"actor_rollout_ref.model.path={model}",
+        f"actor_rollout_ref.rollout.name={rollout}",
+        f"data.train_files={hydra_list(train_files)}",
+        f"data.val_files={hydra_list(val_files)}",
+        f"trainer.default_local_dir={out_dir}",
+        f"trainer.nnodes={nnodes}",
+        f"trainer.n_gpus_per_node={args.nproc}",
+        f"trainer.total_training_steps={args.get('STEPS', '20')}",
+        # Ray workers see these through the runtime env, on this node or a joined cluster.
+        *[f"+ray_kwargs.ray_init.runtime_env.env_vars.{name}={value}" for name, value in loggers.items()],
+        *ALGOS[algo],
+    ]  # fmt: skip
+    if algo == "ppo":
+        argv.append(f"critic.model.path={model}")
+    tools = tool_config(args)
+    if tools:
+        argv.append(f"actor_rollout_ref.rollout.multi_turn.tool_config_path={tools}")
+    if device == "cpu":
+        argv.append(f"++ray_kwargs.ray_init.num_gpus={args.nproc * nnodes}")  # logical GPUs, one per rank
+    if args.get("RAY_ADDRESS"):
+        # Joining a cluster: its resources are the cluster's, not ours to declare.
+        argv += [f"+ray_kwargs.ray_init.address={args.get('RAY_ADDRESS')}",
+                 "++ray_kwargs.ray_init.num_cpus=null", "++ray_kwargs.ray_init.num_gpus=null"]  # fmt: skip
+    argv += args.overrides
+    return Launch(argv=argv, env=env, out_dir=args.out_dir)
+
+
+def validated_config(launch: Launch) -> dict:
+    """Compose the configuration exactly as main_ppo will and run verl's own checks on
+    it (validate_config and the dataclass conversions of actor, rollout and critic)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    overrides = [a for a in launch.argv[launch.argv.index("--config-name=grpo") + 1 :]]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        config = compose(config_name="grpo", overrides=overrides)
+    with warnings.catch_warnings():  # "critic disabled for GRPO" is the point, not news
+        warnings.simplefilter("ignore")
+        use_critic = need_critic(config)
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=use_critic)
+    omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
+    omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    if use_critic:
+        omega_conf_to_dataclass(config.critic)
+    keep = {
+        "algorithm.adv_estimator", "actor_rollout_ref.model.path", "actor_rollout_ref.rollout.name",
+        "actor_rollout_ref.rollout.n", "actor_rollout_ref.rollout.tensor_model_parallel_size",
+        "actor_rollout_ref.actor.strategy", "actor_rollout_ref.actor.optim.lr", "data.train_batch_size",
+        "trainer.device", "trainer.nnodes", "trainer.n_gpus_per_node", "trainer.total_training_steps",
+        "ray_kwargs.ray_init", "critic.enable",
+    }  # fmt: skip
+    summary = {key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(config, key)}))["v"] for key in sorted(keep)}
+    summary["critic (GAE)"] = use_critic
+    return summary
+
+
+def grpo(args: RecipeArgs) -> int:
+    inputs_exist = True
+    if not args.get("TRAIN_FILES"):  # no data: the embedded default (make demo-rl)
+        from afm_trainer.demo.grpo import embedded_default
+
+        args, inputs_exist = embedded_default(args)
+    marker = os.path.join(args.out_dir, COMPLETE_MARKER)
+    steps = int(args.get("STEPS", "20"))
+    if os.path.exists(marker):
+        with open(marker) as f:
+            done = json.load(f).get("steps", 0)
+        if done >= steps:
+            print(f"[rl] complete ({args.out_dir}, {done} steps), skipping", flush=True)
+            return 0
+    launch = build_rl(args, inputs_exist)
+    if args.dry_run:
+        run(launch, "rl", dry_run=True)
+        try:
+            summary = validated_config(launch)
+        except Exception as exc:  # verl's checks raise AssertionError/ValueError/...
+            print(f"error: verl rejects this configuration: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        print("[rl] configuration (accepted by verl's validation):")
+        for key, value in summary.items():
+            print(f"  {key} = {json.dumps(value)}")
+        return 0
+    code = run(launch, "rl", dry_run=False)
+    finalize(args.out_dir)  # exports loadable by plain transformers, also those of an interrupted run
+    if code == 0:
+        write_report(args.out_dir)
+        with open(marker + ".tmp", "w") as f:
+            json.dump({"checkpoint": latest_complete(args.out_dir), "steps": steps}, f)
+        os.replace(marker + ".tmp", marker)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return recipe_main(grpo, argv, KEYS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

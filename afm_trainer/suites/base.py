@@ -1,0 +1,119 @@
+"""What a task suite is: one object that data building, rewards, evaluation and reports
+all use, registered once by name (``register``) and found by name or data source."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# verl's RL rows: ``extra_info`` fields every suite may fill (None where it has nothing).
+EXTRA_INFO_FIELDS = ("index", "split", "id", "type", "difficulty", "x", "tests")
+
+
+class SuiteInputError(Exception):
+    """An input a suite cannot build data from (one line for the user)."""
+
+
+@dataclass
+class RLDataRequest:
+    """What to build RL rows from (afm_trainer.data.rl_data)."""
+
+    out: str  # output folder (a suite may write its rejects there)
+    world: str | None = None  # a demo world folder (afm_trainer.world.make_world): its held-out sets and corpus
+    difficulties: tuple[int, ...] = tuple(range(1, 11))
+    n_train: int = 1000  # rows per suite, at most
+    n_val: int = 100
+    qa_file: str | None = None  # the user's {"question", "answer"} lines, for the qa suite
+
+
+@dataclass
+class EvalRun:
+    """What a suite's ``evaluate`` gets besides its items."""
+
+    model: object
+    tokenizer: object
+    max_new_tokens: int
+    corpus: str | None = None  # the search tool's corpus, for agents that search
+    max_searches: int = 4
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str  # one sentence for reports
+    data_source: str  # the RL rows' data_source; the reward finds the suite by it
+    agent: str  # verl's agent loop for its RL rows: single_turn_agent or tool_agent
+    heldout_file: str  # its held-out set in a world folder: heldout/<heldout_file>
+    group_key: str  # what results are broken down by besides difficulty ("type", "hops")
+    max_new_tokens: int  # generation budget per turn when evaluating
+    easy_tiers: tuple[str, ...]  # the difficulties a small model is expected to learn
+    rl_rows: Callable[[RLDataRequest], tuple[list[dict], list[dict]]]  # -> (train, val) rows
+    extract: Callable[[str], str | None]  # a response -> what the reward scores (None: malformed)
+    credit: Callable[[str, str, dict], float]  # (extracted, ground_truth, extra_info) -> 0..1
+    evaluate: Callable[[EvalRun, list[dict]], list[dict]]  # held-out items -> scored rows
+    training_answers: Callable[[str], dict[str, list[str]]]  # world folder -> answers by group
+
+
+SUITES: dict[str, Suite] = {}
+
+
+def register(suite: Suite) -> Suite:
+    SUITES[suite.name] = suite
+    return suite
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise KeyError(f"unknown suite {name!r} (known: {', '.join(SUITES)})")
+    return SUITES[name]
+
+
+def suite_for_source(data_source: str) -> Suite:
+    for suite in SUITES.values():
+        if suite.data_source == data_source:
+            return suite
+    raise ValueError(f"unknown data_source {data_source!r}; the suites score {sorted(s.data_source for s in SUITES.values())}")
+
+
+def rl_row(suite: Suite, prompt: str, ground_truth: str, **extra) -> dict:
+    """One row of verl's RL format for ``suite``."""
+    return {
+        "data_source": suite.data_source,
+        "prompt": [{"role": "user", "content": prompt}],
+        "ability": suite.name,
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {name: extra.get(name) for name in EXTRA_INFO_FIELDS},
+        "agent_name": suite.agent,
+    }
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise SuiteInputError(f"file not found: {path} (write a demo world with python -m afm_trainer.world.make_world)")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sample(items: list, n: int, seed: int) -> list:
+    """n items in a seeded random order."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items[:n]
+
+
+def scored_row(item_id: str, group: dict, difficulty, gold: str, predicted: str | None, correct: bool, completion: str) -> dict:
+    """One evaluated item, the shape every suite's ``evaluate`` returns."""
+    from afm_trainer.world.algorithmic import normalise
+
+    return {
+        "id": item_id,
+        **group,
+        "difficulty": difficulty,
+        "gold": normalise(gold),
+        "predicted": normalise(predicted) if predicted is not None else None,
+        "correct": bool(correct),
+        "completion": completion,
+    }

@@ -1,0 +1,121 @@
+"""The code suite (seed 003's protocol): the model writes ``solve(x)`` from a solved
+example of the item's kind, and the sandbox runs it; the held-out items are the
+algorithmic suite's. RL rows test the program on other instances of the same type and
+difficulty than the one the prompt shows, so copying the example passes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import zlib
+
+from afm_trainer.suites import algorithmic
+from afm_trainer.suites.base import RLDataRequest, Suite, register, rl_row, sample, scored_row
+from afm_trainer.suites.responses import code_of
+from afm_trainer.tools.sandbox import run_python
+from afm_trainer.world.algorithmic import Task, code_example, code_prompt, generate_suite, make_task, solution_source, verify
+
+N_TESTS = 4
+CODE_TIMEOUT_S = 5.0  # wall time for all of a response's tests together; an endless loop scores 0
+
+# Runs after the model's code in the same file. Each test is caught on its own, so code
+# that fails one input still scores on the others; results go out on one line behind a
+# marker the model cannot know, so whatever the model's code prints is not mistaken for them.
+HARNESS = """
+import json as _json
+_results = []
+for _x in _json.loads({tests!r}):
+    try:
+        _results.append(str(solve(_x)))
+    except BaseException:
+        _results.append(None)
+print({marker!r} + _json.dumps(_results))
+"""
+
+
+def run_tests(code: str, xs: list) -> list[str | None] | None:
+    """str(solve(x)) for each x (None where it raised), or None if the program failed as a
+    whole (syntax error, no solve, time or memory limit). Runs only in the sandbox."""
+    marker = f"@@results-{secrets.token_hex(8)}@@"
+    program = code + "\n" + HARNESS.format(tests=json.dumps(xs), marker=marker)
+    # Lone surrogates cannot be encoded, and run_python would fail to start the child.
+    program = program.encode("utf-8", "replace").decode("utf-8")
+    result = run_python(program, timeout_s=CODE_TIMEOUT_S)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(marker)]
+    if result.status != "ok" or not lines:
+        return None
+    outputs = json.loads(lines[-1][len(marker) :])
+    return outputs if len(outputs) == len(xs) else None
+
+
+def _row(task: Task) -> dict:
+    seed = zlib.crc32(task.task_id.encode())
+    tests = [make_task(seed, task.type, task.difficulty, i) for i in range(N_TESTS)]
+    tests_json = json.dumps([{"x": t.x, "expected": t.answer} for t in tests])
+    return rl_row(SUITE, code_prompt(task), solution_source(task.type), id=task.task_id, type=task.type, difficulty=task.difficulty, tests=tests_json)
+
+
+def rl_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
+    n_val, n_train = (algorithmic.per_cell(n, request.difficulties) for n in (request.n_val, request.n_train))
+    val = generate_suite(algorithmic.VAL_SEED, n_val, difficulties=request.difficulties)
+    # A training prompt shows its example's answer: never one of a held-out algorithmic task.
+    exclude = {t.prompt for t in val + algorithmic.heldout_tasks(request)}
+    train = generate_suite(algorithmic.TRAIN_SEED, n_train, difficulties=request.difficulties, exclude=exclude)
+    return (
+        [_row(t) for t in sample(train, request.n_train, algorithmic.TRAIN_SEED)],
+        [_row(t) for t in sample(val, request.n_val, algorithmic.VAL_SEED)],
+    )
+
+
+def credit(code: str, ground_truth: str, extra_info: dict) -> float:
+    """Fraction of the tests passed: partial credit gives RL a gradient before the code is
+    fully right; ``correct`` still means all of them."""
+    tests = algorithmic.json_field(extra_info, "tests")
+    if not tests:
+        raise ValueError(f"afm/code row {extra_info.get('index')} has no tests")
+    outputs = run_tests(code, [t["x"] for t in tests]) or [None] * len(tests)
+    # verify, not string equality: two_sum accepts any right pair
+    passed = sum(verify(Task("", extra_info["type"], 0, "", t["expected"], t["x"]), out) for t, out in zip(tests, outputs))
+    return passed / len(tests)
+
+
+def score_completion(task: Task, completion: str) -> dict:
+    """A held-out item: the program's output on the item's input, run in the sandbox,
+    judged by the type's verifier (predicted None: no program, or it failed)."""
+    code = code_of(completion)
+    outputs = run_tests(code, [task.x]) if code else None
+    predicted = outputs[0] if outputs else None
+    correct = verify(task, predicted)
+    return scored_row(task.task_id, {"type": task.type}, task.difficulty, task.answer, predicted, correct, completion)
+
+
+def evaluate(run, items: list[dict]) -> list[dict]:
+    from afm_trainer.eval.lm import generate
+
+    tasks = [algorithmic.task_of_item(it) for it in items]
+    prompts = [[{"role": "user", "content": code_prompt(code_example(t))}] for t in tasks]
+    completions = generate(run.model, run.tokenizer, prompts, run.max_new_tokens)
+    return [score_completion(task, completion) for task, completion in zip(tasks, completions)]
+
+
+SUITE = register(
+    Suite(
+        name="code",
+        description=(
+            "The same items; the model writes solve(x) from a solved example of the kind, "
+            "the sandbox runs it on the item's input (seed 003)."
+        ),
+        data_source="afm/code",
+        agent="single_turn_agent",
+        heldout_file="algorithmic.jsonl",
+        group_key="type",
+        max_new_tokens=160,  # the longest reference program (binary search) is 121 tokens
+        easy_tiers=("1", "2", "3"),
+        rl_rows=rl_rows,
+        extract=code_of,
+        credit=credit,
+        evaluate=evaluate,
+        training_answers=algorithmic.answers_by_type,
+    )
+)
