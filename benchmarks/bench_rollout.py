@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from afm_trainer.checkpoints import latest_complete  # noqa: E402
 from afm_trainer.models.attention import NAME as ROLLOUT_ATTENTION  # noqa: E402
-from afm_trainer.tasks.algorithmic import code_prompt, generate_suite  # noqa: E402
+from afm_trainer.world.algorithmic import code_prompt, generate_suite  # noqa: E402
 from afm_trainer.models.decoding import Request, decode_batch  # noqa: E402
 
 
