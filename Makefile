@@ -1,7 +1,9 @@
-# make demo   - install what is missing, then run the main job on the embedded default
-# make demo-rl - GRPO from the demo's final model (after make demo): 20 steps on CPU
-# make test   - install what is missing, then run the test suite
-# make bench  - run the benchmarks (slow; each prints ratios against a peer run beside it)
+# make demo      - install what is missing, then run the main job on the embedded default
+# make demo-rl   - GRPO from the demo's final model (after make demo): 20 steps on CPU
+# make test      - install what is missing, then lint and run the whole test suite
+# make test-fast - the suite without end-to-end runs (pytest -m "not e2e"), a few minutes
+# make lint      - ruff's lint and format checks (make format rewrites the files)
+# make bench     - run the benchmarks (slow; each prints ratios against a peer run beside it)
 #
 # Everything goes into .venv (created when missing). torch is installed first and
 # pinned: torch==2.13.0 is a CPU wheel on this kind of machine, while an unpinned torch
@@ -16,7 +18,7 @@ DEMO_OUT ?= out/demo
 DEMO_RL_OUT ?= out/demo-rl
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-rl test bench clean
+.PHONY: install demo demo-rl test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -27,13 +29,24 @@ $(STAMP): setup.py
 	@touch $@
 
 demo: install
-	bash recipes/train_progressive.sh 1 $(DEMO_OUT)
+	bash examples/demo/run_demo.sh $(DEMO_OUT)
 
 demo-rl: install
-	bash recipes/train_grpo.sh 1 $(DEMO_RL_OUT) SFT_DIR=$(DEMO_OUT)
+	bash examples/demo/run_demo_rl.sh $(DEMO_RL_OUT) $(DEMO_OUT)
 
-test: install
+test: install lint
 	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not e2e" tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: install
 	$(PY) benchmarks/bench_sft.py

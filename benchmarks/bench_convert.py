@@ -20,8 +20,10 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(REPO, ".bench", "convert")
-VOCAB = ("river city mayor founded library bridge northern council archive museum painter born married "
-         "treaty harbour merchant guild festival province capital elected century island").split()  # fmt: skip
+VOCAB = (
+    "river city mayor founded library bridge northern council archive museum painter born married "
+    "treaty harbour merchant guild festival province capital elected century island"
+).split()
 
 
 def make_traces(path: str, n: int, seed: int = 0) -> None:
@@ -40,7 +42,7 @@ def make_traces(path: str, n: int, seed: int = 0) -> None:
 
 
 # The peer: what a plain script does - read everything, loop, build every sample, write once.
-PLAIN = r'''
+PLAIN = r"""
 import json, sys, pandas as pd
 records = [json.loads(line) for line in open(sys.argv[1])]
 rows = []
@@ -62,7 +64,8 @@ for r in records:
             messages.append({"role": "assistant", "content": "\n".join(pending)})
             rows.append({"messages": list(messages), "trajectory_id": r["id"]})
 pd.DataFrame(rows).to_parquet(sys.argv[2])
-'''
+"""
+
 
 def run_measured(argv: list[str]) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of a command run in a fresh process."""
@@ -93,15 +96,29 @@ def main() -> int:
         traces = os.path.join(WORK, f"traces_{n}.jsonl")
         if not os.path.exists(traces):
             make_traces(traces, n)
-        t_ours, m_ours = run_measured([sys.executable, ours, "--format", "search_agent", "--mode", "stepwise",
-                                       "--input_file", traces, "--output_file", os.path.join(WORK, f"ours_{n}.parquet")])  # fmt: skip
+        t_ours, m_ours = run_measured(
+            [
+                sys.executable,
+                ours,
+                "--format",
+                "search_agent",
+                "--mode",
+                "stepwise",
+                "--input_file",
+                traces,
+                "--output_file",
+                os.path.join(WORK, f"ours_{n}.parquet"),
+            ]
+        )
         t_plain, m_plain = run_measured([sys.executable, plain, traces, os.path.join(WORK, f"plain_{n}.parquet")])
         print(f"| {n:,} | afm-trainer | {t_ours:.1f} | {n / t_ours:,.0f} | {m_ours:.0f} |")
         print(f"| {n:,} | plain read-all | {t_plain:.1f} | {n / t_plain:,.0f} | {m_plain:.0f} |")
         summary.append((n, t_plain / t_ours, m_ours))
     for n, speedup, memory in summary:
-        print(f"{n:,} traces: afm-trainer {speedup:.2f}x the plain converter's speed (target >= 2x), "
-              f"peak {memory:.0f} MB (target < 400 MB)")  # fmt: skip
+        print(
+            f"{n:,} traces: afm-trainer {speedup:.2f}x the plain converter's speed (target >= 2x), "
+            f"peak {memory:.0f} MB (target < 400 MB)"
+        )
     return 0
 
 

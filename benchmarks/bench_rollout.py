@@ -18,12 +18,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from afm_trainer.checkpoints import latest_complete  # noqa: E402
-from afm_trainer.models.attention import NAME as ROLLOUT_ATTENTION  # noqa: E402
-from afm_trainer.world.algorithmic import code_prompt, generate_suite  # noqa: E402
-from afm_trainer.models.decoding import Request, decode_batch  # noqa: E402
+from afm_trainer.checkpoints import latest_complete
+from afm_trainer.models.attention import NAME as ROLLOUT_ATTENTION
+from afm_trainer.models.decoding import Request, decode_batch
+from afm_trainer.world.algorithmic import code_prompt, generate_suite
 
 
 def default_model(workdir: str) -> str:
@@ -47,37 +45,67 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         path = args.model or default_model(workdir)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        ours = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=ROLLOUT_ATTENTION).eval()
+        ours = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation=ROLLOUT_ATTENTION
+        ).eval()
         peer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
     tasks = generate_suite(42, 1, difficulties=[1, 2, 3])[: args.prompts]
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": code_prompt(t)}], add_generation_prompt=True,
-                                             tokenize=False) for t in tasks]  # fmt: skip
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": code_prompt(t)}], add_generation_prompt=True, tokenize=False
+        )
+        for t in tasks
+    ]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(args.n)]
     stop = {tokenizer.eos_token_id}
 
     start = time.perf_counter()
-    requests = [Request(prompt_ids=p, max_tokens=args.max_tokens, temperature=1.0, top_k=-1, top_p=1.0, want_logprobs=True,
-                        stop_ids=stop, generator=torch.Generator().manual_seed(i), future=None)
-                for i, p in enumerate(ids)]  # fmt: skip
+    requests = [
+        Request(
+            prompt_ids=p,
+            max_tokens=args.max_tokens,
+            temperature=1.0,
+            top_k=-1,
+            top_p=1.0,
+            want_logprobs=True,
+            stop_ids=stop,
+            generator=torch.Generator().manual_seed(i),
+            future=None,
+        )
+        for i, p in enumerate(ids)
+    ]
     outputs = decode_batch(ours, requests, tokenizer.pad_token_id)
     ours_s = time.perf_counter() - start
     ours_tokens = sum(len(o["token_ids"]) for o in outputs)
 
     tokenizer.padding_side = "left"
-    batch = tokenizer([p for p in prompts for _ in range(args.n)], return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = tokenizer(
+        [p for p in prompts for _ in range(args.n)], return_tensors="pt", padding=True, add_special_tokens=False
+    )
     torch.manual_seed(0)
     start = time.perf_counter()
     with torch.no_grad():
-        generated = peer.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=args.max_tokens,
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                  output_scores=True, return_dict_in_generate=True)  # fmt: skip
+        generated = peer.generate(
+            **batch,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=args.max_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
     peer_s = time.perf_counter() - start
     new = generated.sequences[:, batch["input_ids"].shape[1] :]
     ends = [(row == tokenizer.eos_token_id).nonzero().flatten().tolist() for row in new]
     peer_tokens = sum(e[0] + 1 if e else new.shape[1] for e in ends)  # up to the stop token, as ours
 
     answers = len(ids)
-    print(f"model {path}: {answers} sampled answers ({args.prompts} prompts x {args.n}), at most {args.max_tokens} tokens")
+    print(
+        f"model {path}: {answers} sampled answers ({args.prompts} prompts x {args.n}), at most {args.max_tokens} tokens"
+    )
     print("| decoder | time | answers/s | tokens kept |\n|---|---|---|---|")
     print(f"| afm-trainer hf rollout (decode_batch) | {ours_s:.1f} s | {answers / ours_s:.1f} | {ours_tokens} |")
     print(f"| transformers generate(do_sample=True) | {peer_s:.1f} s | {answers / peer_s:.1f} | {peer_tokens} |")

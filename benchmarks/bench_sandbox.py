@@ -5,14 +5,11 @@
 """
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from afm_trainer.tools.sandbox import run_python, sandbox_python  # noqa: E402
+from afm_trainer.tools.sandbox import run_python, sandbox_python
 
 PROGRAM = "print(sum(range(1000)))"
 

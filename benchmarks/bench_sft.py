@@ -31,7 +31,6 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 WORK = os.path.join(REPO, ".bench")
 BATCH, MAX_LEN = 16, 1024
 WORDS = (
@@ -94,12 +93,19 @@ def bench_afm(model: str, data: str, steps: int, warmup: int, overrides: list[st
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     command = [
-        "bash", os.path.join(REPO, "recipes", "train_sft.sh"), "1", out,
-        f"MODEL={model}", f"TRAIN_FILES={data}",
-        f"data.train_batch_size={BATCH}", f"data.max_length={MAX_LEN}",
-        f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", "checkpoint.save_contents=[model]",
+        "bash",
+        os.path.join(REPO, "recipes", "train_sft.sh"),
+        "1",
+        out,
+        f"MODEL={model}",
+        f"TRAIN_FILES={data}",
+        f"data.train_batch_size={BATCH}",
+        f"data.max_length={MAX_LEN}",
+        f"trainer.total_training_steps={steps}",
+        "trainer.save_freq=-1",
+        "checkpoint.save_contents=[model]",
         *overrides,
-    ]  # fmt: skip
+    ]
     log_path = os.path.join(WORK, "afm_run.log")
     with open(log_path, "w") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
@@ -113,7 +119,7 @@ def bench_afm(model: str, data: str, steps: int, warmup: int, overrides: list[st
     return _median_rate(gaps, [tokens for _, tokens in ordered[1:]], warmup)
 
 
-TRL_WORKER = r'''
+TRL_WORKER = r"""
 import json, sys, time, torch
 import pandas as pd
 from datasets import Dataset
@@ -135,7 +141,7 @@ trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_path), arg
                      processing_class=tok, callbacks=[Clock()])
 trainer.train()
 json.dump(marks, open(out + "/marks.json", "w"))
-'''
+"""
 
 
 def trl_python() -> str:

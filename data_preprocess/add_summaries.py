@@ -44,8 +44,10 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{counts['samples']} samples: {counts['summarised']} summarised, {counts['rejected']} rejected "
-          f"(see {args.output_file}.rejects.jsonl)")  # fmt: skip
+    print(
+        f"{counts['samples']} samples: {counts['summarised']} summarised, {counts['rejected']} rejected "
+        f"(see {args.output_file}.rejects.jsonl)"
+    )
     return 0
 
 

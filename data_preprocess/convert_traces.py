@@ -31,14 +31,25 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        report = convert(args.input_file, args.output_file, args.format, args.mode, args.tokenizer,
-                         args.min_score, args.balance, args.dedup, args.seed)  # fmt: skip
+        report = convert(
+            args.input_file,
+            args.output_file,
+            args.format,
+            args.mode,
+            args.tokenizer,
+            args.min_score,
+            args.balance,
+            args.dedup,
+            args.seed,
+        )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{report['records_in']} records in: {report['records_converted']} converted into "
-          f"{report['samples_out']} samples, {report['records_rejected']} rejected "
-          f"(see {args.output_file}.rejects.jsonl); report: {args.output_file}.report.json")  # fmt: skip
+    print(
+        f"{report['records_in']} records in: {report['records_converted']} converted into "
+        f"{report['samples_out']} samples, {report['records_rejected']} rejected "
+        f"(see {args.output_file}.rejects.jsonl); report: {args.output_file}.report.json"
+    )
     for reason, count in report["rejected_by_reason"].items():
         print(f"  rejected {count}: {reason}")
     return 0

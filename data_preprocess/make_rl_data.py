@@ -41,11 +41,17 @@ def _difficulties(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Write verl RL parquet (prompts with rule rewards) for the task suites.")
+    parser = argparse.ArgumentParser(
+        description="Write verl RL parquet (prompts with rule rewards) for the task suites."
+    )
     parser.add_argument("--out", required=True)
-    parser.add_argument("--suite", default=list(SUITES), type=_suites, help="algorithmic, qa, code or all; several: algorithmic,qa")
+    parser.add_argument(
+        "--suite", default=list(SUITES), type=_suites, help="algorithmic, qa, code or all; several: algorithmic,qa"
+    )
     parser.add_argument("--world", default=None, help="a demo world folder: validation = its held-out sets")
-    parser.add_argument("--qa_file", default=None, help='JSONL of {"question", "answer"}: the qa rows instead of the world\'s')
+    parser.add_argument(
+        "--qa_file", default=None, help='JSONL of {"question", "answer"}: the qa rows instead of the world\'s'
+    )
     parser.add_argument("--difficulties", type=_difficulties, default=DIFFICULTIES, help="e.g. 1,2,3 (qa: hop counts)")
     parser.add_argument("--n_train", type=int, default=1000, help="training rows per suite (at most)")
     parser.add_argument("--n_val", type=int, default=100, help="validation rows per suite (at most)")

@@ -31,8 +31,10 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.output_dir}: train {c['train_samples']} samples ({c['train_trajectories']} trajectories), "
-          f"val {c['val_samples']} samples ({c['val_trajectories']} trajectories)")  # fmt: skip
+    print(
+        f"{args.output_dir}: train {c['train_samples']} samples ({c['train_trajectories']} trajectories), "
+        f"val {c['val_samples']} samples ({c['val_trajectories']} trajectories)"
+    )
     return 0
 
 

@@ -38,16 +38,26 @@ def main(argv=None) -> int:
         "cache_dir": args.cache_dir or f"{args.out_dir}/summary_cache",
     }
     try:
-        report = run_pipeline(args.traces, args.out_dir, min_score=args.min_score, tokenizer=args.tokenizer,
-                              backend=args.backend, openai_options=openai_options, val_ratio=args.val_ratio,
-                              seed=args.seed, shards=args.shards)  # fmt: skip
+        report = run_pipeline(
+            args.traces,
+            args.out_dir,
+            min_score=args.min_score,
+            tokenizer=args.tokenizer,
+            backend=args.backend,
+            openai_options=openai_options,
+            val_ratio=args.val_ratio,
+            seed=args.seed,
+            shards=args.shards,
+        )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for mode in ("multiturn", "stepwise"):
         r = report[f"convert {mode}"]
-        print(f"convert {mode}: {r['records_in']} records in, {r['records_converted']} converted into "
-              f"{r['samples_out']} samples, {r['records_rejected']} rejected")  # fmt: skip
+        print(
+            f"convert {mode}: {r['records_in']} records in, {r['records_converted']} converted into "
+            f"{r['samples_out']} samples, {r['records_rejected']} rejected"
+        )
     s = report["summaries"]
     print(f"summaries: {s['summarised']} of {s['samples']} samples, {s['rejected']} rejected")
     for name in DATASETS:

@@ -5,8 +5,9 @@
 #
 # KEY=VALUE (or the environment): MODEL (default: latest checkpoint of
 # SFT_DIR/phase3_summary_prefix, SFT_DIR defaults to out/demo), TRAIN_FILES / VAL_FILES
-# (data_preprocess/make_rl_data.py; default: easy demo-world tasks), CORPUS or SEARCH_URL
-# (the search tool; default: the demo world's corpus), ALGO=grpo|ppo,
+# (data_preprocess/make_rl_data.py: files, folders of shards or globs; default: the embedded
+# demo, afm_trainer/demo/config/grpo.yaml, DEMO_CONFIG to use a copy), CORPUS or SEARCH_URL
+# (the search tool; the embedded demo: its world's corpus), ALGO=grpo|ppo,
 # ROLLOUT=vllm|hf (default vllm with GPUs, hf on CPU), STEPS (20), NNODES, RAY_ADDRESS
 # (join a running Ray cluster), DRY_RUN=1 (print the command and the configuration verl
 # validates, run nothing). Re-running resumes from the last checkpoint.

@@ -7,6 +7,8 @@
 # KEY=VALUE (or the environment): MODEL (start model), DATA_DIR (run_pipeline.sh output),
 # PHASE{1,2,3}_TRAIN_FILES / _VAL_FILES / _LR (1e-5, 1e-5, 5e-6) / _EPOCHS (10, 10, 5),
 # CONFIG, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, DRY_RUN=1 (print the commands only).
+# With no MODEL and no data, the embedded demo runs (`make demo`; its settings are
+# afm_trainer/demo/config/progressive.yaml, DEMO_CONFIG=copy.yaml to use a copy).
 # Anything else is a Hydra override applied to every phase. Re-running resumes: finished
 # phases are skipped, an unfinished one continues from its last checkpoint.
 set -euo pipefail

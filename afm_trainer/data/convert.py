@@ -68,7 +68,11 @@ class SampleBuffer:
         if not len(self):
             return
         messages = pa.StructArray.from_arrays(
-            [pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string()), pa.array(self.trains, pa.bool_())],
+            [
+                pa.array(self.roles, pa.string()),
+                pa.array(self.contents, pa.string()),
+                pa.array(self.trains, pa.bool_()),
+            ],
             fields=list(MESSAGE),
         )
         arrays = [pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), messages)]
@@ -148,7 +152,13 @@ def _percentiles(values: list[int]) -> dict:
         return {}
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1], "mean": sum(values) / len(values)}
+    return {
+        "p50": pick(0.5),
+        "p90": pick(0.9),
+        "p99": pick(0.99),
+        "max": ordered[-1],
+        "mean": sum(values) / len(values),
+    }
 
 
 def convert(
@@ -219,7 +229,6 @@ def convert(
     buffer = SampleBuffer()
     pairs: list[dict] = []
     with pq.ParquetWriter(tmp_out, SCHEMA) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
-
         for location, record, result in accepted():
             records_in += 1
             if isinstance(result, str):
@@ -232,7 +241,12 @@ def convert(
             copies = 1 if plan is None else plan.get(location, 0)
             if copies == 0:
                 rejects_by_reason["dropped by --balance downsample"] += 1
-                rejects.write(json.dumps({"where": location, "reason": "dropped by --balance downsample", "record": record}, default=str) + "\n")
+                rejects.write(
+                    json.dumps(
+                        {"where": location, "reason": "dropped by --balance downsample", "record": record}, default=str
+                    )
+                    + "\n"
+                )
                 continue
             if fmt == "teacher_cot" and (pair := preference_pair(trajectory)):
                 pairs.append({**pair, "trajectory_id": pair["trajectory_id"] or location})
@@ -240,8 +254,13 @@ def convert(
             for copy in range(copies):
                 trajectory_id = trajectory.id or location
                 for step, messages in enumerate(samples):
-                    buffer.add(messages, trajectory_id=trajectory_id if copy == 0 else f"{trajectory_id}#copy{copy}",
-                               step=step, answer=trajectory.answer, source_format=fmt)  # fmt: skip
+                    buffer.add(
+                        messages,
+                        trajectory_id=trajectory_id if copy == 0 else f"{trajectory_id}#copy{copy}",
+                        step=step,
+                        answer=trajectory.answer,
+                        source_format=fmt,
+                    )
                     if tokenizer is not None:
                         token_lengths.append(len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]))
                 trajectories_out += 1

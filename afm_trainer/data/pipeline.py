@@ -18,9 +18,18 @@ from afm_trainer.data.summaries import add_summaries, write_summary_datasets
 DATASETS = ("multiturn", "summary_only", "summary_prefix")
 
 
-def run_pipeline(traces: str, out_dir: str, *, min_score: float | None = None, tokenizer: str | None = None,
-                 backend: str = "extractive", openai_options: dict | None = None, val_ratio: float = 0.1,
-                 seed: int = 42, shards: int = 1) -> dict:  # fmt: skip
+def run_pipeline(
+    traces: str,
+    out_dir: str,
+    *,
+    min_score: float | None = None,
+    tokenizer: str | None = None,
+    backend: str = "extractive",
+    openai_options: dict | None = None,
+    val_ratio: float = 0.1,
+    seed: int = 42,
+    shards: int = 1,
+) -> dict:
     """Run every step; returns each step's counts. Each step reads the file the one before wrote."""
     work = os.path.join(out_dir, "work")
     os.makedirs(work, exist_ok=True)
@@ -29,9 +38,13 @@ def run_pipeline(traces: str, out_dir: str, *, min_score: float | None = None, t
     report = {
         "convert multiturn": convert(traces, path("multiturn.parquet"), mode="multiturn", **common),
         "convert stepwise": convert(traces, path("steps.parquet"), mode="stepwise", **common),
-        "summaries": add_summaries(path("steps.parquet"), path("steps_summary.parquet"), backend, **(openai_options or {})),
+        "summaries": add_summaries(
+            path("steps.parquet"), path("steps_summary.parquet"), backend, **(openai_options or {})
+        ),
     }
     write_summary_datasets(path("steps_summary.parquet"), path("summary_prefix.parquet"), path("summary_only.parquet"))
     for name in DATASETS:
-        report[f"split {name}"] = prepare_train_val(path(f"{name}.parquet"), os.path.join(out_dir, name), val_ratio, seed, shards)
+        report[f"split {name}"] = prepare_train_val(
+            path(f"{name}.parquet"), os.path.join(out_dir, name), val_ratio, seed, shards
+        )
     return report

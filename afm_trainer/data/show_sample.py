@@ -72,8 +72,9 @@ def summary(spans: list[Span]) -> str:
     return f"{total} tokens, {trained} trained (loss_mask = 1) in {runs} span(s)"
 
 
-def load_dataset(parquet: str, tokenizer_path: str, max_length: int = 2048, truncation: str = "right",
-                 messages_key: str = "messages"):  # fmt: skip
+def load_dataset(
+    parquet: str, tokenizer_path: str, max_length: int = 2048, truncation: str = "right", messages_key: str = "messages"
+):
     """AgentSFTDataset over one parquet file, built the way verl's SFT trainer builds it
     (verl's tokenizer loader, the trainer's default packed pad mode)."""
     from omegaconf import OmegaConf

@@ -55,7 +55,9 @@ def write_split(rows: list[dict], schema, out_dir: str, name: str, shards: int =
     return paths
 
 
-def prepare_train_val(input_file: str, output_dir: str, val_ratio: float = 0.1, seed: int = 42, shards: int = 1) -> dict:
+def prepare_train_val(
+    input_file: str, output_dir: str, val_ratio: float = 0.1, seed: int = 42, shards: int = 1
+) -> dict:
     """OUTPUT_DIR/{train,val}.parquet (or their shards) from a converted parquet."""
     table = read_table(input_file, "trajectory_id", "convert it with convert_traces.py")
     train, val = split_by_trajectory(table.to_pylist(), val_ratio, seed)

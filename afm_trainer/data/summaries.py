@@ -30,7 +30,9 @@ THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 INFORMATION = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 SEARCH = re.compile(r"<search>(.*?)</search>", re.DOTALL)
 WORD = re.compile(r"[A-Za-z0-9]+")
-STOPWORDS = set("the a an of in on at to is was were be by for and or with what which who whom where when how did does do".split())
+STOPWORDS = set(
+    "the a an of in on at to is was were be by for and or with what which who whom where when how did does do".split()
+)
 
 
 def context_text(messages: list[dict]) -> str:
@@ -58,7 +60,11 @@ def extractive_summary(messages: list[dict], max_facts: int = 4) -> str:
             for sentence in re.split(r"(?<=[.!?])\s+", body.split(": ", 1)[-1]):
                 if sentence and wanted & {w.lower() for w in WORD.findall(sentence)} and sentence not in facts:
                     facts.append(sentence)
-    lines = [f"Question: {question}", f"Reasoning: {' '.join(reasoning) if reasoning else 'nothing yet.'}", "Key facts:"]
+    lines = [
+        f"Question: {question}",
+        f"Reasoning: {' '.join(reasoning) if reasoning else 'nothing yet.'}",
+        "Key facts:",
+    ]
     lines += [f"- {fact}" for fact in facts[:max_facts]] or ["- none yet."]
     return "\n".join(lines)
 
@@ -70,8 +76,17 @@ class SummaryError(Exception):
 class OpenAISummarizer:
     """Summaries from an OpenAI-compatible ``/chat/completions`` endpoint."""
 
-    def __init__(self, base_url: str, model: str, max_concurrent: int = 8, cache_dir: str | None = None,
-                 max_retries: int = 5, timeout_s: float = 60.0, backoff_s: float = 1.0, api_key: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        max_concurrent: int = 8,
+        cache_dir: str | None = None,
+        max_retries: int = 5,
+        timeout_s: float = 60.0,
+        backoff_s: float = 1.0,
+        api_key: str | None = None,
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.max_concurrent = max_concurrent
@@ -95,8 +110,11 @@ class OpenAISummarizer:
         if cache_path and os.path.exists(cache_path):
             with open(cache_path) as f:
                 return json.load(f)["summary"]
-        body = {"model": self.model, "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                                  {"role": "user", "content": text}], "temperature": 0}  # fmt: skip
+        body = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}],
+            "temperature": 0,
+        }
         last_error = "no attempt"
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -164,7 +182,9 @@ def add_summaries(input_file: str, output_file: str, backend: str = "extractive"
         for index, (row, result) in enumerate(zip(rows, results)):
             if isinstance(result, BaseException):
                 rejected += 1
-                rejects.write(json.dumps({"where": f"row {index}", "reason": str(result), "record": row}, default=str) + "\n")
+                rejects.write(
+                    json.dumps({"where": f"row {index}", "reason": str(result), "record": row}, default=str) + "\n"
+                )
             else:
                 kept.append({**row, "summary": result})
     write_rows(kept, table.schema.append(pa.field("summary", pa.string())), output_file)
@@ -176,7 +196,10 @@ def summary_prefix(row: dict) -> dict:
     """Dataset 1: full context -> "<summary>...</summary>" + the original target turn."""
     *context, target = row["messages"]
     content = f"<summary>{row['summary']}</summary>\n{target['content']}"
-    return {**row, "messages": [{**m, "train": False} for m in context] + [{**target, "content": content, "train": True}]}
+    return {
+        **row,
+        "messages": [{**m, "train": False} for m in context] + [{**target, "content": content, "train": True}],
+    }
 
 
 def summary_only(row: dict) -> dict:

@@ -64,7 +64,9 @@ def prepare(out_dir: str, settings: dict) -> dict:
     traces = os.path.join(paths["world"], "traces")
     if not os.path.isfile(os.path.join(paths["world"], "manifest.json")):
         print("[prepare] writing the demo world", flush=True)
-        make_world(paths["world"], n_train=world["n_train"], n_heldout=world["n_heldout"], algo_per_cell=world["algo_per_cell"])
+        make_world(
+            paths["world"], n_train=world["n_train"], n_heldout=world["n_heldout"], algo_per_cell=world["algo_per_cell"]
+        )
     if not os.path.isfile(os.path.join(paths["model"], "config.json")):
         print("[prepare] building the tiny model (its tokenizer also learns the world's corpus)", flush=True)
         domain = os.path.join(paths["root"], "tokenizer_domain.txt")
@@ -128,10 +130,14 @@ def write_coder_turns(agent_chain: str, out_path: str, per_type: int) -> tuple[i
     with open(out_path + ".tmp", "w") as f:
         for task_type, group in sorted(by_type.items()):
             for trace in rng.sample(group, min(per_type, len(group))):
-                coder = next((s.get("output") for s in trace.get("trajectory") or [] if s.get("agent") == "Coder"), None)
+                coder = next(
+                    (s.get("output") for s in trace.get("trajectory") or [] if s.get("agent") == "Coder"), None
+                )
                 record = {"id": trace.get("id"), "score": trace.get("score")}
                 if "x" in trace and "task" in trace:
-                    task = Task(str(trace["id"]), task_type, int(trace.get("difficulty") or 0), trace["task"], "", trace["x"])
+                    task = Task(
+                        str(trace["id"]), task_type, int(trace.get("difficulty") or 0), trace["task"], "", trace["x"]
+                    )
                     record["question"] = code_prompt(task)
                 if coder is not None:
                     record["answer"] = coder  # the teacher_cot parser wraps it in <answer></answer>
@@ -172,8 +178,11 @@ def embedded_keys(paths: dict, settings: dict) -> dict:
     keys = {"MODEL": paths["model"], "DATA_DIR": paths["data"], **{k: str(v) for k, v in settings["recipe"].items()}}
     phase1 = list(phase1_sets(paths).values())
     replay = [os.path.join(paths["replay"], f"{name}.parquet") for name in phase1_sets(paths)]
-    own = {1: phase1, 2: [os.path.join(paths["data"], "summary_only", "train.parquet")],
-           3: [os.path.join(paths["data"], "summary_prefix", "train.parquet")]}  # fmt: skip
+    own = {
+        1: phase1,
+        2: [os.path.join(paths["data"], "summary_only", "train.parquet")],
+        3: [os.path.join(paths["data"], "summary_prefix", "train.parquet")],
+    }
     for number, name in ((1, "multiturn"), (2, "summary_only"), (3, "summary_prefix")):
         keys[f"PHASE{number}_TRAIN_FILES"] = ",".join(own[number] + (replay if number > 1 else []))
         keys[f"PHASE{number}_VAL_FILES"] = os.path.join(paths["data"], name, "val.parquet")

@@ -33,7 +33,9 @@ def evaluate_stage(out_dir: str, stage: str, model_dir: str, settings: dict) -> 
         if not os.path.exists(cached):
             budget = settings["eval"]["max_new_tokens"].get(name)  # None: the suite's own
             heldout = os.path.join(world, "heldout", suite.heldout_file)
-            result = evaluate_suite(model_dir, name, heldout, os.path.join(world, "corpus.jsonl"), max_new_tokens=budget)
+            result = evaluate_suite(
+                model_dir, name, heldout, os.path.join(world, "corpus.jsonl"), max_new_tokens=budget
+            )
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "predictions.jsonl"), "w") as f:
                 f.writelines(json.dumps(row) + "\n" for row in result.pop("predictions"))
@@ -79,7 +81,11 @@ def suite_section(name: str, stage_results: dict[str, dict], base: dict) -> list
         cells = []
         for stage in stages:
             r = stage_results[stage][name]
-            special = {"overall": r["accuracy"], "format valid": r["format_valid"], "writes a summary": r.get("summary_rate", 0.0)}
+            special = {
+                "overall": r["accuracy"],
+                "format valid": r["format_valid"],
+                "writes a summary": r.get("summary_rate", 0.0),
+            }
             cells.append(f"{special.get(row, r['by_group'].get(row, 0)):.1%}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", f"Majority-answer baseline: {base[name]['overall']:.1%}", "", f"### {name} by difficulty", ""]
@@ -88,9 +94,16 @@ def suite_section(name: str, stage_results: dict[str, dict], base: dict) -> list
         cells = [f"{stage_results[s][name]['by_difficulty'].get(d, 0):.1%}" for s in stages]
         lines.append(f"| {d} | " + " | ".join(cells) + f" | {base[name]['by_difficulty'].get(d, 0):.1%} |")
     easy = easy_tier_accuracy(stage_results, base, name)
-    lines += ["", f"Easy tiers (difficulty {', '.join(suite.easy_tiers)}): " + ", ".join(f"{k} {v:.1%}" for k, v in easy.items())]
+    lines += [
+        "",
+        f"Easy tiers (difficulty {', '.join(suite.easy_tiers)}): " + ", ".join(f"{k} {v:.1%}" for k, v in easy.items()),
+    ]
     final = stage_results[stages[-1]][name]["label_distribution"]
-    lines += ["", f"Final model's answers vs gold (top labels): gold {final['gold']}, predicted {final['predicted']}", ""]
+    lines += [
+        "",
+        f"Final model's answers vs gold (top labels): gold {final['gold']}, predicted {final['predicted']}",
+        "",
+    ]
     return lines
 
 
@@ -99,7 +112,9 @@ def write_report(out_dir: str, stage_results: dict[str, dict], settings: dict) -
     names = settings["eval"]["suites"]
     base = baselines(out_dir, names)
     easy = {name: easy_tier_accuracy(stage_results, base, name) for name in names}
-    _write_json(os.path.join(out_dir, "results.json"), {"stages": stage_results, "majority_baseline": base, "easy_tiers": easy})
+    _write_json(
+        os.path.join(out_dir, "results.json"), {"stages": stage_results, "majority_baseline": base, "easy_tiers": easy}
+    )
     lines = ["# afm-trainer progressive demo", "", "Held-out accuracy (greedy; verifiers of the demo world).", ""]
     for name in names:
         lines += suite_section(name, stage_results, base)

@@ -29,8 +29,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a model on a held-out suite.")
     parser.add_argument("--model", required=True, help="HF model folder (a checkpoint's huggingface/)")
     parser.add_argument("--suite", required=True, choices=sorted(SUITES))
-    parser.add_argument("--data", required=True, help="held-out JSONL (a world's heldout/*.jsonl, from afm_trainer.world.make_world)")
-    parser.add_argument("--corpus", default=None, help="qa: the world's corpus.jsonl (default: the one of --data's world folder)")
+    parser.add_argument(
+        "--data", required=True, help="held-out JSONL (a world's heldout/*.jsonl, from afm_trainer.world.make_world)"
+    )
+    parser.add_argument(
+        "--corpus", default=None, help="qa: the world's corpus.jsonl (default: the one of --data's world folder)"
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--max_new_tokens", type=int, default=None, help="per turn (default: the suite's own budget)")
@@ -41,7 +45,9 @@ def main(argv=None) -> int:
             print(f"error: not found: {path}", file=sys.stderr)
             return 2
     corpus = args.corpus or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.data))), "corpus.jsonl")
-    results = evaluate_suite(args.model, args.suite, args.data, corpus, args.limit, args.max_new_tokens, args.max_searches)
+    results = evaluate_suite(
+        args.model, args.suite, args.data, corpus, args.limit, args.max_new_tokens, args.max_searches
+    )
     os.makedirs(args.out, exist_ok=True)
     predictions = results.pop("predictions")
     with open(os.path.join(args.out, "predictions.jsonl"), "w") as f:
@@ -50,8 +56,10 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "results.json.tmp"), "w") as f:
         json.dump(results, f, indent=2)
     os.replace(os.path.join(args.out, "results.json.tmp"), os.path.join(args.out, "results.json"))
-    print(f"{args.suite}: accuracy {results['accuracy']:.1%} on {results['n']} items, "
-          f"format valid {results['format_valid']:.1%}")  # fmt: skip
+    print(
+        f"{args.suite}: accuracy {results['accuracy']:.1%} on {results['n']} items, "
+        f"format valid {results['format_valid']:.1%}"
+    )
     for group, accuracy in results["by_group"].items():
         print(f"  {group}: {accuracy:.1%}")
     return 0

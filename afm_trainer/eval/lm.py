@@ -44,19 +44,30 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]], batch_size
     return total / max(count, 1)
 
 
-def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                  stop_ids: list[int]) -> list[list[int]]:  # fmt: skip
+def greedy_decode(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int]
+) -> list[list[int]]:
     """The tokens `model.generate(do_sample=False)` appends to each row of a left-padded
     batch (a stop token included), by the rollout's decoder: a row leaves the batch, KV
     cache and all, as soon as it stops, where generate() decodes every row until the
     last one stops (trained models: 2-3x the tokens actually kept)."""
-    requests = [Request(prompt_ids=ids[mask.bool()].tolist(), max_tokens=max_new_tokens, temperature=0.0, stop_ids=set(stop_ids))
-                for ids, mask in zip(input_ids, attention_mask)]  # fmt: skip
+    requests = [
+        Request(
+            prompt_ids=ids[mask.bool()].tolist(), max_tokens=max_new_tokens, temperature=0.0, stop_ids=set(stop_ids)
+        )
+        for ids, mask in zip(input_ids, attention_mask)
+    ]
     return [out["token_ids"] for out in decode_batch(model, requests)]
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 32,
-             stop_ids: list[int] | None = None) -> list[str]:  # fmt: skip
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    stop_ids: list[int] | None = None,
+) -> list[str]:
     """Greedy completions (decoded, special tokens dropped) for chat prompts, stopping at
     the end of the turn or at any of `stop_ids`."""
     model.eval()

@@ -45,8 +45,15 @@ def _mean(values: list) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def evaluate_suite(model_path: str, suite_name: str, data: str, corpus: str | None = None, limit: int | None = None,
-                   max_new_tokens: int | None = None, max_searches: int = 4) -> dict:  # fmt: skip
+def evaluate_suite(
+    model_path: str,
+    suite_name: str,
+    data: str,
+    corpus: str | None = None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    max_searches: int = 4,
+) -> dict:
     """Greedy answers of the model at ``model_path`` to the held-out items in ``data``,
     scored by the suite; returns the summary with every scored row in ``predictions``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,7 +69,11 @@ def evaluate_suite(model_path: str, suite_name: str, data: str, corpus: str | No
 def majority_baseline(train_answers: dict[str, list[str]], rows: list[dict], group_key: str) -> dict:
     """Accuracy of always answering the most frequent training answer of the item's
     group: overall and by difficulty (rows without one count only overall)."""
-    majority = {g: Counter(normalise(a) for a in answers).most_common(1)[0][0] for g, answers in train_answers.items() if answers}
+    majority = {
+        g: Counter(normalise(a) for a in answers).most_common(1)[0][0]
+        for g, answers in train_answers.items()
+        if answers
+    }
     hits, by_difficulty = [], defaultdict(list)
     for r in rows:
         hit = majority.get(str(r[group_key])) == r["gold"]

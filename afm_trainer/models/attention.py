@@ -7,22 +7,18 @@ which sends SDPA to its slow masked path:
 
 - right-padded rows: every pad token comes after every real token of its row, so the
   causal mask alone keeps real tokens from attending to padding (the pad positions' own
-  outputs are never in the loss). The mask is dropped (measured on a 2-core CPU, tiny
-  Qwen2, 16 conversations padded to ~900 tokens: 3.76 s a step with the mask, 2.40 s
-  without).
+  outputs are never in the loss). The mask is dropped.
 - packed rows (verl's `use_remove_padding=true`: the samples of a micro-batch
   concatenated into one row, positions restarting at 0 for each): the block-diagonal
   mask over the whole row costs the square of the row's length. Here each sample is a
   separate causal SDPA call over its own span, found from the position ids the way
   transformers finds it; no token of the row is padding, so the linear layers do no
-  wasted work either (the demo's mix of 30- and 280-token samples padded to each
-  micro-batch's longest cost 2.2x the real tokens).
+  wasted work either.
 
 Decoding (one new token per row against a cache, the rollout's inner loop) keeps the
 standard SDPA mask, which left padding needs, but not transformers' way of serving a
 grouped-query model with a mask: repeat_kv copies the whole cache once per query head
-of a group, every layer and every token (measured: ~45% of the CPU rollout's time for
-128 rows of the demo model). Here the query heads sharing a key/value head are passed
+of a group, every layer and every token. Here the query heads sharing a key/value head are passed
 as that head's query rows instead; SDPA then reads the cache as it is.
 
 Registered through transformers' own attention and mask registries. Everything else
@@ -64,9 +60,7 @@ def varlen_causal_mask(*args, attention_mask=None, allow_is_causal_skip=True, **
     """No mask (causal only, samples apart by `varlen_sdpa_forward`) for a full-length
     forward over right-padded or packed rows; the standard SDPA mask otherwise."""
     q_length, kv_length = kwargs.get("q_length"), kwargs.get("kv_length")
-    full_length = (
-        q_length == kv_length and kwargs.get("kv_offset", 0) == 0 and kwargs.get("local_size") is None
-    )  # fmt: skip
+    full_length = q_length == kv_length and kwargs.get("kv_offset", 0) == 0 and kwargs.get("local_size") is None
     if full_length and attention_mask is None:
         return None  # one sample a row, or packed rows
     if (
@@ -105,10 +99,15 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, position_ids=
             for b, row in enumerate(spans):
                 outputs = [
                     sdpa_attention_forward(
-                        module, query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e], None, **kwargs
+                        module,
+                        query[b : b + 1, :, s:e],
+                        key[b : b + 1, :, s:e],
+                        value[b : b + 1, :, s:e],
+                        None,
+                        **kwargs,
                     )[0]
                     for s, e in row
-                ]  # fmt: skip
+                ]
                 rows.append(torch.cat(outputs, dim=1))  # (1, length, heads, head_dim)
             return torch.cat(rows, dim=0), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

@@ -47,10 +47,12 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
 def sample_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One token per row by inverse CDF: the first token whose cumulative probability
     exceeds u * total, u uniform in [0, 1). Exact, never picks a zero-probability token,
-    and batched (torch.multinomial row by row was 16% of the rollout's time)."""
+    and batched, where torch.multinomial goes row by row."""
     cdf = probs.double().cumsum(-1)
     tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)
-    last = torch.searchsorted(cdf, cdf[:, -1:].contiguous())  # the last token with probability > 0, should u * total round up
+    last = torch.searchsorted(
+        cdf, cdf[:, -1:].contiguous()
+    )  # the last token with probability > 0, should u * total round up
     return torch.minimum(tokens, last)[:, 0]
 
 
@@ -75,7 +77,9 @@ def decode_batch(model, requests: list[Request], pad_id: int = 0, should_stop=la
         mask[row, width - len(r.prompt_ids) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+    ).logits[:, -1]
     outputs = [{"token_ids": [], "log_probs": [], "stop_reason": None} for _ in requests]
     # Greedy rows (temperature <= 0) score their token under the plain softmax.
     temperatures = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in requests])
@@ -92,8 +96,13 @@ def decode_batch(model, requests: list[Request], pad_id: int = 0, should_stop=la
                 if r.temperature > 0 and (r.top_k > 0 or r.top_p < 1.0):
                     probs[row] = torch.softmax(_filter_logits(scaled[row], r.top_k, r.top_p), -1)
             # One draw from each request's own generator: a request's tokens depend on its seed only.
-            uniforms = torch.tensor([float(torch.rand((), generator=requests[i].generator)) if requests[i].temperature > 0 else 0.0
-                                     for i in live], dtype=torch.float64)  # fmt: skip
+            uniforms = torch.tensor(
+                [
+                    float(torch.rand((), generator=requests[i].generator)) if requests[i].temperature > 0 else 0.0
+                    for i in live
+                ],
+                dtype=torch.float64,
+            )
             next_ids = torch.where(greedy[live], next_ids, sample_rows(probs, uniforms))
         chosen = log_probs.gather(1, next_ids[:, None])[:, 0].tolist()
         for row, (index, token) in enumerate(zip(live, next_ids.tolist())):
@@ -117,6 +126,11 @@ def decode_batch(model, requests: list[Request], pad_id: int = 0, should_stop=la
             live = [live[row] for row in keep]
         mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
         positions = positions[:, -1:] + 1
-        logits = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True).logits[:, -1]  # fmt: skip
+        logits = model(
+            input_ids=next_ids[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
     return outputs

@@ -1,8 +1,7 @@
 """The project's special tokens, and a helper that gives them to any HF model.
 
 Every tag a trajectory format uses must be ONE token: a mask or a stop rule built
-from ``tokenizer.encode("<think>")[0]`` is otherwise just the token for "<" (a bug
-the peer pipeline has, see shared/notes/anchors.md).
+from ``tokenizer.encode("<think>")[0]`` is otherwise just the token for "<".
 """
 
 from __future__ import annotations
@@ -18,12 +17,17 @@ ROLE_TOKENS = ["<|planner|>", "<|coder|>", "<|reviewer|>"]
 
 # Tags of search-agent and chain-of-thought traces (seed 002).
 TRACE_TAGS = [
-    "<think>", "</think>",
-    "<search>", "</search>",
-    "<information>", "</information>",
-    "<answer>", "</answer>",
-    "<summary>", "</summary>",
-]  # fmt: skip
+    "<think>",
+    "</think>",
+    "<search>",
+    "</search>",
+    "<information>",
+    "</information>",
+    "<answer>",
+    "</answer>",
+    "<summary>",
+    "</summary>",
+]
 
 # Role and trace tokens stay visible in decoded text (evaluation parses them), so they
 # are added as normal tokens, never split, rather than as "special" tokens that

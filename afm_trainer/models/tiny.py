@@ -61,7 +61,10 @@ def _tokenizer_corpus(seed: int, n_synthetic: int = 4000) -> list[str]:
 
     texts = [inspect.getsource(m) for m in (m1, m2, m3, m4)]
     rng = random.Random(seed)
-    words = "the a of to and in is was for on that with as by question answer search result reasoning plan code review test pass fail true false yes no".split()
+    words = (
+        "the a of to and in is was for on that with as by question answer search result reasoning plan code review "
+        "test pass fail true false yes no"
+    ).split()
     for _ in range(n_synthetic):
         sentence = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
         number = rng.randint(0, 10**6)
@@ -103,8 +106,14 @@ def build_tokenizer(vocab_size: int = 4096, seed: int = 0, corpus: list[str] | N
     return hf_tok
 
 
-def build_tiny_model(out_dir: str, size: str = "tiny", vocab_size: int = 4096, seed: int = 0, corpus_file: str | None = None,
-                     domain_file: str | None = None):  # fmt: skip
+def build_tiny_model(
+    out_dir: str,
+    size: str = "tiny",
+    vocab_size: int = 4096,
+    seed: int = 0,
+    corpus_file: str | None = None,
+    domain_file: str | None = None,
+):
     """Write a tokenizer and a randomly initialised Qwen2 model to ``out_dir``.
 
     ``corpus_file`` replaces the tokenizer's training text; ``domain_file`` adds to it
@@ -172,7 +181,9 @@ def main(argv=None):
     parser.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size before added tokens")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and tokenizer corpus")
     parser.add_argument("--corpus", default=None, help="optional text file (one document a line) to train the BPE on")
-    parser.add_argument("--domain", default=None, help="optional text file added to the BPE's text (5x): its words become tokens")
+    parser.add_argument(
+        "--domain", default=None, help="optional text file added to the BPE's text (5x): its words become tokens"
+    )
     args = parser.parse_args(argv)
     model, tokenizer = build_tiny_model(args.out, args.size, args.vocab_size, args.seed, args.corpus, args.domain)
     n_params = sum(p.numel() for p in model.parameters())

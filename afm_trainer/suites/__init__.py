@@ -6,7 +6,7 @@ Adding a suite is one module: build a ``Suite`` and ``register`` it (import the 
 before use, as this file imports the built-in ones).
 """
 
-from afm_trainer.suites.base import SUITES, EvalRun, RLDataRequest, Suite, get_suite, register, rl_row, suite_for_source
 from afm_trainer.suites import algorithmic, code, qa  # noqa: F401  (built-in suites register themselves)
+from afm_trainer.suites.base import SUITES, EvalRun, RLDataRequest, Suite, get_suite, register, rl_row, suite_for_source
 
 __all__ = ["SUITES", "EvalRun", "RLDataRequest", "Suite", "get_suite", "register", "rl_row", "suite_for_source"]

@@ -30,7 +30,9 @@ def task_of_item(item: dict) -> Task:
 def heldout_tasks(request: RLDataRequest) -> list[Task]:
     """The held-out algorithmic tasks: the world's (what the evaluation scores) or seed 999's."""
     if not request.world:
-        return generate_suite(VAL_SEED, per_cell(request.n_val, request.difficulties), difficulties=request.difficulties)
+        return generate_suite(
+            VAL_SEED, per_cell(request.n_val, request.difficulties), difficulties=request.difficulties
+        )
     items = read_jsonl(os.path.join(request.world, "heldout", "algorithmic.jsonl"))
     return [task_of_item(it) for it in items if it["difficulty"] in request.difficulties]
 
@@ -39,7 +41,9 @@ def task_of_extra_info(extra_info: dict, answer: str) -> Task:
     """The Task an RL row describes. JSON turns tuples into lists (two_sum's x is
     (values, target)); the verifier and solutions only unpack it, so a list does."""
     x = json_field(extra_info, "x")
-    return Task(str(extra_info.get("id") or ""), extra_info["type"], int(extra_info.get("difficulty") or 0), "", answer, x)
+    return Task(
+        str(extra_info.get("id") or ""), extra_info["type"], int(extra_info.get("difficulty") or 0), "", answer, x
+    )
 
 
 def json_field(extra_info: dict, key: str):
@@ -49,7 +53,15 @@ def json_field(extra_info: dict, key: str):
 
 
 def _row(task: Task) -> dict:
-    return rl_row(SUITE, task.prompt, task.answer, id=task.task_id, type=task.type, difficulty=task.difficulty, x=json.dumps(task.x))
+    return rl_row(
+        SUITE,
+        task.prompt,
+        task.answer,
+        id=task.task_id,
+        type=task.type,
+        difficulty=task.difficulty,
+        x=json.dumps(task.x),
+    )
 
 
 def rl_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
@@ -76,7 +88,9 @@ def evaluate(run, items: list[dict]) -> list[dict]:
     for it, completion in zip(items, completions):
         predicted = first_answer(completion)
         correct = verify(task_of_item(it), predicted)
-        rows.append(scored_row(it["id"], {"type": it["type"]}, it["difficulty"], it["answer"], predicted, correct, completion))
+        rows.append(
+            scored_row(it["id"], {"type": it["type"]}, it["difficulty"], it["answer"], predicted, correct, completion)
+        )
     return rows
 
 

@@ -75,7 +75,9 @@ def suite_for_source(data_source: str) -> Suite:
     for suite in SUITES.values():
         if suite.data_source == data_source:
             return suite
-    raise ValueError(f"unknown data_source {data_source!r}; the suites score {sorted(s.data_source for s in SUITES.values())}")
+    raise ValueError(
+        f"unknown data_source {data_source!r}; the suites score {sorted(s.data_source for s in SUITES.values())}"
+    )
 
 
 def rl_row(suite: Suite, prompt: str, ground_truth: str, **extra) -> dict:
@@ -92,7 +94,9 @@ def rl_row(suite: Suite, prompt: str, ground_truth: str, **extra) -> dict:
 
 def read_jsonl(path: str) -> list[dict]:
     if not os.path.isfile(path):
-        raise SuiteInputError(f"file not found: {path} (write a demo world with python -m afm_trainer.world.make_world)")
+        raise SuiteInputError(
+            f"file not found: {path} (write a demo world with python -m afm_trainer.world.make_world)"
+        )
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -104,7 +108,9 @@ def sample(items: list, n: int, seed: int) -> list:
     return items[:n]
 
 
-def scored_row(item_id: str, group: dict, difficulty, gold: str, predicted: str | None, correct: bool, completion: str) -> dict:
+def scored_row(
+    item_id: str, group: dict, difficulty, gold: str, predicted: str | None, correct: bool, completion: str
+) -> dict:
     """One evaluated item, the shape every suite's ``evaluate`` returns."""
     from afm_trainer.world.algorithmic import normalise
 

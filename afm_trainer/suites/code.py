@@ -14,7 +14,15 @@ from afm_trainer.suites import algorithmic
 from afm_trainer.suites.base import RLDataRequest, Suite, register, rl_row, sample, scored_row
 from afm_trainer.suites.responses import code_of
 from afm_trainer.tools.sandbox import run_python
-from afm_trainer.world.algorithmic import Task, code_example, code_prompt, generate_suite, make_task, solution_source, verify
+from afm_trainer.world.algorithmic import (
+    Task,
+    code_example,
+    code_prompt,
+    generate_suite,
+    make_task,
+    solution_source,
+    verify,
+)
 
 N_TESTS = 4
 CODE_TIMEOUT_S = 5.0  # wall time for all of a response's tests together; an endless loop scores 0
@@ -53,7 +61,15 @@ def _row(task: Task) -> dict:
     seed = zlib.crc32(task.task_id.encode())
     tests = [make_task(seed, task.type, task.difficulty, i) for i in range(N_TESTS)]
     tests_json = json.dumps([{"x": t.x, "expected": t.answer} for t in tests])
-    return rl_row(SUITE, code_prompt(task), solution_source(task.type), id=task.task_id, type=task.type, difficulty=task.difficulty, tests=tests_json)
+    return rl_row(
+        SUITE,
+        code_prompt(task),
+        solution_source(task.type),
+        id=task.task_id,
+        type=task.type,
+        difficulty=task.difficulty,
+        tests=tests_json,
+    )
 
 
 def rl_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
@@ -76,7 +92,9 @@ def credit(code: str, ground_truth: str, extra_info: dict) -> float:
         raise ValueError(f"afm/code row {extra_info.get('index')} has no tests")
     outputs = run_tests(code, [t["x"] for t in tests]) or [None] * len(tests)
     # verify, not string equality: two_sum accepts any right pair
-    passed = sum(verify(Task("", extra_info["type"], 0, "", t["expected"], t["x"]), out) for t, out in zip(tests, outputs))
+    passed = sum(
+        verify(Task("", extra_info["type"], 0, "", t["expected"], t["x"]), out) for t, out in zip(tests, outputs)
+    )
     return passed / len(tests)
 
 

@@ -14,7 +14,16 @@ import os
 import re
 from collections import Counter, defaultdict
 
-from afm_trainer.suites.base import RLDataRequest, Suite, SuiteInputError, read_jsonl, register, rl_row, sample, scored_row
+from afm_trainer.suites.base import (
+    RLDataRequest,
+    Suite,
+    SuiteInputError,
+    read_jsonl,
+    register,
+    rl_row,
+    sample,
+    scored_row,
+)
 from afm_trainer.suites.responses import answer_of, first_answer
 from afm_trainer.world.algorithmic import normalise
 from afm_trainer.world.qa_world import build_world, make_questions
@@ -132,7 +141,9 @@ def credit(answer: str, ground_truth: str, extra_info: dict) -> float:
     return PARTIAL_WEIGHT * token_f1(answer, ground_truth)
 
 
-def run_search_agent(model, tokenizer, questions: list[str], index, max_new_tokens: int, max_searches: int) -> list[str]:
+def run_search_agent(
+    model, tokenizer, questions: list[str], index, max_new_tokens: int, max_searches: int
+) -> list[str]:
     """Greedy multi-turn rollouts: stop at </search> or end of turn; a search gets the
     tool's results as a tool turn; returns each conversation's assistant text.
 
@@ -176,7 +187,9 @@ def evaluate(run, items: list[dict]) -> list[dict]:
     for it, transcript in zip(items, transcripts):
         predicted = first_answer(transcript)
         correct = predicted is not None and normalise(predicted) == normalise(it["answer"])
-        rows.append(scored_row(it["qid"], {"hops": it["hops"]}, it["hops"], it["answer"], predicted, correct, transcript))
+        rows.append(
+            scored_row(it["qid"], {"hops": it["hops"]}, it["hops"], it["answer"], predicted, correct, transcript)
+        )
     return rows
 
 

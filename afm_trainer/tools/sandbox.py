@@ -45,10 +45,18 @@ PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 WORKDIR = "/tmp/sandbox"
 FIRST_UID = 200_000  # sandbox user ids: no real account uses these
 BLOCKED_MARKERS = (
-    "Network is unreachable", "Errno 101", "Errno 99", "Operation not permitted", "Errno 1]",
-    "Permission denied", "Errno 13", "Read-only file system", "Errno 30",
-    "Resource temporarily unavailable", "Errno 11",
-)  # fmt: skip
+    "Network is unreachable",
+    "Errno 101",
+    "Errno 99",
+    "Operation not permitted",
+    "Errno 1]",
+    "Permission denied",
+    "Errno 13",
+    "Read-only file system",
+    "Errno 30",
+    "Resource temporarily unavailable",
+    "Errno 11",
+)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -121,7 +129,16 @@ def _confine(uid: int, code: bytes, memory_mb: int, cpu_s: int, max_procs: int, 
     _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
     for folder in PRIVATE_DIRS:
         if os.path.isdir(folder):
-            _check(_libc.mount(b"tmpfs", folder.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, f"size={max_file_mb * 2}m,mode=1777".encode()), f"mount {folder}")  # fmt: skip
+            _check(
+                _libc.mount(
+                    b"tmpfs",
+                    folder.encode(),
+                    b"tmpfs",
+                    MS_NOSUID | MS_NODEV,
+                    f"size={max_file_mb * 2}m,mode=1777".encode(),
+                ),
+                f"mount {folder}",
+            )
     os.mkdir(WORKDIR, 0o700)
     with open(os.path.join(WORKDIR, "main.py"), "wb") as f:
         f.write(code)
@@ -221,8 +238,14 @@ def _classify(returncode: int | None, stderr: str, timed_out: bool) -> str:
     return "error"
 
 
-def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 512, max_procs: int = 16,
-               max_output_bytes: int = 1_000_000, max_file_mb: int = 16) -> SandboxResult:  # fmt: skip
+def run_python(
+    code: str,
+    timeout_s: float = 10.0,
+    memory_mb: int = 512,
+    max_procs: int = 16,
+    max_output_bytes: int = 1_000_000,
+    max_file_mb: int = 16,
+) -> SandboxResult:
     """Run ``code`` with ``python3 -I`` (isolated mode: no user site, no env paths) in the sandbox."""
     if sys.platform != "linux":
         raise SandboxUnavailable("the sandbox needs Linux namespaces")
@@ -234,16 +257,21 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 512, max_pro
             _uids_in_use.discard(uid)
 
 
-def _run_as(uid: int, code: str, timeout_s: float, memory_mb: int, max_procs: int, max_output_bytes: int,
-            max_file_mb: int) -> SandboxResult:  # fmt: skip
+def _run_as(
+    uid: int, code: str, timeout_s: float, memory_mb: int, max_procs: int, max_output_bytes: int, max_file_mb: int
+) -> SandboxResult:
     started = time.monotonic()
     try:
         process = subprocess.Popen(
             [sandbox_python(), "-I", "-S", f"{WORKDIR}/main.py"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin", "HOME": WORKDIR, "LANG": "C.UTF-8"},
-            preexec_fn=lambda: _confine(uid, code.encode(), memory_mb, max(1, int(timeout_s) + 1), max_procs, max_file_mb),
-        )  # fmt: skip
+            preexec_fn=lambda: _confine(
+                uid, code.encode(), memory_mb, max(1, int(timeout_s) + 1), max_procs, max_file_mb
+            ),
+        )
     except subprocess.SubprocessError as exc:
         raise SandboxUnavailable(f"cannot isolate code on this machine: {exc}") from None
     try:

@@ -22,7 +22,7 @@ class SearchIndex:
         self._lock = threading.Lock()  # retrieval shares scratch state
 
     @classmethod
-    def from_jsonl(cls, path: str) -> "SearchIndex":
+    def from_jsonl(cls, path: str) -> SearchIndex:
         with open(path, encoding="utf-8") as f:
             return cls([json.loads(line) for line in f if line.strip()])
 

@@ -47,7 +47,9 @@ def create_app(index: SearchIndex) -> FastAPI:
     def retrieve(body: RetrieveRequest):
         too_long = [i for i, q in enumerate(body.queries) if len(q) > MAX_QUERY_CHARS or not q.strip()]
         if too_long:
-            return JSONResponse({"detail": f"queries {too_long} are empty or over {MAX_QUERY_CHARS} characters"}, status_code=422)
+            return JSONResponse(
+                {"detail": f"queries {too_long} are empty or over {MAX_QUERY_CHARS} characters"}, status_code=422
+            )
         return {"result": index.search(body.queries, body.topk)}
 
     return app

@@ -67,7 +67,11 @@ TOOL_CALL = re.compile(r"<(search|code)>(.*?)</\1>", re.DOTALL)
 def information_text(documents: list[dict]) -> str:
     """Search results as the tool turn every part of the project shows the model
     (training traces, evaluation, the RL tool): one format, so nothing drifts."""
-    return "<information>" + "\n".join(f"[{i}] {d['title']}: {d['content']}" for i, d in enumerate(documents, 1)) + "</information>"
+    return (
+        "<information>"
+        + "\n".join(f"[{i}] {d['title']}: {d['content']}" for i, d in enumerate(documents, 1))
+        + "</information>"
+    )
 
 
 def parse_search_agent(record: dict) -> Trajectory:
@@ -125,7 +129,9 @@ def parse_agent_chain(record: dict) -> Trajectory:
         if not isinstance(step, dict):
             raise TraceError(f"trajectory[{i}] is not an object")
         agent = _text(step, "agent", f"trajectory[{i}].")
-        turns.append({"role": "assistant", "content": f"{role_token(agent)}{_text(step, 'output', f'trajectory[{i}].')}"})
+        turns.append(
+            {"role": "assistant", "content": f"{role_token(agent)}{_text(step, 'output', f'trajectory[{i}].')}"}
+        )
     answer = record.get("answer") if isinstance(record.get("answer"), str) else None
     return Trajectory(_id(record), [{"role": "user", "content": task}], turns, answer=answer, score=_score(record))
 
@@ -152,9 +158,13 @@ def parse_teacher_cot(record: dict) -> Trajectory:
         target, prompt = f"<answer>{answer}</answer>", question
     track = "B" if reasoning else "A"
     return Trajectory(
-        _id(record), [{"role": "user", "content": prompt}], [{"role": "assistant", "content": target}],
-        answer=answer, score=_score(record), meta={"track": track, "student_draft": draft or None},
-    )  # fmt: skip
+        _id(record),
+        [{"role": "user", "content": prompt}],
+        [{"role": "assistant", "content": target}],
+        answer=answer,
+        score=_score(record),
+        meta={"track": track, "student_draft": draft or None},
+    )
 
 
 STUDENT_ANSWER = re.compile(r"<answer>(.*?)</answer>|^\s*answer\s*:\s*\**([^\s*-]+)", re.IGNORECASE | re.MULTILINE)

@@ -4,6 +4,8 @@ verl imports it in every process through the ``verl.plugins`` entry point (setup
 """
 
 from afm_trainer.models import attention  # noqa: F401  (registers attn_implementation="sdpa_varlen")
-from afm_trainer.verl_ext import cpu_platform  # noqa: F401  (registers the CPU platform)
-from afm_trainer.verl_ext import cpu_rollout  # noqa: F401  (registers rollout.name=hf)
-from afm_trainer.verl_ext import tools  # noqa: F401  (registers multi_turn.format=afm_tags)
+from afm_trainer.verl_ext import (
+    cpu_platform,  # noqa: F401  (registers the CPU platform)
+    cpu_rollout,  # noqa: F401  (registers rollout.name=hf)
+    tools,  # noqa: F401  (registers multi_turn.format=afm_tags)
+)

@@ -8,8 +8,7 @@ platforms in order (nvidia, npu, rocm, then plugins), so on a machine with an
 accelerator verl's own platform wins and this one is never selected; ``VERL_PLATFORM=cpu``
 forces it.
 
-What running verl's trainers on CPU needs, and where each piece lives
-(measured errors in shared/notes/verl-on-cpu.md):
+What running verl's trainers on CPU needs, and where each piece lives:
 
 1. device "cpu", collective backend "gloo", no-op memory/stream/profiler functions,
    and ``current_device()`` returning the string "cpu" (``model.to(device=...)``
@@ -21,7 +20,7 @@ What running verl's trainers on CPU needs, and where each piece lives
    ``VERL_ENGINE_DEVICE``                                      -> ``PlatformCPU.__init__``
 4. FlashAttention does not exist on CPU -> ``attn_implementation=sdpa``, and FSDP1 wants
    GPU tensors -> ``engine.strategy=fsdp2``: both are settings, kept in
-   ``afm_trainer/config/device/cpu.yaml`` and ``rl_device/cpu.yaml`` rather than in code.
+   the recipes' ``config/device/cpu.yaml`` (afm_trainer/recipes/sft, .../grpo), not in code.
 5. verl's RL reference model (forward only) always gets FSDP2's
    ``CPUOffloadPolicy(pin_memory=True)``, and pinning asks for an accelerator; pinned
    memory only speeds host-to-device copies, so without a device it is a no-op
@@ -31,8 +30,8 @@ What running verl's trainers on CPU needs, and where each piece lives
    loaded with the attention its config names instead (sdpa)  -> ``_patch_value_model_loading``
 7. Without flash-attn's cross-entropy kernel, verl computes token log-probs with one
    ``logsumexp`` per row of the logits. On the packed path (``use_remove_padding``) a row
-   is a token, so every micro-batch became thousands of tiny autograd nodes: 190 ms of a
-   ~750 ms demo step for 2,300 tokens. Chunks of rows keep the memory bound the loop
+   is a token, so every micro-batch became thousands of tiny autograd nodes. Chunks of
+   rows keep the memory bound the loop
    was written for, with a few nodes instead                -> ``_patch_token_logprobs``
 """
 
@@ -45,7 +44,6 @@ from types import ModuleType
 
 import torch
 import torch.distributed
-
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
 PLATFORM_NAME = "cpu"
@@ -116,9 +114,12 @@ def _patch_value_model_loading() -> None:
 
         attention = getattr(model_config, "_attn_implementation", None) or "sdpa"
         return AutoModelForTokenClassification.from_pretrained(
-            local_path, torch_dtype=torch_dtype, config=model_config, trust_remote_code=trust_remote_code,
+            local_path,
+            torch_dtype=torch_dtype,
+            config=model_config,
+            trust_remote_code=trust_remote_code,
             attn_implementation="sdpa" if attention.startswith("flash") else attention,
-        )  # fmt: skip
+        )
 
     load_valuehead_model._afm_cpu = True
     model_utils.load_valuehead_model = load_valuehead_model

@@ -29,11 +29,11 @@ from typing import Any
 
 import ray
 import torch
+from verl.workers.rollout import base as rollout_base
+from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
 from afm_trainer.models.attention import NAME as ATTENTION
 from afm_trainer.models.decoding import Request, decode_batch
-from verl.workers.rollout import base as rollout_base
-from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ class HFRolloutServer:
 
     def __init__(self, config, model_config, replica_rank: int):
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from verl.utils.config import omega_conf_to_dataclass
         from verl.workers.config import HFModelConfig
 
@@ -64,13 +63,17 @@ class HFRolloutServer:
         self.sync_weights = str(custom.get("sync_weights", True)).lower() not in ("false", "0")
         torch.set_num_threads(int(custom.get("threads", os.cpu_count() or 1)))
         path = model_config.local_path
-        dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}.get(str(config.dtype), torch.float32)
+        dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}.get(
+            str(config.dtype), torch.float32
+        )
         # The actor's attention (models/attention.py): standard SDPA with the padding mask
         # that left-padded prompts need, and decoding steps without copying the cache per head.
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {
+            tokenizer.eos_token_id
+        }
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.max_model_len = config.max_model_len or config.prompt_length + config.response_length
         self.queue: list[Request] = []
@@ -90,13 +93,19 @@ class HFRolloutServer:
         params = dict(sampling_params)
         budget = self.max_model_len - len(prompt_ids)
         if budget < 1:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room within max_model_len {self.max_model_len}")
-        default = min(self.config.response_length, self.config.prompt_length + self.config.response_length - len(prompt_ids))
+            raise ValueError(
+                f"prompt of {len(prompt_ids)} tokens leaves no room within max_model_len {self.max_model_len}"
+            )
+        default = min(
+            self.config.response_length, self.config.prompt_length + self.config.response_length - len(prompt_ids)
+        )
         max_tokens = params.get("max_tokens", params.get("max_new_tokens", default))
         seed = params.get("seed")
         self.request_count += 1
         # One stream per request: seeded by the request, else by rollout.seed and its order
-        generator = torch.Generator().manual_seed(int(seed) if seed is not None else self.config.seed * 1_000_003 + self.request_count)
+        generator = torch.Generator().manual_seed(
+            int(seed) if seed is not None else self.config.seed * 1_000_003 + self.request_count
+        )
         stop_ids = set() if self.config.ignore_eos else set(self.eos_ids)
         stop_ids |= set(params.get("stop_token_ids") or [])
         return Request(
@@ -111,8 +120,18 @@ class HFRolloutServer:
             future=asyncio.get_running_loop().create_future(),
         )
 
-    async def generate(self, prompt_ids, sampling_params, request_id, image_data=None, video_data=None,
-                       audio_data=None, mm_processor_kwargs=None, priority=0, **kwargs) -> TokenOutput:  # fmt: skip
+    async def generate(
+        self,
+        prompt_ids,
+        sampling_params,
+        request_id,
+        image_data=None,
+        video_data=None,
+        audio_data=None,
+        mm_processor_kwargs=None,
+        priority=0,
+        **kwargs,
+    ) -> TokenOutput:
         if image_data or video_data or audio_data:
             raise NotImplementedError("the hf CPU rollout is text-only")
         request = self._request(prompt_ids, sampling_params)
@@ -121,8 +140,12 @@ class HFRolloutServer:
         self.queue.append(request)
         self.wake.set()
         result = await request.future
-        return TokenOutput(token_ids=result["token_ids"], log_probs=result["log_probs"] if request.want_logprobs else None,
-                           stop_reason=result["stop_reason"], extra_fields={"global_steps": self.global_steps})  # fmt: skip
+        return TokenOutput(
+            token_ids=result["token_ids"],
+            log_probs=result["log_probs"] if request.want_logprobs else None,
+            stop_reason=result["stop_reason"],
+            extra_fields={"global_steps": self.global_steps},
+        )
 
     async def _batch_forever(self):
         while True:
@@ -138,7 +161,9 @@ class HFRolloutServer:
                 continue
             async with self.engine_lock:
                 try:
-                    results = await asyncio.to_thread(decode_batch, self.model, batch, self.pad_id, lambda: self.aborting)
+                    results = await asyncio.to_thread(
+                        decode_batch, self.model, batch, self.pad_id, lambda: self.aborting
+                    )
                 except Exception as exc:  # a failed batch fails its requests, not the server
                     for r in batch:
                         r.future.set_exception(exc)
@@ -160,8 +185,10 @@ class HFRolloutServer:
             result = self.model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False)
             tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
             if result.unexpected_keys or set(result.missing_keys) - tied:
-                raise RuntimeError(f"weights do not fit the rollout model: unexpected {result.unexpected_keys[:5]}, "
-                                   f"missing {sorted(set(result.missing_keys) - tied)[:5]}")  # fmt: skip
+                raise RuntimeError(
+                    f"weights do not fit the rollout model: unexpected {result.unexpected_keys[:5]}, "
+                    f"missing {sorted(set(result.missing_keys) - tied)[:5]}"
+                )
             if tied:
                 self.model.tie_weights()
             return {"loaded": len(state_dict)}
@@ -206,11 +233,19 @@ class HFRolloutReplica(RolloutReplica):
     """One HF server per replica, placed on the node of the replica's first worker."""
 
     async def launch_servers(self):
-        options: dict[str, Any] = {"name": _server_name(self.replica_rank), "max_concurrency": self.max_concurrency, "num_cpus": 0}
+        options: dict[str, Any] = {
+            "name": _server_name(self.replica_rank),
+            "max_concurrency": self.max_concurrency,
+            "num_cpus": 0,
+        }
         if self.workers:
             node_id = await self.workers[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
-            options["scheduling_strategy"] = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-        server = ray.remote(HFRolloutServer).options(**options).remote(self.config, self.model_config, self.replica_rank)
+            options["scheduling_strategy"] = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id=node_id, soft=False
+            )
+        server = (
+            ray.remote(HFRolloutServer).options(**options).remote(self.config, self.model_config, self.replica_rank)
+        )
         await server.ready.remote()
         self.servers = [server]
         self._server_handle = server
@@ -226,7 +261,11 @@ class HFRolloutAdapter(rollout_base.BaseRollout):
     def __init__(self, config, model_config, device_mesh, replica_rank: int = -1, **kwargs):
         super().__init__(config, model_config, device_mesh)
         rank = int(os.environ.get("RANK", "0"))
-        world = self.config.tensor_model_parallel_size * self.config.data_parallel_size * self.config.pipeline_model_parallel_size
+        world = (
+            self.config.tensor_model_parallel_size
+            * self.config.data_parallel_size
+            * self.config.pipeline_model_parallel_size
+        )
         self.replica_rank = rank // world if replica_rank == -1 else replica_rank
         self.is_leader_rank = rank % world == 0
         self.sync_weights = str(dict(self.config.custom or {}).get("sync_weights", True)).lower() not in ("false", "0")
@@ -242,7 +281,9 @@ class HFRolloutAdapter(rollout_base.BaseRollout):
         if wire_format != "named_tensors":
             raise NotImplementedError(f"the hf rollout takes full named tensors, not {wire_format!r}")
         if kwargs.get("peft_config") is not None:
-            raise NotImplementedError("the hf rollout takes merged weights: set actor_rollout_ref.model.lora.merge=True")
+            raise NotImplementedError(
+                "the hf rollout takes merged weights: set actor_rollout_ref.model.lora.merge=True"
+            )
         state_dict = {}
         for name, tensor in weights:  # every rank drains: producing a full tensor is a collective
             if self.is_leader_rank and self.sync_weights:

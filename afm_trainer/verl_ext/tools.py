@@ -11,7 +11,8 @@ gives tool turns response_mask 0, so they never enter the policy loss. A turn wi
 ``<answer>`` ends the episode. Turn and length limits are verl's
 (``multi_turn.max_assistant_turns``, ``max_tool_response_length``, ``response_length``).
 
-Configured by ``afm_trainer/config/tools.yaml`` (``multi_turn.tool_config_path``).
+Configured by the tools.yaml that the GRPO recipe writes to OUT_DIR when it has a CORPUS or
+SEARCH_URL (``multi_turn.tool_config_path``).
 """
 
 from __future__ import annotations
@@ -46,11 +47,16 @@ class AfmTagParser(ToolParser):
 
 
 def _schema(name: str, description: str, argument: str) -> OpenAIFunctionToolSchema:
-    return OpenAIFunctionToolSchema.model_validate({
-        "type": "function",
-        "function": {"name": name, "description": description, "parameters": {
-            "type": "object", "properties": {argument: {"type": "string"}}, "required": [argument]}},
-    })  # fmt: skip
+    return OpenAIFunctionToolSchema.model_validate(
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": description,
+                "parameters": {"type": "object", "properties": {argument: {"type": "string"}}, "required": [argument]},
+            },
+        }
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -75,7 +81,9 @@ class SearchTool(BaseTool):
             import httpx
 
             async with httpx.AsyncClient(timeout=30) as client:
-                reply = await client.post(self.config["url"].rstrip("/") + "/retrieve", json={"queries": [query], "topk": self.topk})
+                reply = await client.post(
+                    self.config["url"].rstrip("/") + "/retrieve", json={"queries": [query], "topk": self.topk}
+                )
                 reply.raise_for_status()
                 return reply.json()["result"][0]
         index = _index(self.config["corpus"])
@@ -96,8 +104,11 @@ class SandboxTool(BaseTool):
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs) -> tuple[ToolResponse, float, dict]:
         from afm_trainer.tools.sandbox import run_python
 
-        result = await asyncio.to_thread(run_python, str(parameters.get("code", "")),
-                                         timeout_s=float(self.config.get("timeout_s", 5)),
-                                         memory_mb=int(self.config.get("memory_mb", 256)))  # fmt: skip
+        result = await asyncio.to_thread(
+            run_python,
+            str(parameters.get("code", "")),
+            timeout_s=float(self.config.get("timeout_s", 5)),
+            memory_mb=int(self.config.get("memory_mb", 256)),
+        )
         text = f"status: {result.status}\n{result.stdout[-1000:]}{result.stderr[-500:]}".strip()
         return ToolResponse(text=f"<information>{text}</information>"), 0.0, {"status": result.status}

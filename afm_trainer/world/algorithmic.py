@@ -102,8 +102,15 @@ def _work_rpn(tokens):
     return ". ".join(steps) + "."
 
 
-register(ProblemType("rpn", solve_rpn, _gen_rpn, _work_rpn,
-    'x is a list of tokens (strings) of a reverse Polish notation expression over integers with + - *; return its value as an int.'))
+register(
+    ProblemType(
+        "rpn",
+        solve_rpn,
+        _gen_rpn,
+        _work_rpn,
+        "x is a list of tokens (strings) of a reverse Polish notation expression over integers with + - *; return its value as an int.",
+    )
+)
 
 
 # --- arithmetic ---
@@ -157,8 +164,15 @@ def _work_arithmetic(expression):
     return " = ".join([expression] + lines)
 
 
-register(ProblemType("arithmetic", solve_arithmetic, _gen_arithmetic, _work_arithmetic,
-    'x is a string expression of integers with + - * and brackets (usual precedence); return its value as an int.'))
+register(
+    ProblemType(
+        "arithmetic",
+        solve_arithmetic,
+        _gen_arithmetic,
+        _work_arithmetic,
+        "x is a string expression of integers with + - * and brackets (usual precedence); return its value as an int.",
+    )
+)
 
 
 # --- parentheses ---
@@ -206,8 +220,15 @@ def _work_parentheses(text):
     return " ".join(steps) + (". yes." if not stack else ". open left. no.")
 
 
-register(ProblemType("parentheses", solve_parentheses, _gen_parentheses, _work_parentheses,
-    'x is a string of brackets ()[]{}; return "yes" if they are balanced, else "no".'))
+register(
+    ProblemType(
+        "parentheses",
+        solve_parentheses,
+        _gen_parentheses,
+        _work_parentheses,
+        'x is a string of brackets ()[]{}; return "yes" if they are balanced, else "no".',
+    )
+)
 
 
 # --- fizzbuzz ---
@@ -226,8 +247,15 @@ def _work_fizzbuzz(n):
     return f"{n} mod 3 = {n % 3}. {n} mod 5 = {n % 5}. So {solve_fizzbuzz(n)}."
 
 
-register(ProblemType("fizzbuzz", solve_fizzbuzz, _gen_fizzbuzz, _work_fizzbuzz,
-    'x is a positive int; return "FizzBuzz" if 15 divides it, "Fizz" if 3 does, "Buzz" if 5 does, else str(x).'))
+register(
+    ProblemType(
+        "fizzbuzz",
+        solve_fizzbuzz,
+        _gen_fizzbuzz,
+        _work_fizzbuzz,
+        'x is a positive int; return "FizzBuzz" if 15 divides it, "Fizz" if 3 does, "Buzz" if 5 does, else str(x).',
+    )
+)
 
 
 # --- reverse_string ---
@@ -246,8 +274,15 @@ def _work_reverse_string(text):
     return f"Letters: {_spaced(text)}. Backwards: {_spaced(text[::-1])}."
 
 
-register(ProblemType("reverse_string", solve_reverse_string, _gen_reverse_string, _work_reverse_string,
-    'x is a string; return it reversed.'))
+register(
+    ProblemType(
+        "reverse_string",
+        solve_reverse_string,
+        _gen_reverse_string,
+        _work_reverse_string,
+        "x is a string; return it reversed.",
+    )
+)
 
 
 # --- is_palindrome ---
@@ -268,8 +303,15 @@ def _work_is_palindrome(text):
     return f"Letters: {_spaced(text)}. Backwards: {_spaced(text[::-1])}. {'Same' if same else 'Different'}: {'yes' if same else 'no'}."
 
 
-register(ProblemType("is_palindrome", solve_is_palindrome, _gen_is_palindrome, _work_is_palindrome,
-    'x is a string; return "yes" if it reads the same backwards, else "no".'))
+register(
+    ProblemType(
+        "is_palindrome",
+        solve_is_palindrome,
+        _gen_is_palindrome,
+        _work_is_palindrome,
+        'x is a string; return "yes" if it reads the same backwards, else "no".',
+    )
+)
 
 
 # --- fibonacci ---
@@ -295,8 +337,15 @@ def _work_fibonacci(n):
     return "Sequence: " + " ".join(map(str, values)) + f". F({n})={values[-1]}."
 
 
-register(ProblemType("fibonacci", solve_fibonacci, _gen_fibonacci, _work_fibonacci,
-    'x is an int n >= 0; return F(n), where F(0) = 0 and F(1) = 1.'))
+register(
+    ProblemType(
+        "fibonacci",
+        solve_fibonacci,
+        _gen_fibonacci,
+        _work_fibonacci,
+        "x is an int n >= 0; return F(n), where F(0) = 0 and F(1) = 1.",
+    )
+)
 
 
 # --- binary_search ---
@@ -337,8 +386,15 @@ def _work_binary_search(x):
     return ". ".join(steps) + "."
 
 
-register(ProblemType("binary_search", solve_binary_search, _gen_binary_search, _work_binary_search,
-    'x is [values, target]: a sorted list of distinct ints and an int; return the index of target in values, or -1.'))
+register(
+    ProblemType(
+        "binary_search",
+        solve_binary_search,
+        _gen_binary_search,
+        _work_binary_search,
+        "x is [values, target]: a sorted list of distinct ints and an int; return the index of target in values, or -1.",
+    )
+)
 
 
 # --- two_sum ---
@@ -387,8 +443,16 @@ def _verify_two_sum(task, text):
     return i != j and max(i, j) < len(values) and values[i] + values[j] == target
 
 
-register(ProblemType("two_sum", solve_two_sum, _gen_two_sum, _work_two_sum,
-    'x is [values, target]: a list of ints and an int; return "i j", two distinct indices whose values sum to target, or "none".', verify=_verify_two_sum))
+register(
+    ProblemType(
+        "two_sum",
+        solve_two_sum,
+        _gen_two_sum,
+        _work_two_sum,
+        'x is [values, target]: a list of ints and an int; return "i j", two distinct indices whose values sum to target, or "none".',
+        verify=_verify_two_sum,
+    )
+)
 
 
 # --- max_subarray ---
@@ -417,8 +481,15 @@ def _work_max_subarray(values):
     return ". ".join(steps) + "."
 
 
-register(ProblemType("max_subarray", solve_max_subarray, _gen_max_subarray, _work_max_subarray,
-    'x is a non-empty list of ints; return the largest sum of a contiguous non-empty part of it.'))
+register(
+    ProblemType(
+        "max_subarray",
+        solve_max_subarray,
+        _gen_max_subarray,
+        _work_max_subarray,
+        "x is a non-empty list of ints; return the largest sum of a contiguous non-empty part of it.",
+    )
+)
 
 
 # --- remove_duplicates ---
@@ -446,8 +517,15 @@ def _work_remove_duplicates(values):
     return ". ".join(steps) + f". Kept: {solve_remove_duplicates(values)}."
 
 
-register(ProblemType("remove_duplicates", solve_remove_duplicates, _gen_remove_duplicates, _work_remove_duplicates,
-    'x is a list of ints; return its values without repeats, first occurrences in order, joined by single spaces.'))
+register(
+    ProblemType(
+        "remove_duplicates",
+        solve_remove_duplicates,
+        _gen_remove_duplicates,
+        _work_remove_duplicates,
+        "x is a list of ints; return its values without repeats, first occurrences in order, joined by single spaces.",
+    )
+)
 
 
 # --- instances, suites and verification ---
@@ -468,7 +546,9 @@ def make_task(seed: int, task_type: str, difficulty: int, index: int) -> Task:
     return Task(f"{task_type}-d{difficulty}-s{seed}-{index}", task_type, difficulty, prompt, str(problem.solve(x)), x)
 
 
-def generate_suite(seed: int, per_cell: int, types=None, difficulties=DIFFICULTIES, exclude: set[str] = frozenset()) -> list[Task]:
+def generate_suite(
+    seed: int, per_cell: int, types=None, difficulties=DIFFICULTIES, exclude: set[str] = frozenset()
+) -> list[Task]:
     """``per_cell`` distinct tasks for every (type, difficulty), none with a prompt in ``exclude``.
 
     Small cells (fizzbuzz at difficulty 1 has 15 inputs) may yield fewer: generation
@@ -522,4 +602,6 @@ def code_example(task: Task) -> Task:
     """Another instance of ``task``'s type and difficulty, the same on every machine, to
     show in the prompt when ``task`` itself is the test."""
     seed = zlib.crc32(task.task_id.encode())
-    return next(t for t in (make_task(seed, task.type, task.difficulty, i) for i in range(100)) if t.prompt != task.prompt)
+    return next(
+        t for t in (make_task(seed, task.type, task.difficulty, i) for i in range(100)) if t.prompt != task.prompt
+    )

@@ -22,10 +22,12 @@ import random
 import time
 from dataclasses import asdict
 
+from afm_trainer.tools.search import SearchIndex
 from afm_trainer.world.algorithmic import DIFFICULTIES, generate_suite
 from afm_trainer.world.qa_world import build_world, make_questions, questions_to_jsonl, save_world
 from afm_trainer.world.teacher import Noise, agent_chain_record, balance_yes_no, search_agent_record, teacher_cot_record
-from afm_trainer.tools.search import SearchIndex
+
+DEFAULT_NOISE = Noise(wrong=0.05, malformed=0.03)
 
 
 def _write_jsonl(path: str, records) -> int:
@@ -38,8 +40,17 @@ def _write_jsonl(path: str, records) -> int:
     return count
 
 
-def make_world(out: str, n_train: int = 600, n_heldout: int = 200, seed: int = 42, heldout_seed: int = 999,
-              noise: Noise = Noise(0.05, 0.03), yes_ratio: float | None = 0.5, world_seed: int = 0, algo_per_cell: int | dict[int, int] | None = None) -> dict:  # fmt: skip
+def make_world(
+    out: str,
+    n_train: int = 600,
+    n_heldout: int = 200,
+    seed: int = 42,
+    heldout_seed: int = 999,
+    noise: Noise = DEFAULT_NOISE,
+    yes_ratio: float | None = 0.5,
+    world_seed: int = 0,
+    algo_per_cell: int | dict[int, int] | None = None,
+) -> dict:
     started = time.time()
     for folder in ("traces", "heldout"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
@@ -59,25 +70,53 @@ def make_world(out: str, n_train: int = 600, n_heldout: int = 200, seed: int = 4
     per_cell = algo_per_cell or max(1, -(-n_train // cells))
     per_difficulty = per_cell if isinstance(per_cell, dict) else {d: per_cell for d in DIFFICULTIES}
     held_prompts = {t.prompt for t in algo_heldout}
-    algo_train = [t for d, n in sorted(per_difficulty.items()) if n > 0
-                  for t in generate_suite(seed, n, difficulties=[d], exclude=held_prompts)]  # fmt: skip
+    algo_train = [
+        t
+        for d, n in sorted(per_difficulty.items())
+        if n > 0
+        for t in generate_suite(seed, n, difficulties=[d], exclude=held_prompts)
+    ]
     algo_train = balance_yes_no(algo_train, yes_ratio, rng)
-    _write_jsonl(os.path.join(out, "heldout", "algorithmic.jsonl"),
-                 ({"id": t.task_id, "prompt": t.prompt, "answer": t.answer, "type": t.type, "difficulty": t.difficulty, "x": t.x}
-                  for t in algo_heldout))  # fmt: skip
+    _write_jsonl(
+        os.path.join(out, "heldout", "algorithmic.jsonl"),
+        (
+            {
+                "id": t.task_id,
+                "prompt": t.prompt,
+                "answer": t.answer,
+                "type": t.type,
+                "difficulty": t.difficulty,
+                "x": t.x,
+            }
+            for t in algo_heldout
+        ),
+    )
 
     counts = {
-        "search_agent": _write_jsonl(os.path.join(out, "traces", "search_agent.jsonl"),
-                                     (search_agent_record(q, index, rng, noise.draw(rng)) for q in qa_train)),
-        "agent_chain": _write_jsonl(os.path.join(out, "traces", "agent_chain.jsonl"),
-                                    (agent_chain_record(t, rng, noise.draw(rng)) for t in algo_train)),
-        "teacher_cot": _write_jsonl(os.path.join(out, "traces", "teacher_cot.jsonl"),
-                                    (teacher_cot_record(t, rng, noise.draw(rng)) for t in algo_train)),
+        "search_agent": _write_jsonl(
+            os.path.join(out, "traces", "search_agent.jsonl"),
+            (search_agent_record(q, index, rng, noise.draw(rng)) for q in qa_train),
+        ),
+        "agent_chain": _write_jsonl(
+            os.path.join(out, "traces", "agent_chain.jsonl"),
+            (agent_chain_record(t, rng, noise.draw(rng)) for t in algo_train),
+        ),
+        "teacher_cot": _write_jsonl(
+            os.path.join(out, "traces", "teacher_cot.jsonl"),
+            (teacher_cot_record(t, rng, noise.draw(rng)) for t in algo_train),
+        ),
         "heldout_algorithmic": len(algo_heldout),
         "heldout_qa": len(qa_heldout),
-    }  # fmt: skip
-    manifest = {"seed": seed, "heldout_seed": heldout_seed, "world_seed": world_seed, "noise": asdict(noise),
-                "yes_ratio": yes_ratio, "counts": counts, "seconds": round(time.time() - started, 1)}  # fmt: skip
+    }
+    manifest = {
+        "seed": seed,
+        "heldout_seed": heldout_seed,
+        "world_seed": world_seed,
+        "noise": asdict(noise),
+        "yes_ratio": yes_ratio,
+        "counts": counts,
+        "seconds": round(time.time() - started, 1),
+    }
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest
@@ -88,8 +127,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--n_train", type=int, default=600, help="training trajectories per format (about)")
     parser.add_argument("--n_heldout", type=int, default=200, help="held-out items per suite (about)")
-    parser.add_argument("--algo_per_cell", type=int, default=None,
-                        help="algorithmic training tasks per (type, difficulty); default n_train / 110")
+    parser.add_argument(
+        "--algo_per_cell",
+        type=int,
+        default=None,
+        help="algorithmic training tasks per (type, difficulty); default n_train / 110",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--heldout_seed", type=int, default=999)
     parser.add_argument("--wrong", type=float, default=0.05, help="fraction of records with a wrong answer")
@@ -98,8 +141,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.seed == args.heldout_seed:
         parser.error("--seed and --heldout_seed must differ")
-    manifest = make_world(args.out, args.n_train, args.n_heldout, args.seed, args.heldout_seed,
-                         Noise(args.wrong, args.malformed), args.yes_ratio, algo_per_cell=args.algo_per_cell)  # fmt: skip
+    manifest = make_world(
+        args.out,
+        args.n_train,
+        args.n_heldout,
+        args.seed,
+        args.heldout_seed,
+        Noise(args.wrong, args.malformed),
+        args.yes_ratio,
+        algo_per_cell=args.algo_per_cell,
+    )
     print(json.dumps(manifest["counts"]), f"in {manifest['seconds']} s -> {args.out}")
     return 0
 

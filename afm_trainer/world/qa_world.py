@@ -73,7 +73,7 @@ def make_questions(world: dict, seed: int, n: int, hops=(1, 2, 3), exclude: set[
     people = sorted(e for e, f in facts.items() if f["kind"] == "person")
     rng = random.Random(f"questions:{seed}")
     out, seen = [], set(exclude)
-    for attempt in range(n * 50):
+    for _attempt in range(n * 50):
         if len(out) == n:
             break
         k = hops[len(out) % len(hops)]

@@ -18,9 +18,9 @@ import random
 import zlib
 from dataclasses import dataclass
 
+from afm_trainer.tools.sandbox import run_python
 from afm_trainer.world.algorithmic import YES_NO_TYPES, Task, make_task, solution_source, verify, worked_solution
 from afm_trainer.world.qa_world import Question
-from afm_trainer.tools.sandbox import run_python
 
 NEED = {
     "born_in": "where {e} was born",
@@ -73,12 +73,20 @@ def search_agent_record(question: Question, index, rng: random.Random, kind: str
         query = entity  # names are rare words: BM25 puts the entity's own document first
         trace.append({"type": "search", "query": query})
         documents = index.search([query], 3)[0]
-        trace.append({"type": "search_result", "documents": [{"title": d["title"], "content": d["content"]} for d in documents]})
+        trace.append(
+            {"type": "search_result", "documents": [{"title": d["title"], "content": d["content"]} for d in documents]}
+        )
         trace.append({"type": "reasoning", "content": FOUND[relation].format(e=entity, v=value)})
     answer = question.answer if kind != "wrong" else _corrupt(question.answer, rng)
     trace.append({"type": "CorrectAnswer", "content": answer})
-    record = {"id": question.qid, "question": question.question, "trace": trace, "answer": answer,
-              "score": 0.0 if kind == "wrong" else 1.0, "hops": question.hops}  # fmt: skip
+    record = {
+        "id": question.qid,
+        "question": question.question,
+        "trace": trace,
+        "answer": answer,
+        "score": 0.0 if kind == "wrong" else 1.0,
+        "hops": question.hops,
+    }
     if kind == "malformed":
         broken = rng.choice(["no_question", "no_answer", "bad_step"])
         if broken == "no_question":
@@ -113,12 +121,20 @@ def agent_chain_record(task: Task, rng: random.Random, kind: str = "clean") -> d
     passed, report = review(task, code)
     answer = task.answer if passed else _corrupt(task.answer, rng, lambda a: verify(task, a))
     reviewer = f"{report} {'Approved.' if passed else 'Rejected.'} <answer>{answer}</answer>"
-    record = {"id": task.task_id, "task": task.prompt, "trajectory": [
-        {"agent": "Planner", "output": plan},
-        {"agent": "Coder", "output": code},
-        {"agent": "Reviewer", "output": reviewer},
-    ], "answer": answer, "score": 1.0 if passed else 0.0, "type": task.type, "difficulty": task.difficulty,
-       "x": task.x}  # fmt: skip
+    record = {
+        "id": task.task_id,
+        "task": task.prompt,
+        "trajectory": [
+            {"agent": "Planner", "output": plan},
+            {"agent": "Coder", "output": code},
+            {"agent": "Reviewer", "output": reviewer},
+        ],
+        "answer": answer,
+        "score": 1.0 if passed else 0.0,
+        "type": task.type,
+        "difficulty": task.difficulty,
+        "x": task.x,
+    }
     if kind == "malformed":
         record["trajectory"][rng.randrange(3)].pop("output")
     return record

@@ -57,7 +57,11 @@ ALGOS = {
     # adv_estimator, group size: GRPO compares rollout.n answers to one prompt;
     # PPO's critic (GAE) gives each answer its own baseline.
     "grpo": ["algorithm.adv_estimator=grpo"],
-    "ppo": ["algorithm.adv_estimator=gae", "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.use_kl_loss=false"],
+    "ppo": [
+        "algorithm.adv_estimator=gae",
+        "actor_rollout_ref.rollout.n=1",
+        "actor_rollout_ref.actor.use_kl_loss=false",
+    ],
 }
 KEYS = {
     "MODEL": f"HF model folder to start from (default: latest checkpoint of SFT_DIR/{FINAL_SFT_PHASE})",
@@ -144,8 +148,11 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
     loggers = logger_env(out_dir)
     env.update(loggers)
     argv = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        f"--config-path={CONFIG_DIR}", "--config-name=grpo",
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        f"--config-path={CONFIG_DIR}",
+        "--config-name=grpo",
         f"device={device}",
         f"actor_rollout_ref.model.path={model}",
         f"actor_rollout_ref.rollout.name={rollout}",
@@ -158,7 +165,7 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         # Ray workers see these through the runtime env, on this node or a joined cluster.
         *[f"+ray_kwargs.ray_init.runtime_env.env_vars.{name}={value}" for name, value in loggers.items()],
         *ALGOS[algo],
-    ]  # fmt: skip
+    ]
     if algo == "ppo":
         argv.append(f"critic.model.path={model}")
     tools = tool_config(args)
@@ -168,8 +175,11 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         argv.append(f"++ray_kwargs.ray_init.num_gpus={args.nproc * nnodes}")  # logical GPUs, one per rank
     if args.get("RAY_ADDRESS"):
         # Joining a cluster: its resources are the cluster's, not ours to declare.
-        argv += [f"+ray_kwargs.ray_init.address={args.get('RAY_ADDRESS')}",
-                 "++ray_kwargs.ray_init.num_cpus=null", "++ray_kwargs.ray_init.num_gpus=null"]  # fmt: skip
+        argv += [
+            f"+ray_kwargs.ray_init.address={args.get('RAY_ADDRESS')}",
+            "++ray_kwargs.ray_init.num_cpus=null",
+            "++ray_kwargs.ray_init.num_gpus=null",
+        ]
     argv += args.overrides
     return Launch(argv=argv, env=env, out_dir=args.out_dir)
 
@@ -179,7 +189,6 @@ def validated_config(launch: Launch) -> dict:
     it (validate_config and the dataclass conversions of actor, rollout and critic)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
@@ -195,13 +204,24 @@ def validated_config(launch: Launch) -> dict:
     if use_critic:
         omega_conf_to_dataclass(config.critic)
     keep = {
-        "algorithm.adv_estimator", "actor_rollout_ref.model.path", "actor_rollout_ref.rollout.name",
-        "actor_rollout_ref.rollout.n", "actor_rollout_ref.rollout.tensor_model_parallel_size",
-        "actor_rollout_ref.actor.strategy", "actor_rollout_ref.actor.optim.lr", "data.train_batch_size",
-        "trainer.device", "trainer.nnodes", "trainer.n_gpus_per_node", "trainer.total_training_steps",
-        "ray_kwargs.ray_init", "critic.enable",
-    }  # fmt: skip
-    summary = {key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(config, key)}))["v"] for key in sorted(keep)}
+        "algorithm.adv_estimator",
+        "actor_rollout_ref.model.path",
+        "actor_rollout_ref.rollout.name",
+        "actor_rollout_ref.rollout.n",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size",
+        "actor_rollout_ref.actor.strategy",
+        "actor_rollout_ref.actor.optim.lr",
+        "data.train_batch_size",
+        "trainer.device",
+        "trainer.nnodes",
+        "trainer.n_gpus_per_node",
+        "trainer.total_training_steps",
+        "ray_kwargs.ray_init",
+        "critic.enable",
+    }
+    summary = {
+        key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(config, key)}))["v"] for key in sorted(keep)
+    }
     summary["critic (GAE)"] = use_critic
     return summary
 

@@ -12,16 +12,27 @@ def write_report(out_dir: str) -> dict:
 
     metrics = read_metrics(out_dir)
     rewards = {step: m["critic/score/mean"] for step, m in metrics.items() if "critic/score/mean" in m}
-    accuracy_keys = sorted({k for m in metrics.values() for k in m if k.startswith("val-aux/") and "/correct/mean@" in k})
+    accuracy_keys = sorted(
+        {k for m in metrics.values() for k in m if k.startswith("val-aux/") and "/correct/mean@" in k}
+    )
     validation = {key: {step: m[key] for step, m in metrics.items() if key in m} for key in accuracy_keys}
     steps = list(rewards)
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    summary = {"steps": len(steps), "reward_first5": mean([rewards[s] for s in steps[:5]]),
-               "reward_last5": mean([rewards[s] for s in steps[-5:]]),
-               "heldout_accuracy": {key.split("/")[1] + "/" + key.split("/")[2]: series for key, series in validation.items()}}  # fmt: skip
-    lines = ["# afm-trainer RL run", "", "| | value |", "|---|---|", f"| steps | {len(steps)} |",
-             f"| mean reward, first 5 steps | {summary['reward_first5']:.3f} |",
-             f"| mean reward, last 5 steps | {summary['reward_last5']:.3f} |"]  # fmt: skip
+    summary = {
+        "steps": len(steps),
+        "reward_first5": mean([rewards[s] for s in steps[:5]]),
+        "reward_last5": mean([rewards[s] for s in steps[-5:]]),
+        "heldout_accuracy": {key.split("/")[1] + "/" + key.split("/")[2]: series for key, series in validation.items()},
+    }
+    lines = [
+        "# afm-trainer RL run",
+        "",
+        "| | value |",
+        "|---|---|",
+        f"| steps | {len(steps)} |",
+        f"| mean reward, first 5 steps | {summary['reward_first5']:.3f} |",
+        f"| mean reward, last 5 steps | {summary['reward_last5']:.3f} |",
+    ]
     for source, series in summary["heldout_accuracy"].items():
         points = ", ".join(f"step {s}: {v:.1%}" for s, v in series.items())
         lines.append(f"| held-out accuracy {source} | {points} |")

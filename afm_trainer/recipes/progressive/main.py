@@ -59,8 +59,12 @@ KEYS = {k: v for k, v in SFT_KEYS.items() if k not in ("TRAIN_FILES", "VAL_FILES
 KEYS["MODEL"] = "HF model folder to start phase 1 from"
 KEYS["DATA_DIR"] = "folder written by data_preprocess/run_pipeline.sh"
 for _p in PHASES:
-    KEYS[f"PHASE{_p.number}_TRAIN_FILES"] = f"phase {_p.number} training parquet (default DATA_DIR/{_p.name}/train.parquet)"
-    KEYS[f"PHASE{_p.number}_VAL_FILES"] = f"phase {_p.number} validation parquet (default DATA_DIR/{_p.name}/val.parquet)"
+    KEYS[f"PHASE{_p.number}_TRAIN_FILES"] = (
+        f"phase {_p.number} training parquet (default DATA_DIR/{_p.name}/train.parquet)"
+    )
+    KEYS[f"PHASE{_p.number}_VAL_FILES"] = (
+        f"phase {_p.number} validation parquet (default DATA_DIR/{_p.name}/val.parquet)"
+    )
     KEYS[f"PHASE{_p.number}_LR"] = f"phase {_p.number} learning rate (default {_p.lr})"
     KEYS[f"PHASE{_p.number}_EPOCHS"] = f"phase {_p.number} epochs (default {_p.epochs})"
 KEYS["DEMO_CONFIG"] = "settings of the embedded default (default afm_trainer/demo/config/progressive.yaml)"
@@ -139,7 +143,8 @@ def progressive(args: RecipeArgs) -> int:
 
         return run_embedded_default(args)
     try:
-        for _phase, model in train_phases(args):
+        model = None
+        for _phase, model in train_phases(args):  # noqa: B007  (the last phase's model is the result)
             pass
     except PhaseFailed as exc:
         return exc.returncode

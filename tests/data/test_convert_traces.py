@@ -1,0 +1,295 @@
+"""Trajectories -> verl parquet: formats, modes, rejects, report, and the trained tokens."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from afm_trainer.data.convert import convert
+from afm_trainer.data.sft_dataset import AgentSFTDataset
+from tests.conftest import REPO
+
+SEARCH = {
+    "id": "s1",
+    "question": "Where was Ada born?",
+    "trace": [
+        {"type": "reasoning", "content": "I need Ada's birthplace."},
+        {"type": "search", "query": "Ada birthplace"},
+        {"type": "search_result", "documents": [{"title": "Ada", "content": "Ada was born in Velmora."}]},
+        {"type": "reasoning", "content": "Check the country."},
+        {"type": "search", "query": "Velmora country"},
+        {"type": "search_result", "documents": [{"title": "Velmora", "content": "Velmora is in Ostria."}]},
+        {"type": "reasoning", "content": "Ada was born in Velmora."},
+        {"type": "CorrectAnswer", "content": "Velmora"},
+    ],
+}
+CHAIN = {
+    "task": "Write add(a, b).",
+    "trajectory": [
+        {"agent": "Planner", "output": "Return a + b."},
+        {"agent": "Coder", "output": "def add(a, b):\n    return a + b"},
+        {"agent": "Reviewer", "output": "Tests pass."},
+    ],
+}
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+def test_search_agent_multiturn_and_stepwise(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [SEARCH])
+    convert(src, str(tmp_path / "mt.parquet"), "search_agent", "multiturn")
+    (conversation,) = pd.read_parquet(tmp_path / "mt.parquet")["messages"]
+    roles = [m["role"] for m in conversation]
+    assert roles == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert [m["train"] for m in conversation] == [r == "assistant" for r in roles]
+    assert conversation[1]["content"] == "<think>I need Ada's birthplace.</think>\n<search>Ada birthplace</search>"
+    assert conversation[2]["content"].startswith("<information>[1] Ada: Ada was born in Velmora.")
+    assert conversation[-1]["content"].endswith("<answer>Velmora</answer>")
+
+    convert(src, str(tmp_path / "sw.parquet"), "search_agent", "stepwise")
+    steps = pd.read_parquet(tmp_path / "sw.parquet")
+    assert len(steps) == 3 and set(steps["trajectory_id"]) == {"s1"}
+    for k, messages in enumerate(steps["messages"]):
+        assert messages[-1]["role"] == "assistant" and messages[-1]["train"]
+        assert sum(m["train"] for m in messages) == 1  # only the target turn
+        assert len(messages) == 2 + 2 * k
+
+
+def test_agent_chain_marks_each_agent_with_its_role_token(tmp_path):
+    convert(write_jsonl(tmp_path / "c.jsonl", [CHAIN]), str(tmp_path / "c.parquet"), "agent_chain", "multiturn")
+    (conversation,) = pd.read_parquet(tmp_path / "c.parquet")["messages"]
+    assert [m["content"].split("|>")[0] + "|>" for m in conversation[1:]] == [
+        "<|planner|>",
+        "<|coder|>",
+        "<|reviewer|>",
+    ]
+
+
+def test_teacher_cot_tracks_share_one_format(tmp_path):
+    records = [
+        {"question": "Is 7 prime?", "answer": "yes"},
+        {"question": "Is 9 prime?", "answer": "no", "student_draft": "yes", "teacher_output": "9 = 3 * 3"},
+    ]
+    convert(write_jsonl(tmp_path / "t.jsonl", records), str(tmp_path / "t.parquet"), "teacher_cot", "multiturn")
+    a, b = pd.read_parquet(tmp_path / "t.parquet")["messages"]
+    assert a[1]["content"] == "<answer>yes</answer>"
+    assert b[0]["content"] == "Is 9 prime?\n\nStudent draft:\nyes"
+    assert b[1]["content"] == "<think>9 = 3 * 3</think><answer>no</answer>"
+
+
+def test_messages_with_tool_calls(tmp_path):
+    record = {
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}],
+            },
+            {"role": "tool", "content": "rain"},
+            {"role": "assistant", "content": "<answer>rain</answer>"},
+        ]
+    }
+    convert(write_jsonl(tmp_path / "m.jsonl", [record]), str(tmp_path / "m.parquet"), "messages", "multiturn")
+    (conversation,) = pd.read_parquet(tmp_path / "m.parquet")["messages"]
+    assert conversation[1]["content"] == '<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    assert [m["train"] for m in conversation] == [False, True, False, True]
+
+
+def test_every_record_is_accounted_for(tmp_path):
+    bad_type = {**SEARCH, "trace": [{"type": "guess", "content": "x"}]}
+    no_answer = {**SEARCH, "trace": SEARCH["trace"][:-1]}
+    records = [SEARCH, "{not json", bad_type, no_answer, {**SEARCH, "score": 0.2}, SEARCH, [1, 2]]
+    src = write_jsonl(tmp_path / "in.jsonl", records)
+    out = str(tmp_path / "o.parquet")
+    report = convert(src, out, "search_agent", "multiturn", min_score=None, dedup=True)
+    assert report["records_in"] == 7
+    assert report["records_converted"] + report["records_rejected"] == 7
+    rejects = [json.loads(line) for line in open(out + ".rejects.jsonl")]
+    where = {r["where"]: r["reason"] for r in rejects}
+    assert where["line 2"].startswith("not valid JSON")
+    assert where["line 3"] == "trace[0] has unknown type 'guess'"
+    assert where["line 4"] == "trace has no CorrectAnswer step"
+    assert where["line 5"] == where["line 6"] == "duplicate of line 1"  # same turns, whatever the score
+    assert where["line 7"] == "record is not a JSON object"
+    assert rejects[1]["record"] == bad_type  # the original record is kept
+    assert len(pd.read_parquet(out)) == report["records_converted"] == 1
+    assert report["rejected_by_reason"]["duplicate"] == 2
+    assert json.load(open(out + ".report.json")) == report
+
+    report = convert(src, out, "search_agent", "multiturn", min_score=0.5)
+    assert report["rejected_by_reason"]["score 0.2 below --min_score 0.5"] == 1
+
+
+def test_balance_and_label_report(tmp_path):
+    records = [{"question": f"Q{i}?", "answer": "yes" if i % 4 else "no"} for i in range(40)]  # 30 yes / 10 no
+    src = write_jsonl(tmp_path / "l.jsonl", records)
+    down = convert(src, str(tmp_path / "d.parquet"), "teacher_cot", balance="downsample")
+    assert down["label_balance"]["before_filtering"] == {"yes": 30, "no": 10}
+    assert down["label_balance"]["after_filtering"] == {"yes": 10, "no": 10}
+    assert down["records_rejected"] == 20 and down["rejected_by_reason"] == {"dropped by --balance downsample": 20}
+    up = convert(src, str(tmp_path / "u.parquet"), "teacher_cot", balance="upsample")
+    assert up["label_balance"]["after_filtering"] == {"yes": 30, "no": 30}
+    assert len(pd.read_parquet(tmp_path / "u.parquet")) == 60
+
+
+def test_cli_exit_codes(tmp_path):
+    script = os.path.join(REPO, "data_preprocess", "convert_traces.py")
+    src = write_jsonl(tmp_path / "in.jsonl", [SEARCH, "{bad"])
+    ok = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--format",
+            "search_agent",
+            "--input_file",
+            src,
+            "--output_file",
+            str(tmp_path / "o.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "2 records in: 1 converted into 1 samples, 1 rejected" in ok.stdout
+    missing = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--format",
+            "search_agent",
+            "--input_file",
+            "/no/file.jsonl",
+            "--output_file",
+            str(tmp_path / "x.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: input file not found: /no/file.jsonl"
+
+
+@pytest.fixture(scope="module")
+def stepwise_dataset(nano_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ds")
+    convert(write_jsonl(tmp / "s.jsonl", [SEARCH]), str(tmp / "s.parquet"), "search_agent", "stepwise")
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    config = OmegaConf.create({"pad_mode": "no_padding", "max_length": 1024, "truncation": "error"})
+    return AgentSFTDataset(str(tmp / "s.parquet"), tokenizer, config), tokenizer
+
+
+def test_trained_tokens_are_exactly_the_target_turn_and_its_end_of_turn(stepwise_dataset):
+    dataset, tokenizer = stepwise_dataset
+    targets = [m[-1]["content"] for m in dataset.messages]
+    for item, target in zip(dataset, targets):
+        ids, mask = item["input_ids"], item["loss_mask"]
+        trained = ids[mask.bool()].tolist()
+        assert tokenizer.decode(trained) == target + "<|im_end|>"
+        first = tokenizer.encode(target, add_special_tokens=False)[0]
+        assert trained[0] == first and trained[-1] == tokenizer.eos_token_id
+        # the trained span is one contiguous run ending at the end-of-turn token
+        positions = mask.nonzero().flatten().tolist()
+        assert positions == list(range(positions[0], positions[0] + len(positions)))
+
+
+def test_mismatching_chat_template_fails_loudly(stepwise_dataset):
+    dataset, tokenizer = stepwise_dataset
+    # A template that adds text only when it sees the whole conversation.
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = tokenizer.chat_template + "{% if messages|length > 1 %}END{% endif %}"
+    dataset.tokenizer = tokenizer
+    with pytest.raises(Exception, match="apply_chat_template"):
+        dataset[1]
+
+
+@pytest.mark.e2e
+def test_converted_parquet_trains_with_the_sft_recipe(tmp_path, nano_model):
+    from afm_trainer.checkpoints import tracked_step
+    from tests.conftest import run_recipe
+
+    records = [{**SEARCH, "id": f"s{i}", "question": f"Where was person {i} born?"} for i in range(6)]
+    convert(write_jsonl(tmp_path / "s.jsonl", records), str(tmp_path / "s.parquet"), "search_agent", "stepwise")
+    result = run_recipe(
+        1,
+        tmp_path / "out",
+        f"MODEL={nano_model}",
+        f"TRAIN_FILES={tmp_path / 's.parquet'}",
+        "data.train_batch_size=6",
+        "trainer.total_training_steps=2",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert tracked_step(str(tmp_path / "out")) == 2
+
+
+def test_teacher_cot_wrong_drafts_become_preference_pairs(tmp_path):
+    records = [
+        {
+            "id": "a",
+            "question": "Is 9 prime?",
+            "answer": "no",
+            "student_draft": "Answer: Yes - odd",
+            "teacher_output": "9 = 3 * 3",
+        },
+        {
+            "id": "b",
+            "question": "Is 7 prime?",
+            "answer": "yes",
+            "student_draft": "Answer: Yes - no divisors",
+            "teacher_output": "7 is prime",
+        },
+        {"id": "c", "question": "Is 4 prime?", "answer": "no"},
+    ]
+    out = str(tmp_path / "t.parquet")
+    report = convert(write_jsonl(tmp_path / "t.jsonl", records), out, "teacher_cot")
+    assert report["preference_pairs"] == 1
+    (pair,) = pd.read_parquet(str(tmp_path / "t.pairs.parquet")).to_dict("records")
+    assert pair["trajectory_id"] == "a"
+    assert pair["prompt"][0]["content"] == "Is 9 prime?\n\nStudent draft:\nAnswer: Yes - odd"
+    assert pair["chosen"][0]["content"] == "<think>9 = 3 * 3</think><answer>no</answer>"
+    assert pair["rejected"][0]["content"] == "Answer: Yes - odd"
+
+
+def test_report_has_token_length_percentiles_with_a_tokenizer(tmp_path, nano_model):
+    report = convert(
+        write_jsonl(tmp_path / "s.jsonl", [SEARCH]),
+        str(tmp_path / "s.parquet"),
+        "search_agent",
+        "stepwise",
+        tokenizer_path=nano_model,
+    )
+    lengths = report["token_length"]
+    assert 0 < lengths["p50"] <= lengths["p90"] <= lengths["max"]
+    assert report["samples_per_trajectory"]["max"] == 3
+
+
+def test_verl_own_dataset_reads_the_output_unchanged(tmp_path, nano_model):
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    convert(write_jsonl(tmp_path / "s.jsonl", [SEARCH]), str(tmp_path / "s.parquet"), "search_agent", "multiturn")
+    config = OmegaConf.create({"pad_mode": "no_padding", "max_length": 2048, "truncation": "error"})
+    dataset = MultiTurnSFTDataset(str(tmp_path / "s.parquet"), AutoTokenizer.from_pretrained(nano_model), config)
+    assert len(dataset) == 1 and dataset[0]["loss_mask"].sum() > 0
+
+
+@pytest.mark.parametrize("fmt, record", [("search_agent", SEARCH), ("agent_chain", CHAIN)])
+def test_multiturn_trains_every_assistant_turn_and_no_observation(tmp_path, nano_model, fmt, record):
+    convert(write_jsonl(tmp_path / "m.jsonl", [record]), str(tmp_path / "m.parquet"), fmt, "multiturn")
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    config = OmegaConf.create({"pad_mode": "no_padding", "max_length": 2048, "truncation": "error"})
+    dataset = AgentSFTDataset(str(tmp_path / "m.parquet"), tokenizer, config)
+    item = dataset[0]
+    trained = tokenizer.decode(item["input_ids"][item["loss_mask"].bool()].tolist())
+    expected = "".join(m["content"] + "<|im_end|>" for m in dataset.messages[0] if m["role"] == "assistant")
+    assert trained == expected
+    assert "<information>" not in trained

@@ -1,0 +1,117 @@
+"""The embedded demo's data wiring and report (afm_trainer/demo/), without training."""
+
+import json
+import os
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from afm_trainer.demo import load_settings, report
+from afm_trainer.demo import progressive as demo
+from afm_trainer.eval.scoring import summarise
+from afm_trainer.suites import get_suite
+
+SETTINGS = load_settings("progressive")
+SUITE_DATA = {name: (get_suite(name).heldout_file, get_suite(name).group_key) for name in SETTINGS["eval"]["suites"]}
+
+
+def _fake_stage(items, key, right):
+    """Summary of a stage that answers the first `right` items of every group correctly."""
+    seen, rows = {}, []
+    for it in items:
+        group = str(it[key])
+        seen[group] = seen.get(group, 0) + 1
+        correct = seen[group] <= right
+        rows.append(
+            {
+                "id": it.get("id", it.get("qid")),
+                key: it[key],
+                "difficulty": it.get("difficulty", it.get("hops")),
+                "gold": it["answer"].lower(),
+                "predicted": it["answer"].lower() if correct else None,
+                "correct": correct,
+                "completion": "",
+            }
+        )
+    return summarise(rows, key), rows
+
+
+def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_path):
+    from afm_trainer.world.make_world import make_world
+
+    out = tmp_path / "demo"
+    paths = demo.embedded_paths(str(out))
+    make_world(paths["world"], n_train=30, n_heldout=110)
+    heldout = {
+        s: [json.loads(line) for line in open(os.path.join(paths["world"], "heldout", data))]
+        for s, (data, _) in SUITE_DATA.items()
+    }
+    stages = {}
+    for stage, right in (("untrained", 0), ("phase1_multiturn", 1)):
+        stages[stage] = {}
+        for suite, (_, key) in SUITE_DATA.items():
+            summary, rows = _fake_stage(heldout[suite], key, right)
+            stages[stage][suite] = summary
+            if stage == "untrained":  # the baselines read the untrained stage's predictions
+                os.makedirs(out / "eval" / stage / suite)
+                with open(out / "eval" / stage / suite / "predictions.jsonl", "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
+    report.write_report(str(out), stages, SETTINGS)
+    text = (out / "report.md").read_text()
+    assert "| difficulty | untrained | phase1_multiturn | majority answer |" in text
+    assert "Easy tiers (difficulty 1, 2, 3): untrained 0.0%" in text
+    results = json.load(open(out / "results.json"))
+    assert set(results["easy_tiers"]) == {"algorithmic", "code", "qa"}
+    # code is the algorithmic set solved by a program: the same items, the same baseline
+    assert results["majority_baseline"]["code"] == results["majority_baseline"]["algorithmic"]
+    assert results["easy_tiers"]["algorithmic"]["untrained"] == 0.0
+    assert 0 < results["easy_tiers"]["algorithmic"]["phase1_multiturn"] <= 1
+    assert set(results["majority_baseline"]["algorithmic"]["by_difficulty"]) == {str(d) for d in range(1, 11)}
+    assert (out / "accuracy_by_difficulty.png").stat().st_size > 0 and (out / "loss_curves.png").stat().st_size > 0
+
+
+def test_later_phases_train_on_their_own_set_plus_replay_of_phase_one(tmp_path):
+    paths = demo.embedded_paths(str(tmp_path))
+    sources = demo.phase1_sets(paths)
+    assert list(sources) == ["multiturn", "algorithmic", "code"]
+    replay_rows = SETTINGS["data"]["replay_rows"]
+    for name, path in sources.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(pa.table({"messages": [f"{name}-{i}" for i in range(max(replay_rows.values()) + 50)]}), path)
+    demo.write_replay(sources, paths["replay"], replay_rows)
+    for name in sources:
+        rows = pq.read_table(os.path.join(paths["replay"], f"{name}.parquet")).column("messages").to_pylist()
+        assert len(rows) == len(set(rows)) == replay_rows[name] and all(r.startswith(name) for r in rows)
+    keys = demo.embedded_keys(paths, SETTINGS)
+    assert keys["PHASE1_TRAIN_FILES"].split(",") == list(sources.values())
+    assert keys["PHASE1_LR"] == str(SETTINGS["recipe"]["PHASE1_LR"])  # the settings file reaches the recipe
+    for phase, own in ((2, "summary_only"), (3, "summary_prefix")):
+        files = keys[f"PHASE{phase}_TRAIN_FILES"].split(",")
+        assert files[0] == os.path.join(paths["data"], own, "train.parquet")
+        assert files[1:] == [os.path.join(paths["replay"], f"{name}.parquet") for name in sources]
+
+
+def test_coder_turns_become_code_examples_and_every_trace_is_accounted_for(tmp_path):
+    """Approved Coder programs become (code prompt -> program) samples; a rejected or broken
+    chain ends in the rejects file with its reason."""
+    from afm_trainer.data.convert import convert
+    from afm_trainer.world.algorithmic import code_prompt, make_task, solution_source
+    from afm_trainer.world.teacher import agent_chain_record
+
+    rng = random.Random(0)
+    good = agent_chain_record(make_task(1, "fizzbuzz", 2, 0), rng)
+    wrong = agent_chain_record(make_task(1, "rpn", 1, 0), rng, kind="wrong")  # the Reviewer rejected it
+    broken = agent_chain_record(make_task(1, "fibonacci", 1, 0), rng)
+    broken["trajectory"][1].pop("output")  # no Coder output
+    chains = tmp_path / "agent_chain.jsonl"
+    chains.write_text("".join(json.dumps(r) + "\n" for r in (good, wrong, broken)))
+    turns = str(tmp_path / "coder_turns.jsonl")
+    assert demo.write_coder_turns(str(chains), turns, per_type=16) == (3, 3)
+    report = convert(turns, str(tmp_path / "code.parquet"), "teacher_cot", "multiturn", min_score=0.5)
+    assert report["records_converted"] == 1 and report["records_rejected"] == 2
+    messages = pq.read_table(tmp_path / "code.parquet").column("messages").to_pylist()[0]
+    assert messages[0]["content"] == code_prompt(make_task(1, "fizzbuzz", 2, 0))
+    assert messages[1]["content"] == f"<answer>{solution_source('fizzbuzz').strip()}</answer>"
+    reasons = [json.loads(line)["reason"] for line in open(tmp_path / "code.parquet.rejects.jsonl")]
+    assert any("below --min_score" in r for r in reasons) and any("answer" in r for r in reasons)

@@ -1,0 +1,114 @@
+"""The recipe's argument handling: one clear error line for bad input, nothing started."""
+
+import pandas as pd
+import pytest
+
+from afm_trainer.recipes.common import RecipeError, device_env, parse_recipe_args
+from afm_trainer.recipes.sft.main import KEYS as SFT_KEYS
+from tests.conftest import run_recipe
+
+
+@pytest.fixture(scope="module")
+def prompt_response_parquet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bad") / "pr.parquet"
+    pd.DataFrame({"prompt": ["q"], "response": ["a"]}).to_parquet(path)
+    return path
+
+
+def cases(nano_model, starter_data, prompt_response_parquet, tmp_path):
+    train, _ = starter_data
+    ok = [f"MODEL={nano_model}", f"TRAIN_FILES={train}"]
+    not_parquet = tmp_path / "notes.txt"
+    not_parquet.write_text("hello")
+    return {
+        "missing data file": (
+            ["1", tmp_path / "o", f"MODEL={nano_model}", "TRAIN_FILES=/no/such/train.parquet"],
+            "TRAIN_FILES file not found: /no/such/train.parquet",
+        ),
+        "unknown model path": (
+            ["1", tmp_path / "o", "MODEL=/no/such/model", f"TRAIN_FILES={train}"],
+            "MODEL path does not exist: /no/such/model",
+        ),
+        "model folder without config": (
+            ["1", tmp_path / "o", f"MODEL={tmp_path}", f"TRAIN_FILES={train}"],
+            "without config.json",
+        ),
+        "no model": (["1", tmp_path / "o", f"TRAIN_FILES={train}"], "MODEL is not set"),
+        "bad nproc": (["two", tmp_path / "o", *ok], "NPROC must be a whole number"),
+        "zero nproc": (["0", tmp_path / "o", *ok], "NPROC must be a whole number"),
+        "unknown key": (["1", tmp_path / "o", *ok, "MODLE=x"], "unknown recipe argument MODLE"),
+        "wrong columns": (
+            ["1", tmp_path / "o", f"MODEL={nano_model}", f"TRAIN_FILES={prompt_response_parquet}"],
+            "has no `messages` column (columns: prompt, response)",
+        ),
+        "not parquet": (
+            ["1", tmp_path / "o", f"MODEL={nano_model}", f"TRAIN_FILES={not_parquet}"],
+            "is not a readable parquet file",
+        ),
+        "multi-node without master": (["1", tmp_path / "o", *ok, "NNODES=2"], "NNODES=2 needs MASTER_ADDR"),
+        "unknown config": (["1", tmp_path / "o", *ok, "CONFIG=nope"], "CONFIG nope not found"),
+    }
+
+
+def test_bad_arguments_give_one_clear_error_line(nano_model, starter_data, prompt_response_parquet, tmp_path):
+    for name, (args, message) in cases(nano_model, starter_data, prompt_response_parquet, tmp_path).items():
+        result = run_recipe(*args, env={"MODEL": "", "TRAIN_FILES": ""}, timeout=60)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (name, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (name, lines)
+        assert "Traceback" not in result.stdout + result.stderr
+        assert not (tmp_path / "o").exists(), f"{name}: nothing may start on bad input"
+
+
+def test_nproc_larger_than_visible_gpus_is_refused():
+    with pytest.raises(RecipeError, match="NPROC=4 but only 2 GPU"):
+        device_env(nproc=4, gpus=2)
+    assert device_env(nproc=2, gpus=2) == {}
+    assert device_env(nproc=2, gpus=0)["VERL_PLATFORM"] == "cpu"
+
+
+def test_recipe_keys_and_hydra_overrides_are_told_apart(monkeypatch):
+    monkeypatch.setenv("VAL_FILES", "from_env.parquet")
+    args = parse_recipe_args(["2", "out", "MODEL=m", "optim.lr=1e-4", "+model.x=1", "trainer.total_epochs=2"], SFT_KEYS)
+    assert args.keys == {"MODEL": "m"} and args.get("VAL_FILES") == "from_env.parquet"
+    assert args.overrides == ["optim.lr=1e-4", "+model.x=1", "trainer.total_epochs=2"]
+
+
+def test_dry_run_prints_the_command_and_runs_nothing(nano_model, starter_data, tmp_path):
+    train, val = starter_data
+    out = tmp_path / "dry"
+    result = run_recipe(
+        2, out, f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", "DRY_RUN=1", "optim.lr=5e-4"
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [out for out in result.stdout.splitlines() if out.startswith("[sft] command: ")]
+    for part in (
+        "VERL_PLATFORM=cpu",
+        "--nproc_per_node=2",
+        "-m verl.trainer.sft_trainer",
+        "device=cpu",
+        f"model.path={nano_model}",
+        f"data.train_files={train}",
+        "optim.lr=5e-4",
+    ):
+        assert part in line, part
+    assert not out.exists()
+
+
+def test_multi_node_arguments_reach_torchrun(nano_model, starter_data, tmp_path):
+    train, _ = starter_data
+    result = run_recipe(
+        2,
+        tmp_path / "mn",
+        f"MODEL={nano_model}",
+        f"TRAIN_FILES={train}",
+        "DRY_RUN=1",
+        "NNODES=2",
+        "NODE_RANK=1",
+        "MASTER_ADDR=10.0.0.1",
+        "MASTER_PORT=2222",
+    )
+    assert result.returncode == 0, result.stderr
+    for part in ("--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", "--master_port=2222", "trainer.nnodes=2"):
+        assert part in result.stdout, part
+    assert "--standalone" not in result.stdout

@@ -1,0 +1,221 @@
+"""recipes/train_grpo.sh: verl's RL trainer on CPU with the hf rollout, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_rl(*args, env=None, timeout=600):
+    return subprocess.run(
+        ["bash", os.path.join(REPO, "recipes", "train_grpo.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHON": sys.executable, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from afm_trainer.world.make_world import make_world
+
+    folder = tmp_path_factory.mktemp("world")
+    make_world(str(folder), n_train=20, n_heldout=110)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rl_data(tmp_path_factory, world):
+    """Every data source at once: algorithmic (single turn), qa (tool agent), code (sandbox)."""
+    out = tmp_path_factory.mktemp("rl_data")
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "data_preprocess", "make_rl_data.py"),
+            "--out",
+            str(out),
+            "--suite",
+            "all",
+            "--world",
+            str(world),
+            "--difficulties",
+            "1",
+            "--n_train",
+            "8",
+            "--n_val",
+            "4",
+        ],
+        check=True,
+    )
+    return str(out / "train.parquet"), str(out / "val.parquet"), f"CORPUS={world / 'corpus.jsonl'}"
+
+
+# Small and quick: 4 prompts x 2 answers a step. An untrained model earns no reward, so an
+# entropy bonus and a high learning rate make the policy move (the weight-sync test needs it).
+SMALL = [
+    "data.train_batch_size=4",
+    "actor_rollout_ref.rollout.n=2",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    "data.max_response_length=24",
+    "actor_rollout_ref.actor.optim.lr=1e-2",
+    "actor_rollout_ref.actor.entropy_coeff=0.05",
+    "trainer.test_freq=-1",
+    "trainer.val_before_train=false",
+    "trainer.save_freq=3",
+]
+
+
+def _metrics(out_dir) -> list[dict]:
+    """Every logged step of every run in out_dir (re-runs rotate the log), step included."""
+    from afm_trainer.metrics import read_metrics
+
+    return [data | {"step": step} for step, data in read_metrics(str(out_dir)).items()]
+
+
+@pytest.fixture(scope="module")
+def synced_run(tmp_path_factory, nano_model, rl_data):
+    out = tmp_path_factory.mktemp("grpo")
+    train, val, corpus = rl_data
+    result = run_rl(
+        1, out, f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, "STEPS=3", *SMALL
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+@pytest.mark.e2e
+def test_short_grpo_loop_trains_saves_and_does_not_rerun(synced_run, nano_model, rl_data):
+    out, result = synced_run
+    metrics = [m for m in _metrics(out) if "critic/score/mean" in m and m["step"] <= 3]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["actor/pg_loss"] == m["actor/pg_loss"] for m in metrics)  # finite, not NaN
+    checkpoint = out / "global_step_3" / "actor" / "huggingface"
+    from transformers import AutoModelForCausalLM
+
+    with open(checkpoint / "config.json") as f:  # not the project's attention: this process may not have it registered
+        assert json.load(f)["attn_implementation"] == "sdpa"
+    AutoModelForCausalLM.from_pretrained(checkpoint)  # the RL model is a plain HF model
+    train, val, corpus = rl_data
+    again = run_rl(1, out, f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, "STEPS=3", *SMALL)
+    assert again.returncode == 0 and "complete" in again.stdout and "command:" not in again.stdout
+
+
+@pytest.mark.e2e
+def test_asking_for_more_steps_resumes_from_the_last_checkpoint(synced_run, nano_model, rl_data):
+    out, _ = synced_run
+    train, val, corpus = rl_data
+    result = run_rl(
+        1, out, f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, "STEPS=4", *SMALL
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(out / "metrics.jsonl") as f:  # this run's own log: it trained step 4 only
+        assert [json.loads(line)["step"] for line in f if "critic/score/mean" in line] == [4]
+    assert json.load(open(out / "RL_COMPLETE"))["steps"] == 4
+
+
+@pytest.mark.e2e
+def test_rollout_gets_the_actors_weights_every_step(synced_run, tmp_path, nano_model, rl_data):
+    # verl compares the rollout's token probabilities with the actor's each step: equal
+    # while weights are shipped every step, apart once the rollout keeps its start weights.
+    def rollout_vs_actor(out):
+        rows = [m for m in _metrics(out) if "training/rollout_probs_diff_mean" in m and m["step"] <= 3]
+        return [m["training/rollout_probs_diff_mean"] for m in rows], [
+            m["training/rollout_actor_probs_pearson_corr"] for m in rows
+        ]
+
+    out, _ = synced_run
+    synced_diff, synced_corr = rollout_vs_actor(out)
+    train, val, corpus = rl_data
+    frozen_out = tmp_path / "frozen"
+    result = run_rl(
+        1,
+        frozen_out,
+        f"MODEL={nano_model}",
+        f"TRAIN_FILES={train}",
+        f"VAL_FILES={val}",
+        corpus,
+        "STEPS=3",
+        *SMALL,
+        "+actor_rollout_ref.rollout.custom.sync_weights=false",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    frozen_diff, frozen_corr = rollout_vs_actor(frozen_out)
+    assert len(synced_diff) == len(frozen_diff) == 3
+    assert max(synced_diff) < 1e-4 and min(synced_corr) > 0.95, (synced_diff, synced_corr)
+    # step 1 samples from the start weights either way; after that the frozen rollout lags
+    assert min(frozen_diff[1:]) > 5 * max(synced_diff) and max(frozen_corr[1:]) < 0.9, (frozen_diff, frozen_corr)
+
+
+def test_dry_run_of_a_gpu_configuration_is_accepted_by_verl(tmp_path, nano_model, rl_data):
+    train, val, _ = rl_data
+    result = run_rl(
+        8,
+        tmp_path / "gpu",
+        "DRY_RUN=1",
+        "ROLLOUT=vllm",
+        f"MODEL={nano_model}",
+        f"TRAIN_FILES={train}",
+        f"VAL_FILES={val}",
+        "NNODES=2",
+        "RAY_ADDRESS=10.0.0.1:6379",
+        "ALGO=ppo",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[rl] command:" in result.stdout and "accepted by verl's validation" in result.stdout
+    assert 'actor_rollout_ref.rollout.name = "vllm"' in result.stdout
+    assert 'algorithm.adv_estimator = "gae"' in result.stdout and "critic (GAE) = true" in result.stdout
+    assert '"address": "10.0.0.1:6379"' in result.stdout and "trainer.nnodes = 2" in result.stdout
+    assert not (tmp_path / "gpu").exists()  # nothing ran, nothing was written
+
+
+def test_a_configuration_verl_rejects_is_reported_in_one_line(tmp_path, nano_model, rl_data):
+    train, val, _ = rl_data
+    # 3 prompts x 4 answers cannot be split over 8 GPUs: verl's own check says so
+    result = run_rl(
+        8,
+        tmp_path / "bad",
+        "DRY_RUN=1",
+        "ROLLOUT=vllm",
+        f"MODEL={nano_model}",
+        f"TRAIN_FILES={train}",
+        f"VAL_FILES={val}",
+        "data.train_batch_size=3",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: verl rejects this configuration") and "divisible" in result.stderr
+
+
+def test_missing_start_model_is_a_clear_error(tmp_path):
+    result = run_rl(1, tmp_path / "x", f"SFT_DIR={tmp_path / 'nothing'}")
+    assert result.returncode == 2 and "no MODEL given" in result.stderr
+
+
+@pytest.mark.e2e
+def test_ppo_with_a_critic_runs(tmp_path, nano_model, rl_data):
+    train, val, corpus = rl_data
+    out = tmp_path / "ppo"
+    result = run_rl(
+        1, out, "ALGO=ppo", f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, "STEPS=2", *SMALL
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = [m for m in _metrics(out) if "critic/score/mean" in m]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all("critic/vf_loss" in m for m in metrics)  # the value function trained: GAE, not GRPO
+
+
+def test_a_missing_search_corpus_is_a_clear_error(tmp_path, nano_model, rl_data):
+    train, val, _ = rl_data
+    result = run_rl(
+        1,
+        tmp_path / "x",
+        f"MODEL={nano_model}",
+        f"TRAIN_FILES={train}",
+        f"VAL_FILES={val}",
+        f"CORPUS={tmp_path / 'nowhere.jsonl'}",
+    )
+    assert result.returncode == 2 and "CORPUS file not found" in result.stderr

@@ -1,0 +1,225 @@
+"""The RL rewards (afm_trainer/verl_ext/rewards.py) on right, wrong and malformed output."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from afm_trainer.suites import code as code_suite
+from afm_trainer.suites import qa as qa_suite
+from afm_trainer.world.algorithmic import TYPES, make_task, solution_source
+from tests.conftest import REPO
+
+REWARDS_PATH = os.path.join(REPO, "afm_trainer", "verl_ext", "rewards.py")
+
+
+def _load_as_verl_does():
+    """verl's load_extern_object: the file by its path, under a name outside any package
+    (so a relative import or a dataclass needing sys.modules would fail here too)."""
+    spec = importlib.util.spec_from_file_location("custom_module_rewards_test", REWARDS_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rewards = _load_as_verl_does()
+FULL = rewards.FORMAT_WEIGHT + rewards.CORRECT_WEIGHT
+FORMAT_ONLY = rewards.FORMAT_WEIGHT
+ZERO = {"score": 0.0, "correct": 0, "format": 0}
+
+
+def score(data_source, response, ground_truth, extra_info=None):
+    # Keyword arguments, as verl's naive reward manager calls it, plus an extra kwarg it may pass.
+    return rewards.compute_score(
+        data_source=data_source,
+        solution_str=response,
+        ground_truth=ground_truth,
+        extra_info=extra_info,
+        reward_router_address=None,
+    )
+
+
+def algorithmic_info(task):
+    """extra_info as make_rl_data writes it: x as JSON text (two_sum's tuple becomes a list)."""
+    return {"type": task.type, "difficulty": task.difficulty, "x": json.dumps(task.x), "id": task.task_id}
+
+
+# --- the format rule, shared by every source ---
+
+MALFORMED = {
+    "empty string": "",
+    "no tags": "The answer is Kafen.",
+    "two answers": "<answer>Kafen</answer> or maybe <answer>Velmora</answer>",
+    "unclosed answer": "<answer>Kafen",
+    "close before open": "</answer>Kafen<answer>",
+    "empty answer": "<answer>  </answer>",
+    "nested answer": "<answer><answer>Kafen</answer></answer>",
+    "unclosed search": "<search>Rakaur<answer>Kafen</answer>",
+    "empty search": "<search> </search><answer>Kafen</answer>",
+    "search after answer": "<answer>Kafen</answer><search>Rakaur</search>",
+    "answer inside search": "<search>Rakaur <answer>Kafen</answer></search>",
+    "unclosed code call": "<code>print(1)<answer>Kafen</answer>",
+    "empty code call": "<code></code><answer>Kafen</answer>",
+    "garbage bytes": "\x00\xff\ufffd<answ\x07er>Kafen</ans\udcffwer>\ud800",
+}
+
+
+@pytest.mark.parametrize("source", ["afm/qa", "afm/algorithmic", "afm/code"])
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_output_scores_zero_and_never_raises(source, name):
+    task = make_task(1, "fibonacci", 2, 0)
+    info = {**algorithmic_info(task), "tests": json.dumps([{"x": task.x, "expected": task.answer}])}
+    assert score(source, MALFORMED[name], "Kafen", info) == ZERO
+
+
+@pytest.mark.parametrize("response", [None, b"<answer>\xff\xfe</answer>", 42])
+def test_non_text_responses_score_zero_or_are_decoded(response):
+    result = score("afm/qa", response, "Kafen")
+    assert result["correct"] == 0 and result["score"] <= FORMAT_ONLY
+
+
+def test_the_keys_are_the_same_for_every_outcome():
+    # verl gathers extra keys per batch: a key missing from one row breaks the column.
+    outcomes = [score("afm/qa", r, "Kafen") for r in ("", "<answer>Kafen</answer>", "<answer>x</answer>")]
+    assert all(set(o) == {"score", "correct", "format"} for o in outcomes)
+
+
+def test_unknown_data_source_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="openai/gsm8k"):
+        score("openai/gsm8k", "<answer>1</answer>", "1")
+
+
+# --- afm/qa ---
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "<answer>Kafen</answer>",
+        "<think>Rakaur was born in Kafen.</think>\n<answer> kafen. </answer>",
+        "<search>Rakaur</search>\n<information>[1] Rakaur: Rakaur was born in Kafen.</information>\n"
+        "<search>Kafen</search><information>[1] Kafen: ...</information><answer>Kafen</answer>",
+        "<code>print(2 + 2)</code><information>status: ok\n4</information><answer>Kafen</answer>",
+    ],
+)
+def test_qa_exact_match_after_normalising_is_full_score(response):
+    assert score("afm/qa", response, "Kafen") == {"score": FULL, "correct": 1, "format": 1}
+
+
+def test_qa_partial_answer_earns_a_share_of_the_f1():
+    result = score("afm/qa", "<answer>Kalomi</answer>", "Kalomi Works")
+    f1 = 2 * (1 * 0.5) / (1 + 0.5)  # precision 1, recall 1/2
+    assert result["correct"] == 0 and result["format"] == 1
+    assert result["score"] == pytest.approx(FORMAT_ONLY + qa_suite.PARTIAL_WEIGHT * f1)
+
+
+def test_qa_wrong_answer_gets_only_the_format_score():
+    assert score("afm/qa", "<answer>Velmora</answer>", "Kafen") == {"score": FORMAT_ONLY, "correct": 0, "format": 1}
+
+
+# --- afm/algorithmic ---
+
+
+def test_algorithmic_right_and_wrong_answers():
+    task = make_task(3, "rpn", 4, 0)
+    info = algorithmic_info(task)
+    assert score("afm/algorithmic", f"<answer>{task.answer}</answer>", task.answer, info)["correct"] == 1
+    wrong = str(int(task.answer) + 1)
+    assert score("afm/algorithmic", f"<answer>{wrong}</answer>", task.answer, info) == {
+        "score": FORMAT_ONLY,
+        "correct": 0,
+        "format": 1,
+    }
+
+
+def test_two_sum_accepts_any_right_pair_after_x_went_through_json():
+    values, target = [3, 1, 3, 2], 4  # pairs (0, 1), (1, 2)... any of them is right
+    task = make_task(1, "two_sum", 1, 0)
+    task.x, task.answer = (values, target), "0 1"
+    info = algorithmic_info(task)
+    assert json.loads(info["x"]) == [values, target]  # a list now, not a tuple
+    assert score("afm/algorithmic", "<answer>1 2</answer>", "0 1", info)["correct"] == 1
+    assert score("afm/algorithmic", "<answer>0 2</answer>", "0 1", info)["correct"] == 0  # 3 + 3 != 4
+    assert score("afm/algorithmic", "<answer>1 ²</answer>", "0 1", info)["correct"] == 0  # a digit int() refuses
+
+
+# --- afm/code ---
+
+FIB_TESTS = [{"x": 0, "expected": "0"}, {"x": 1, "expected": "1"}, {"x": 5, "expected": "5"}, {"x": 6, "expected": "8"}]
+FIB_INFO = {"type": "fibonacci", "difficulty": 2, "tests": json.dumps(FIB_TESTS)}
+FIB = "def solve(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        f"<answer>\n{FIB}</answer>",
+        f"Here it is.\n<answer>\n```python\n{FIB}```\n</answer>",
+        f"Here it is.\n```python\n{FIB}```\nDone.",  # no tags: one python block is the answer
+    ],
+)
+def test_right_code_passes_every_test(response):
+    assert score("afm/code", response, "", FIB_INFO) == {"score": FULL, "correct": 1, "format": 1}
+
+
+def test_two_python_blocks_without_tags_are_malformed():
+    assert score("afm/code", f"```python\n{FIB}```\n```python\n{FIB}```", "", FIB_INFO) == ZERO
+
+
+@pytest.mark.parametrize(
+    "code, passed",
+    [
+        ("def solve(n):\n    return n\n", 3),  # right for 0, 1, 5; wrong for 6
+        ("def solve(n):\n    if n == 6:\n        raise ValueError(n)\n    return n\n", 3),  # raises on one input
+        ("def solve(n):\n    return 'eight'\n", 0),
+        ("def solve(n):\n    raise RuntimeError('no')\n", 0),
+        ("raise SystemExit(0)\n", 0),  # exits before the tests run
+        ("def solve(n) return n\n", 0),  # syntax error
+        ("def sol(n):\n    return n\n", 0),  # no solve
+        ("def solve(n):\n    return -1\x00\n", 0),  # a null byte (refused or ignored, by Python version)
+    ],
+)
+def test_wrong_or_failing_code_scores_the_fraction_of_tests_passed(code, passed):
+    result = score("afm/code", f"<answer>{code}</answer>", "", FIB_INFO)
+    assert result == {"score": pytest.approx(FORMAT_ONLY + passed / len(FIB_TESTS)), "correct": 0, "format": 1}
+
+
+def test_code_cannot_print_its_own_results():
+    # The results line has a per-run marker; printing a look-alike and exiting earns nothing.
+    code = 'import os\nprint(\'@@results@@["0", "1", "5", "8"]\', flush=True)\nos._exit(0)\n'
+    assert score("afm/code", f"<answer>{code}</answer>", "", FIB_INFO)["score"] == FORMAT_ONLY
+
+
+def test_an_endless_loop_is_cut_by_the_sandbox_time_limit(monkeypatch):
+    statuses = []
+    real_run = code_suite.run_python
+
+    def spy(program, timeout_s):
+        result = real_run(program, timeout_s=timeout_s)
+        statuses.append(result.status)
+        return result
+
+    monkeypatch.setattr(code_suite, "run_python", spy)
+    monkeypatch.setattr(code_suite, "CODE_TIMEOUT_S", 1.0)  # the rule is the same at 5 s; the test is shorter
+    result = score("afm/code", "<answer>def solve(n):\n    while True:\n        pass\n</answer>", "", FIB_INFO)
+    assert statuses == ["timeout"]
+    assert result == {"score": FORMAT_ONLY, "correct": 0, "format": 1}
+
+
+def test_every_reference_solution_passes_its_own_type():
+    # The reward and the task world agree: the Coder's reference code earns full marks.
+    for task_type in TYPES:
+        cases = [make_task(7, task_type, 3, i) for i in range(3)]
+        info = {
+            "type": task_type,
+            "difficulty": 3,
+            "tests": json.dumps([{"x": t.x, "expected": t.answer} for t in cases]),
+        }
+        result = score("afm/code", f"<answer>{solution_source(task_type)}</answer>", "", info)
+        assert result["correct"] == 1, task_type
+
+
+def test_a_code_row_without_tests_is_an_error_not_a_zero():
+    with pytest.raises(ValueError, match="no tests"):
+        score("afm/code", f"<answer>{FIB}</answer>", "", {"type": "fibonacci", "tests": "[]", "index": 3})

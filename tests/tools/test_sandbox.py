@@ -1,0 +1,120 @@
+"""The code sandbox against hostile programs: each is contained and reported."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+
+from afm_trainer.tools.sandbox import FIRST_UID, run_python
+
+
+def _sandbox_processes_left():
+    """Live (non-zombie) processes of any sandbox user id."""
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid >= FIRST_UID:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        left.append(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return left
+
+
+def test_ordinary_program_runs_in_a_private_folder():
+    result = run_python("import os\nopen('out.txt', 'w').write('hi')\nprint(os.getcwd(), sorted(os.listdir('.')))")
+    assert result.status == "ok" and result.returncode == 0
+    assert result.stdout.strip() == "/tmp/sandbox ['main.py', 'out.txt']"
+
+
+def test_infinite_loop_times_out():
+    result = run_python("while True:\n    pass", timeout_s=2)
+    assert result.status == "timeout"
+    assert 1.9 <= result.duration_s < 6
+    assert not _sandbox_processes_left()
+
+
+def test_huge_allocation_is_refused():
+    result = run_python("x = bytearray(4 * 2**30)\nprint('allocated')", memory_mb=256)
+    assert result.status == "memory" and "allocated" not in result.stdout
+
+
+def test_fork_bomb_is_contained_and_cleaned_up():
+    result = run_python("import os\nwhile True:\n    os.fork()", timeout_s=3, max_procs=8)
+    assert result.status in ("blocked", "timeout")
+    assert not _sandbox_processes_left()
+    assert subprocess.run(["true"]).returncode == 0  # the machine can still start processes
+
+
+def test_no_network_even_to_a_loopback_listener():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(_accept(listener)), daemon=True).start()
+    result = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3).sendall(b'leak')")
+    listener.close()
+    assert result.status == "blocked", result.stderr
+    assert accepted in ([], [None])
+
+
+def _accept(listener):
+    try:
+        return listener.accept()
+    except OSError:
+        return None
+
+
+def test_writes_outside_its_folder_never_reach_the_host():
+    marker = f"/tmp/afm_escape_{uuid.uuid4().hex}"
+    system_file = f"/usr/local/afm_escape_{uuid.uuid4().hex}"  # a folder that exists for it, owned by root
+    code = f"open({marker!r}, 'w').write('x')\nprint('tmp written')\nopen({system_file!r}, 'w').write('x')"
+    result = run_python(code)
+    assert result.status == "blocked", result.stderr
+    assert "PermissionError" in result.stderr
+    assert "tmp written" in result.stdout  # its /tmp is a private one...
+    assert not os.path.exists(marker)  # ...that the host never sees
+    assert not os.path.exists(system_file)
+
+
+def test_huge_output_is_truncated_and_flagged():
+    result = run_python(
+        "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 2**20)", max_output_bytes=100_000, timeout_s=20
+    )
+    assert result.status == "ok" and result.truncated
+    assert len(result.stdout) == 100_000
+
+
+def test_cli_prints_one_json_result(tmp_path):
+    program = tmp_path / "p.py"
+    program.write_text("print(6 * 7)")
+    out = subprocess.run(
+        [sys.executable, "-m", "afm_trainer.tools.sandbox", "--timeout", "5", str(program)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (
+        result["status"] == "ok"
+        and result["stdout"] == "42\n"
+        and set(result) >= {"stderr", "returncode", "duration_s"}
+    )
+
+
+def test_overlapping_runs_from_threads_do_not_kill_each_other():
+    # verl scores rewards in threads: each run needs its own uid, or one run's final
+    # kill takes down another's processes.
+    from concurrent.futures import ThreadPoolExecutor
+
+    program = "import os, time\ntime.sleep(0.5)\nprint(os.getuid())"
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: run_python(program, timeout_s=10), range(6)))
+    assert [r.status for r in results] == ["ok"] * 6, [(r.status, r.stderr[-200:]) for r in results]
+    assert len({r.stdout.strip() for r in results}) == 6

@@ -1,0 +1,180 @@
+"""The hf CPU rollout's decoding and the tool-call parser, in-process (no Ray)."""
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(nano_model):
+    """The model as the rollout server loads it (the actor's attention)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from afm_trainer.models.attention import NAME
+
+    model = AutoModelForCausalLM.from_pretrained(nano_model, attn_implementation=NAME).eval()
+    return model, AutoTokenizer.from_pretrained(nano_model)
+
+
+@pytest.fixture(scope="module")
+def reference_model(nano_model):
+    """transformers' own SDPA, to check the rollout's decoding against."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(nano_model, attn_implementation="sdpa").eval()
+
+
+def _request(prompt_ids, max_tokens=12, temperature=1.0, seed=0, stop_ids=(), top_k=-1, top_p=1.0, logprobs=True):
+    from afm_trainer.models.decoding import Request
+
+    return Request(
+        prompt_ids=list(prompt_ids),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        want_logprobs=logprobs,
+        stop_ids=set(stop_ids),
+        generator=torch.Generator().manual_seed(seed),
+        future=None,
+    )
+
+
+def _prompts(tokenizer):
+    texts = ["Compute: 1+2", "Reverse the string: abcdef please", "hi"]
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)[
+            "input_ids"
+        ]
+        for t in texts
+    ]
+
+
+def test_greedy_batch_matches_hf_generate_row_by_row(model_and_tokenizer, reference_model):
+    from afm_trainer.models.decoding import decode_batch
+
+    model, tokenizer = model_and_tokenizer
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query decoding is covered
+    prompts = _prompts(tokenizer)  # different lengths: left padding must not change anything
+    outputs = decode_batch(model, [_request(p, temperature=0) for p in prompts], tokenizer.pad_token_id)
+    for prompt, out in zip(prompts, outputs):
+        reference = reference_model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, len(prompt) :].tolist()
+        assert out["token_ids"] == reference
+        assert out["stop_reason"] == "completed"
+
+
+def test_log_probs_are_the_models_own(model_and_tokenizer):
+    from afm_trainer.models.decoding import decode_batch
+
+    model, tokenizer = model_and_tokenizer
+    prompt = _prompts(tokenizer)[0]
+    out = decode_batch(model, [_request(prompt, temperature=0.7, seed=3)], tokenizer.pad_token_id)[0]
+    full = torch.tensor([prompt + out["token_ids"]])
+    with torch.no_grad():
+        logits = model(full).logits[0, len(prompt) - 1 : -1].float() / 0.7
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(out["token_ids"])[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(out["log_probs"]), expected, atol=1e-4)
+
+
+def test_seeds_are_honoured_and_stop_tokens_end_a_row(model_and_tokenizer):
+    from afm_trainer.models.decoding import decode_batch
+
+    model, tokenizer = model_and_tokenizer
+    prompt = _prompts(tokenizer)[1]
+    run = lambda seed: decode_batch(model, [_request(prompt, max_tokens=20, seed=seed)], tokenizer.pad_token_id)[0][
+        "token_ids"
+    ]  # noqa: E731
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+    first = run(1)
+    stop = first[3]
+    stopped = decode_batch(model, [_request(prompt, max_tokens=20, seed=1, stop_ids={stop})], tokenizer.pad_token_id)[0]
+    assert stopped["token_ids"] == first[: first.index(stop) + 1]  # the stop token is kept, as vLLM does
+    assert stopped["stop_reason"] == "completed"
+
+
+def test_a_row_decodes_the_same_whether_its_batch_mates_finish_early_or_not(model_and_tokenizer):
+    """Finished rows leave the batch and its cache; the others must not notice."""
+    from afm_trainer.models.decoding import decode_batch
+
+    model, tokenizer = model_and_tokenizer
+    prompts = _prompts(tokenizer)
+    requests = lambda: [_request(p, max_tokens=n, seed=i) for i, (p, n) in enumerate(zip(prompts, [3, 16, 9]))]  # noqa: E731
+    together = decode_batch(model, requests(), tokenizer.pad_token_id)
+    alone = [decode_batch(model, [r], tokenizer.pad_token_id)[0] for r in requests()]
+    assert [len(o["token_ids"]) for o in together] == [3, 16, 9]
+    for a, b in zip(together, alone):
+        assert a["token_ids"] == b["token_ids"]
+        assert a["log_probs"] == pytest.approx(b["log_probs"], abs=1e-4)
+
+
+def test_sample_rows_draws_each_token_with_its_probability():
+    from afm_trainer.models.decoding import sample_rows
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.3, 0.7, 0.0, 0.0]])
+    grid = (torch.arange(1000, dtype=torch.float64) + 0.5) / 1000  # evenly spread uniforms: exact counts
+    counts = [torch.bincount(sample_rows(row.expand(1000, 4), grid), minlength=4).tolist() for row in probs]
+    assert counts == [[500, 0, 300, 200], [300, 700, 0, 0]]
+    # u just below 1: never a zero-probability token, even where rounding reaches the total
+    assert sample_rows(probs, torch.tensor([1 - 1e-17, 1 - 1e-17], dtype=torch.float64)).tolist() == [3, 1]
+
+
+def test_top_k_one_is_greedy(model_and_tokenizer):
+    from afm_trainer.models.decoding import decode_batch
+
+    model, tokenizer = model_and_tokenizer
+    prompt = _prompts(tokenizer)[0]
+    greedy = decode_batch(model, [_request(prompt, temperature=0)], tokenizer.pad_token_id)[0]["token_ids"]
+    sampled = decode_batch(model, [_request(prompt, temperature=1.5, top_k=1, seed=9)], tokenizer.pad_token_id)[0][
+        "token_ids"
+    ]
+    assert sampled == greedy
+
+
+def test_tag_parser_finds_search_and_code_calls_and_stops_at_an_answer(nano_model):
+    from transformers import AutoTokenizer
+
+    from afm_trainer.verl_ext.tools import AfmTagParser
+
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    parser = AfmTagParser(tokenizer)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    _, calls = asyncio.run(parser.extract_tool_calls(ids("<think>look it up</think>\n<search>Danthiwyn</search>")))
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("search", {"query": "Danthiwyn"})]
+    _, calls = asyncio.run(parser.extract_tool_calls(ids("<code>print(1+1)</code>")))
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("run_python", {"code": "print(1+1)"})]
+    _, calls = asyncio.run(parser.extract_tool_calls(ids("<search>x</search><answer>Fensor</answer>")))
+    assert calls == []
+
+
+def test_search_and_sandbox_tools_answer_in_the_training_format(tmp_path):
+    from afm_trainer.verl_ext.tools import SandboxTool, SearchTool
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "\n".join(
+            json.dumps(d)
+            for d in [
+                {"title": "Danthiwyn", "content": "Danthiwyn was born in Fensor."},
+                {"title": "Fensor", "content": "Fensor is in Marven."},
+            ]
+        )
+    )
+    search = SearchTool({"corpus": str(corpus), "topk": 1})
+    response, _, metrics = asyncio.run(search.execute("i", {"query": "Danthiwyn"}))
+    assert response.text == "<information>[1] Danthiwyn: Danthiwyn was born in Fensor.</information>"
+    sandbox = SandboxTool({"timeout_s": 2})
+    response, _, metrics = asyncio.run(sandbox.execute("i", {"code": "print(6*7)"}))
+    assert "42" in response.text and metrics["status"] == "ok"
+    response, _, metrics = asyncio.run(sandbox.execute("i", {"code": "while True: pass"}))
+    assert metrics["status"] == "timeout"
+    with pytest.raises(ValueError, match="corpus"):
+        SearchTool({})

@@ -1,0 +1,110 @@
+"""The scripted teacher and make_demo: right by construction, noisy on request."""
+
+import json
+import random
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from afm_trainer.data.convert import convert
+from afm_trainer.tools.search import SearchIndex
+from afm_trainer.world.algorithmic import generate_suite, verify
+from afm_trainer.world.qa_world import build_world, make_questions
+from afm_trainer.world.teacher import (
+    Noise,
+    agent_chain_record,
+    balance_yes_no,
+    search_agent_record,
+    teacher_cot_record,
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    world = build_world(0)
+    return world, SearchIndex(world["documents"])
+
+
+def test_clean_search_traces_use_real_results_and_reach_the_gold_answer(world):
+    world, index = world
+    for q in make_questions(world, 5, 30):
+        record = search_agent_record(q, index, random.Random(0))
+        assert record["trace"][-1] == {"type": "CorrectAnswer", "content": q.answer}
+        results = [s for s in record["trace"] if s["type"] == "search_result"]
+        assert len(results) == q.hops
+        for (entity, _, value), result in zip(q.path, results):
+            assert any(d["title"] == entity and value in d["content"] for d in result["documents"])
+
+
+def test_clean_agent_chains_pass_review_and_their_answers_verify():
+    tasks = generate_suite(11, 1)
+    for task in tasks:
+        record = agent_chain_record(task, random.Random(0))
+        reviewer = record["trajectory"][2]["output"]
+        assert "3 passed" in reviewer and "Approved" in reviewer, reviewer
+        assert verify(task, record["answer"])
+        assert [s["agent"] for s in record["trajectory"]] == ["Planner", "Coder", "Reviewer"]
+
+
+def test_wrong_agent_chains_are_caught_by_the_sandbox_review():
+    task = generate_suite(11, 1, types=["fibonacci"], difficulties=[5])[0]
+    record = agent_chain_record(task, random.Random(0), kind="wrong")
+    assert "Rejected" in record["trajectory"][2]["output"] and record["score"] == 0.0
+    assert not verify(task, record["answer"])
+
+
+def test_teacher_cot_answers_verify_and_perturbed_ones_fail():
+    rng = random.Random(0)
+    for task in generate_suite(13, 1):
+        assert verify(task, teacher_cot_record(task, rng)["answer"])
+        assert not verify(task, teacher_cot_record(task, rng, kind="wrong")["answer"])
+
+
+def test_noise_and_label_balance_knobs():
+    rng = random.Random(0)
+    kinds = Counter(Noise(wrong=0.2, malformed=0.1).draw(rng) for _ in range(5000))
+    assert abs(kinds["wrong"] / 5000 - 0.2) < 0.03 and abs(kinds["malformed"] / 5000 - 0.1) < 0.03
+    tasks = generate_suite(3, 20, types=["parentheses", "is_palindrome"])
+    balanced = balance_yes_no(tasks, 0.3, rng)
+    labels = Counter(t.answer for t in balanced)
+    assert abs(labels["yes"] / (labels["yes"] + labels["no"]) - 0.3) < 0.02
+
+
+def test_make_demo_writes_every_format_and_disjoint_held_out_sets(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "afm_trainer.world.make_world",
+            "--out",
+            str(out),
+            "--n_train",
+            "150",
+            "--n_heldout",
+            "110",
+            "--wrong",
+            "0.1",
+            "--malformed",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.load(open(out / "manifest.json"))
+    heldout_prompts = {json.loads(line)["prompt"] for line in open(out / "heldout" / "algorithmic.jsonl")}
+    heldout_questions = {json.loads(line)["question"] for line in open(out / "heldout" / "qa.jsonl")}
+    train_prompts = {json.loads(line).get("task") for line in open(out / "traces" / "agent_chain.jsonl")}
+    train_questions = {json.loads(line).get("question") for line in open(out / "traces" / "search_agent.jsonl")}
+    assert not heldout_prompts & train_prompts and not heldout_questions & train_questions
+    for fmt in ("search_agent", "agent_chain", "teacher_cot"):
+        report = convert(
+            str(out / "traces" / f"{fmt}.jsonl"), str(tmp_path / f"{fmt}.parquet"), fmt, "stepwise", min_score=0.5
+        )
+        assert report["records_in"] == manifest["counts"][fmt]
+        assert 0 < report["records_rejected"] < report["records_in"] * 0.4  # the noise, filtered and reported
+        assert report["records_converted"] > report["records_in"] * 0.6
