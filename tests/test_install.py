@@ -2,6 +2,7 @@
 package, and nothing reaches into the clone (run from a folder outside it)."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,19 +16,14 @@ def installed(tmp_path_factory):
     """The package installed (not editable) into a folder of its own, first on the path."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
+    # a copy of the sources, so that the build leaves nothing in the clone
+    source = build / "source"
+    shutil.copytree(
+        REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", ".bench", "out", "build", "*.egg-info")
+    )
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target)]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            REPO,
-        ],
+        [*pip, str(source)],
         capture_output=True,
         text=True,
         cwd=build,

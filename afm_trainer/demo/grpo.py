@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from afm_trainer.demo import load_settings
+from afm_trainer.demo.progressive import embedded_paths
 from afm_trainer.recipes.common import RecipeArgs
 
 
@@ -22,7 +23,7 @@ def embedded_default(args: RecipeArgs) -> tuple[RecipeArgs, bool]:
     settings = load_settings("grpo", args.get("DEMO_CONFIG"))
     data = settings["data"]
     folder = os.path.join(os.path.abspath(args.out_dir), "data")
-    world = os.path.join(args.get("SFT_DIR", "out/demo"), "embedded", "world")
+    world = embedded_paths(args.get("SFT_DIR", "out/demo"))["world"]
     world = world if os.path.isdir(world) else None
     train, val = os.path.join(folder, "train.parquet"), os.path.join(folder, "val.parquet")
     if not args.dry_run and not os.path.exists(val):

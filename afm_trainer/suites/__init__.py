@@ -2,11 +2,17 @@
 building (afm_trainer.data.rl_data), the RL reward (afm_trainer.verl_ext.rewards),
 evaluation (afm_trainer.eval) and the demo's reports all find it here.
 
-Adding a suite is one module: build a ``Suite`` and ``register`` it (import the module
-before use, as this file imports the built-in ones).
+Adding a suite is one module in this folder that builds a ``Suite`` and ``register``s it:
+importing this package imports every module in it, so the suite is known everywhere
+(a suite elsewhere is known once its module is imported).
 """
 
-from afm_trainer.suites import algorithmic, code, qa  # noqa: F401  (built-in suites register themselves)
+import importlib
+import pkgutil
+
 from afm_trainer.suites.base import SUITES, EvalRun, RLDataRequest, Suite, get_suite, register, rl_row, suite_for_source
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["SUITES", "EvalRun", "RLDataRequest", "Suite", "get_suite", "register", "rl_row", "suite_for_source"]

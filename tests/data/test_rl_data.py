@@ -28,7 +28,7 @@ def read(path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A demo folder as make_demo writes it, minus the traces (held-out sets, corpus, manifest)."""
+    """A demo folder as make_world writes it, minus the traces (held-out sets, corpus, manifest)."""
     out = tmp_path_factory.mktemp("demo")
     for folder in ("heldout",):
         os.makedirs(out / folder)

@@ -1,4 +1,4 @@
-"""The scripted teacher and make_demo: right by construction, noisy on request."""
+"""The scripted teacher and make_world: right by construction, noisy on request."""
 
 import json
 import random
@@ -72,7 +72,7 @@ def test_noise_and_label_balance_knobs():
     assert abs(labels["yes"] / (labels["yes"] + labels["no"]) - 0.3) < 0.02
 
 
-def test_make_demo_writes_every_format_and_disjoint_held_out_sets(tmp_path):
+def test_make_world_writes_every_format_and_disjoint_held_out_sets(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
         [
