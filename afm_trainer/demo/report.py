@@ -76,7 +76,9 @@ def suite_section(name: str, stage_results: dict[str, dict], base: dict) -> list
     group = suite.group_key
     lines = [f"## {name} by {group}", "", suite.description, ""]
     lines += ["| " + group + " | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
-    rows = list(stage_results[stages[0]][name]["by_group"]) + ["overall", "format valid", "writes a summary"]
+    rows = list(stage_results[stages[0]][name]["by_group"]) + ["overall", "format valid"]
+    if any(stage_results[stage][name].get("summary_rate") for stage in stages):
+        rows.append("writes a summary")
     for row in rows:
         cells = []
         for stage in stages:
