@@ -6,8 +6,9 @@
 
 FMT: search_agent, agent_chain, teacher_cot, messages (see afm_trainer/traces/formats.py).
 Input: JSONL, a JSON array or parquet (by extension and first character). Writes
-OUT.parquet (`messages` with a per-message `train` flag), OUT.rejects.jsonl and
-OUT.report.json. Rejected records do not fail the run (exit 0, counted); an unreadable
+OUT.parquet (`messages` with a per-message `train` flag), OUT.parquet.rejects.jsonl and
+OUT.parquet.report.json. Rejected records do not fail the run (exit 0, counted) unless none is
+left (exit 1, with the reasons counted); an unreadable
 input file does (exit 1, one error line).
 """
 

@@ -1,9 +1,9 @@
 """Trajectory files -> verl SFT parquet, streaming, with every record accounted for.
 
 Output, next to ``OUT.parquet``:
-- ``OUT.rejects.jsonl``: one line per record not converted: where it was (``line N``
+- ``OUT.parquet.rejects.jsonl``: one line per record not converted: where it was (``line N``
   of a JSONL file, ``index N`` of a JSON array or parquet file), the reason, the record;
-- ``OUT.report.json``: counts in/out/rejected by reason, samples per trajectory,
+- ``OUT.parquet.report.json``: counts in/out/rejected by reason, samples per trajectory,
   token-length percentiles (with a tokenizer), label balance before/after filtering;
 - ``OUT.pairs.parquet`` (teacher_cot only): DPO pairs (prompt, chosen, rejected) from
   records whose student draft is wrong, in TRL's conversational format.
@@ -23,7 +23,7 @@ import orjson  # verl's own dependency; parses JSON lines ~2x faster than json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly
 from afm_trainer.traces.formats import FORMATS, TraceError, preference_pair, to_samples
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
@@ -37,6 +37,8 @@ SCHEMA = pa.schema(
     ]
 )
 
+
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors put first
 
 CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 PAIR_SCHEMA = pa.schema([("prompt", CHAT), ("chosen", CHAT), ("rejected", CHAT), ("trajectory_id", pa.string())])
@@ -96,26 +98,55 @@ def read_records(path: str) -> Iterator[tuple[str, object]]:
                 yield f"index {index}", record
                 index += 1
         return
-    with open(path, encoding="utf-8") as f:
-        first = f.read(1)
-        while first.isspace():
-            first = f.read(1)
-        f.seek(0)
-        if first == "[":
-            try:
-                records = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} is not valid JSON: {exc}") from None
-            for index, record in enumerate(records):
-                yield f"index {index}", record
-            return
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(BOM).lstrip()
+    if head.startswith(b"["):
+        yield from _json_array(path)
+        return
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
+            if number == 1:
+                line = line.removeprefix(BOM)
             if not line.strip():
                 continue
             try:
-                yield f"line {number}", orjson.loads(line)
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield f"line {number}", TraceError(f"not UTF-8 text (byte {exc.start})")
+                continue
+            try:
+                yield f"line {number}", orjson.loads(text)
             except orjson.JSONDecodeError as exc:
+                if number == 1 and text.strip() == "{":
+                    _refuse_multiline_object(path)
                 yield f"line {number}", TraceError(f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _json_array(path: str) -> Iterator[tuple[str, object]]:
+    with open(path, "rb") as f:
+        data = f.read().removeprefix(BOM)
+    try:
+        records = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+    for index, record in enumerate(records):
+        yield f"index {index}", record
+
+
+def _refuse_multiline_object(path: str) -> None:
+    """A file that is one JSON object over several lines is not JSON Lines: counting each
+    of its lines as a broken record would say nothing useful."""
+    try:
+        with open(path, "rb") as f:
+            json.loads(f.read().removeprefix(BOM).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return  # really broken lines: each is a reject
+    raise InputError(
+        f"{path} is one JSON object spread over several lines, not JSON Lines: "
+        "write one record per line, or a JSON array of records"
+    )
 
 
 def label_of(answer: str | None) -> str | None:
@@ -175,6 +206,7 @@ def convert(
     """Convert one trajectory file; returns the report (also written beside the output)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    check_output_file(output_file)
     parse = FORMATS[fmt]
     tokenizer = None
     if tokenizer_path:
@@ -228,48 +260,57 @@ def convert(
     token_lengths: list[int] = []
     buffer = SampleBuffer()
     pairs: list[dict] = []
-    with pq.ParquetWriter(tmp_out, SCHEMA) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
-        for location, record, result in accepted():
-            records_in += 1
-            if isinstance(result, str):
-                reason = result.split(" of ")[0] if result.startswith("duplicate") else result
-                rejects_by_reason[reason if len(reason) < 80 else reason[:77] + "..."] += 1
-                rejects.write(json.dumps({"where": location, "reason": result, "record": record}, default=str) + "\n")
-                continue
-            trajectory = result
-            label = label_of(trajectory.answer)
-            copies = 1 if plan is None else plan.get(location, 0)
-            if copies == 0:
-                rejects_by_reason["dropped by --balance downsample"] += 1
-                rejects.write(
-                    json.dumps(
-                        {"where": location, "reason": "dropped by --balance downsample", "record": record}, default=str
+    try:
+        with pq.ParquetWriter(tmp_out, SCHEMA) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
+            for location, record, result in accepted():
+                records_in += 1
+                if isinstance(result, str):
+                    reason = result.split(" of ")[0] if result.startswith("duplicate") else result
+                    rejects_by_reason[reason if len(reason) < 80 else reason[:77] + "..."] += 1
+                    rejects.write(
+                        json.dumps({"where": location, "reason": result, "record": record}, default=str) + "\n"
                     )
-                    + "\n"
-                )
-                continue
-            if fmt == "teacher_cot" and (pair := preference_pair(trajectory)):
-                pairs.append({**pair, "trajectory_id": pair["trajectory_id"] or location})
-            samples = to_samples(trajectory, mode)
-            for copy in range(copies):
-                trajectory_id = trajectory.id or location
-                for step, messages in enumerate(samples):
-                    buffer.add(
-                        messages,
-                        trajectory_id=trajectory_id if copy == 0 else f"{trajectory_id}#copy{copy}",
-                        step=step,
-                        answer=trajectory.answer,
-                        source_format=fmt,
+                    continue
+                trajectory = result
+                label = label_of(trajectory.answer)
+                copies = 1 if plan is None else plan.get(location, 0)
+                if copies == 0:
+                    rejects_by_reason["dropped by --balance downsample"] += 1
+                    rejects.write(
+                        json.dumps(
+                            {"where": location, "reason": "dropped by --balance downsample", "record": record},
+                            default=str,
+                        )
+                        + "\n"
                     )
-                    if tokenizer is not None:
-                        token_lengths.append(len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]))
-                trajectories_out += 1
-                samples_out += len(samples)
-                samples_per_trajectory.append(len(samples))
-                labels_out[label] += 1
-            if len(buffer) >= 2048:
-                buffer.write_to(writer)
-        buffer.write_to(writer)
+                    continue
+                if fmt == "teacher_cot" and (pair := preference_pair(trajectory)):
+                    pairs.append({**pair, "trajectory_id": pair["trajectory_id"] or location})
+                samples = to_samples(trajectory, mode)
+                for copy in range(copies):
+                    trajectory_id = trajectory.id or location
+                    for step, messages in enumerate(samples):
+                        buffer.add(
+                            messages,
+                            trajectory_id=trajectory_id if copy == 0 else f"{trajectory_id}#copy{copy}",
+                            step=step,
+                            answer=trajectory.answer,
+                            source_format=fmt,
+                        )
+                        if tokenizer is not None:
+                            token_lengths.append(
+                                len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"])
+                            )
+                    trajectories_out += 1
+                    samples_out += len(samples)
+                    samples_per_trajectory.append(len(samples))
+                    labels_out[label] += 1
+                if len(buffer) >= 2048:
+                    buffer.write_to(writer)
+            buffer.write_to(writer)
+    except BaseException:  # an unreadable input or an interrupt leaves no temporary files
+        remove_quietly(tmp_out, tmp_rejects)
+        raise
 
     os.replace(tmp_out, output_file)
     if fmt == "teacher_cot":
@@ -299,4 +340,14 @@ def convert(
     with open(output_file + ".report.json.tmp", "w") as f:
         json.dump(report, f, indent=2)
     os.replace(output_file + ".report.json.tmp", output_file + ".report.json")
+    if report["records_converted"] == 0:
+        raise InputError(no_records_message(input_file, report))
     return report
+
+
+def no_records_message(input_file: str, report: dict) -> str:
+    """Why nothing could be converted, with the reasons counted."""
+    if report["records_in"] == 0:
+        return f"no records in {input_file} (an empty file?)"
+    reasons = "; ".join(f"{count} {reason}" for reason, count in report["rejected_by_reason"].items())
+    return f"none of the {report['records_in']} records of {input_file} could be converted: {reasons}"

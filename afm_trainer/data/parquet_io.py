@@ -23,6 +23,31 @@ def read_table(path: str, required_column: str | None = None, hint: str = "") ->
     return table
 
 
+def check_output_file(path: str) -> None:
+    """An output file's folder is made if missing; a folder where the file should go is an error."""
+    if os.path.isdir(path):
+        raise InputError(f"output {path} is a folder; give a file name (e.g. {os.path.join(path, 'out.parquet')})")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"cannot write {path}: {folder} is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+
+
+def check_output_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"output folder {path} is a file")
+    os.makedirs(path, exist_ok=True)
+
+
+def remove_quietly(*paths: str) -> None:
+    """Remove temporary files a failed step leaves behind."""
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
 def write_rows(rows: list[dict], schema: pa.Schema, path: str) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path + ".tmp")
     os.replace(path + ".tmp", path)

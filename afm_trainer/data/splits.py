@@ -13,7 +13,7 @@ import os
 from collections import Counter
 
 from afm_trainer.data.convert import is_categorical, label_of
-from afm_trainer.data.parquet_io import read_table, write_rows
+from afm_trainer.data.parquet_io import InputError, check_output_dir, read_table, write_rows
 
 
 def _rank(seed: int, trajectory_id: str) -> str:
@@ -45,8 +45,9 @@ def shard_names(name: str, shards: int) -> list[str]:
 
 def write_split(rows: list[dict], schema, out_dir: str, name: str, shards: int = 1) -> list[str]:
     """Write rows as OUT_DIR/NAME.parquet or as shards: consecutive runs of rows, so the
-    shards read in order are the rows in order (a run on them equals a run on one file)."""
-    names = shard_names(name, shards)
+    shards read in order are the rows in order (a run on them equals a run on one file).
+    A split gets at most one shard per row: no shard is empty."""
+    names = shard_names(name, max(1, min(shards, len(rows))))
     paths = []
     for k, filename in enumerate(names):
         part = rows[len(rows) * k // len(names) : len(rows) * (k + 1) // len(names)]
@@ -59,9 +60,11 @@ def prepare_train_val(
     input_file: str, output_dir: str, val_ratio: float = 0.1, seed: int = 42, shards: int = 1
 ) -> dict:
     """OUTPUT_DIR/{train,val}.parquet (or their shards) from a converted parquet."""
+    if shards < 1:
+        raise InputError(f"--shards must be 1 or more, got {shards}")
     table = read_table(input_file, "trajectory_id", "convert it with convert_traces.py")
+    check_output_dir(output_dir)
     train, val = split_by_trajectory(table.to_pylist(), val_ratio, seed)
-    os.makedirs(output_dir, exist_ok=True)
     write_split(train, table.schema, output_dir, "train", shards)
     write_split(val, table.schema, output_dir, "val", shards)
     return {

@@ -49,7 +49,9 @@ def _first_sentence(text: str) -> str:
 def extractive_summary(messages: list[dict], max_facts: int = 4) -> str:
     """Question, the gist of each reasoning step, and verbatim sentences from the search
     results that share content words with the question or the queries."""
-    question = next(m["content"] for m in messages if m["role"] == "user")
+    question = next((m["content"] for m in messages if m["role"] == "user"), None)
+    if question is None:
+        raise SummaryError("no user turn in the context to summarise")
     assistant = " ".join(m["content"] for m in messages if m["role"] == "assistant")
     reasoning = [_first_sentence(t) for t in THINK.findall(assistant)]
     wanted = {w.lower() for w in WORD.findall(question + " " + " ".join(SEARCH.findall(assistant)))} - STOPWORDS
@@ -162,19 +164,28 @@ class OpenAISummarizer:
         return asyncio.run(self._run([context_text(c) for c in contexts]))
 
 
+def _or_error(summarise, context):
+    """A summary, or the exception that says why there is none (the row is then rejected)."""
+    try:
+        return summarise(context)
+    except SummaryError as exc:
+        return exc
+
+
 def add_summaries(input_file: str, output_file: str, backend: str = "extractive", **openai_options) -> dict:
     """Add a ``summary`` column to stepwise samples (the context before each target turn).
     A row whose summary finally fails goes to OUTPUT.rejects.jsonl with the reason, never
     into the output with an empty summary. ``openai_options`` are OpenAISummarizer's."""
     import pyarrow as pa
 
-    from afm_trainer.data.parquet_io import read_table, write_rows
+    from afm_trainer.data.parquet_io import check_output_file, read_table, write_rows
 
     table = read_table(input_file, "messages", "convert it with convert_traces.py --mode stepwise")
     rows = table.to_pylist()
     contexts = [row["messages"][:-1] for row in rows]
+    check_output_file(output_file)
     if backend == "extractive":
-        results = [extractive_summary(c) for c in contexts]
+        results = [_or_error(extractive_summary, c) for c in contexts]
     else:
         results = OpenAISummarizer(**openai_options).summarize(contexts)
     kept, rejected = [], 0
@@ -210,9 +221,11 @@ def summary_only(row: dict) -> dict:
 
 def write_summary_datasets(input_file: str, prefix_file: str, only_file: str) -> int:
     """The summary-prefix and summary-only datasets of summarised samples; returns their size."""
-    from afm_trainer.data.parquet_io import read_table, write_rows
+    from afm_trainer.data.parquet_io import check_output_file, read_table, write_rows
 
     table = read_table(input_file, "summary", "run add_summaries.py first")
+    check_output_file(prefix_file)
+    check_output_file(only_file)
     rows = table.to_pylist()
     write_rows([summary_prefix(r) for r in rows], table.schema, prefix_file)
     write_rows([summary_only(r) for r in rows], table.schema, only_file)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from afm_trainer.checkpoints import finalize
+from afm_trainer.checkpoints import CheckpointError, finalize
 from afm_trainer.metrics import METRICS_FILE, rotate_metrics
 
 RECIPE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*=")
@@ -60,6 +60,8 @@ def parse_recipe_args(argv: list[str], known_keys: dict[str, str]) -> RecipeArgs
     nproc_text, out_dir, rest = argv[0], argv[1], argv[2:]
     if not nproc_text.isdigit() or int(nproc_text) < 1:
         raise RecipeError(f"NPROC must be a whole number >= 1, got {nproc_text!r}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise RecipeError(f"OUT_DIR {out_dir} is a file, not a folder")
     args = RecipeArgs(nproc=int(nproc_text), out_dir=out_dir)
     for arg in rest:
         if RECIPE_KEY.match(arg):
@@ -79,7 +81,7 @@ def recipe_main(body, argv: list[str] | None, known_keys: dict[str, str]) -> int
     argv = sys.argv[1:] if argv is None else argv
     try:
         return body(parse_recipe_args(argv, known_keys))
-    except RecipeError as exc:
+    except (RecipeError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -39,8 +39,16 @@ class Trajectory:
     meta: dict = field(default_factory=dict)
 
 
+def _type_name(value) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
 def _text(record: dict, key: str, where: str = "") -> str:
     value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TraceError(f"{where}{key!r} must be a string, got {_type_name(value)}")
     if not isinstance(value, str) or not value.strip():
         raise TraceError(f"missing or empty {where}{key!r}")
     return value
@@ -77,7 +85,9 @@ def information_text(documents: list[dict]) -> str:
 def parse_search_agent(record: dict) -> Trajectory:
     question = _text(record, "question")
     trace = record.get("trace")
-    if not isinstance(trace, list) or not trace:
+    if trace is not None and not isinstance(trace, list):
+        raise TraceError(f"'trace' must be a list of steps, got {_type_name(trace)}")
+    if not trace:
         raise TraceError("missing or empty 'trace'")
     turns, pending, answer = [], [], None
     for i, step in enumerate(trace):
@@ -122,7 +132,9 @@ def role_token(agent: str) -> str:
 def parse_agent_chain(record: dict) -> Trajectory:
     task = _text(record, "task")
     steps = record.get("trajectory")
-    if not isinstance(steps, list) or not steps:
+    if steps is not None and not isinstance(steps, list):
+        raise TraceError(f"'trajectory' must be a list of steps, got {_type_name(steps)}")
+    if not steps:
         raise TraceError("missing or empty 'trajectory'")
     turns = []
     for i, step in enumerate(steps):
@@ -212,7 +224,9 @@ def _tool_calls_text(calls) -> str:
 
 def parse_messages(record: dict) -> Trajectory:
     messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if messages is not None and not isinstance(messages, list):
+        raise TraceError(f"'messages' must be a list, got {_type_name(messages)}")
+    if not messages:
         raise TraceError("missing or empty 'messages'")
     prompt, turns = [], []
     for i, message in enumerate(messages):

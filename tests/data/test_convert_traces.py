@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from afm_trainer.data.convert import convert
+from afm_trainer.data.parquet_io import InputError
 from afm_trainer.data.sft_dataset import AgentSFTDataset
 from tests.conftest import REPO
 
@@ -127,8 +128,11 @@ def test_every_record_is_accounted_for(tmp_path):
     assert report["rejected_by_reason"]["duplicate"] == 2
     assert json.load(open(out + ".report.json")) == report
 
-    report = convert(src, out, "search_agent", "multiturn", min_score=0.5)
-    assert report["rejected_by_reason"]["score 0.2 below --min_score 0.5"] == 1
+    # nothing scores 0.5 or more: an error naming the reasons, and the rejects and report still written
+    with pytest.raises(InputError, match="none of the 7 records .* 1 score 0.2 below --min_score 0.5"):
+        convert(src, out, "search_agent", "multiturn", min_score=0.5)
+    assert json.load(open(out + ".report.json"))["rejected_by_reason"]["score 0.2 below --min_score 0.5"] == 1
+    assert sum(1 for _ in open(out + ".rejects.jsonl")) == 7
 
 
 def test_balance_and_label_report(tmp_path):
