@@ -3,10 +3,25 @@
     python -m afm_trainer.checkpoints latest DIR      # path of the latest complete checkpoint
     python -m afm_trainer.checkpoints finalize DIR    # make every huggingface/ export loadable
 
-verl writes ``DIR/global_step_N/`` and then, last, ``DIR/latest_checkpointed_iteration.txt``.
-A step folder is complete when its ``huggingface/`` export has weights, or when verl's
-tracker names it or a later step (verl writes the tracker after the folder). Modification
-times are never used: they make global_step_50 win over global_step_100 after a copy.
+verl writes ``DIR/global_step_N/`` and then, last, ``DIR/latest_checkpointed_iteration.txt``
+(the tracker). A checkpoint ``global_step_N`` is complete when both hold:
+
+1. the tracker names N or a later step (a folder above the tracker is a crash's leftover);
+2. its files are there. In its model folder (``global_step_N/`` for the SFT trainer,
+   ``global_step_N/actor/`` for the RL trainer; a ``critic/`` is checked the same way,
+   without the export):
+
+   - every rank's model shard: ``model_world_size_W_rank_R.pt`` for R = 0 .. W-1, and every
+     rank's ``optim_...``/``extra_state_...`` shard of that W when any was written;
+   - a ``huggingface/`` export with ``config.json`` and its weights: ``model.safetensors``
+     (or ``pytorch_model.bin``), or an index (``*.index.json``) and every file it lists.
+
+The latest complete checkpoint is the folder the tracker names. If that folder is missing
+or incomplete, that is an error (:class:`CheckpointError`; the CLI prints one ``error:``
+line naming the tracker and the step, exit 1), never a fallback to another folder: verl
+resumes from the tracker's step, so an older folder would be a silent rewind. No tracker
+means no complete checkpoint (exit 1). Modification times are never used: they make
+global_step_50 win over global_step_100 after a copy.
 """
 
 from __future__ import annotations
@@ -23,8 +38,12 @@ STEP_DIR = re.compile(r"^global_step_(\d+)$")
 LORA_EXPORT_MARKER = "afm_lora_merged.json"
 
 
+class CheckpointError(ValueError):
+    """verl's tracker names a checkpoint whose files are not all there (one-line message)."""
+
+
 def tracked_step(ckpt_dir: str) -> int | None:
-    """The step verl's tracker file names, or None."""
+    """The step verl's tracker file names, or None (no tracker, or not a step number)."""
     try:
         with open(os.path.join(ckpt_dir, TRACKER_FILE)) as f:
             return int(f.read().strip())
@@ -41,18 +60,86 @@ def step_dirs(ckpt_dir: str) -> dict[int, str]:
     return found
 
 
-def latest_complete(ckpt_dir: str) -> str | None:
-    """Path of the highest-step checkpoint verl finished writing, or None.
+SHARD = re.compile(r"^(model|optim|extra_state)_world_size_(\d+)_rank_(\d+)\.pt$")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
-    A step counts only if the tracker has reached it: verl updates the tracker after
-    every file of the step is on disk, so a folder above the tracker is a crash's
-    leftover, whatever its age.
+
+def _shards_problem(folder: str, where: str) -> str | None:
+    """Why verl's per-rank shards in folder are not all there (a phrase), or None."""
+    ranks: dict[tuple[str, int], set[int]] = {}
+    for name in os.listdir(folder):
+        if m := SHARD.match(name):
+            ranks.setdefault((m.group(1), int(m.group(2))), set()).add(int(m.group(3)))
+    sizes = sorted({size for kind, size in ranks if kind == "model"})
+    if not sizes:
+        return f"no {where}model_world_size_W_rank_R.pt"
+    if len(sizes) > 1:
+        return f"{where}model shards of several world sizes {sizes}"
+    size = sizes[0]
+    for (kind, kind_size), have in sorted(ranks.items()):
+        if kind_size != size:
+            return f"{where}{kind} shards of world size {kind_size}, model shards of {size}"
+        if lacking := sorted(set(range(size)) - have):
+            more = f" (and {len(lacking) - 1} more rank(s))" if len(lacking) > 1 else ""
+            return f"no {where}{kind}_world_size_{size}_rank_{lacking[0]}.pt{more}"
+    return None
+
+
+def _export_problem(hf_dir: str, where: str) -> str | None:
+    """Why a huggingface/ export (config.json and weights) is not all there (a phrase), or None."""
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        return f"no {where}huggingface/config.json"
+    if any(os.path.isfile(os.path.join(hf_dir, name)) for name in HF_WEIGHTS):
+        return None
+    for name in HF_WEIGHTS:
+        index = os.path.join(hf_dir, f"{name}.index.json")
+        if os.path.isfile(index):
+            try:
+                with open(index) as f:
+                    files = sorted(set(json.load(f)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError, TypeError):
+                return f"unreadable {where}huggingface/{name}.index.json"
+            lacking = [file for file in files if not os.path.isfile(os.path.join(hf_dir, file))]
+            return f"no {where}huggingface/{lacking[0]}" if lacking else None
+    return f"no {where}huggingface/ weights (model.safetensors)"
+
+
+def missing_files(step_dir: str) -> str | None:
+    """Why a step folder does not hold the files verl writes for a checkpoint (a phrase
+    such as "no huggingface/config.json"; rule in the module docstring), or None when it does."""
+    if not os.path.isdir(step_dir):
+        return "no such folder"
+    actor = os.path.join(step_dir, "actor")
+    model_dir, where = (actor, "actor/") if os.path.isdir(actor) else (step_dir, "")  # RL trainer: actor/
+    problem = _shards_problem(model_dir, where) or _export_problem(os.path.join(model_dir, "huggingface"), where)
+    critic = os.path.join(step_dir, "critic")
+    if problem is None and os.path.isdir(critic):
+        problem = _shards_problem(critic, "critic/")
+    return problem
+
+
+def latest_complete(ckpt_dir: str) -> str | None:
+    """Path of the checkpoint verl's tracker names, once its files are checked; None when
+    there is no tracker (verl has not finished a checkpoint in ckpt_dir).
+
+    Raises CheckpointError, with a one-line message naming the tracker and the step, when
+    the tracker is unreadable or names a step whose folder is missing or incomplete:
+    verl's tracker is written after the folder, so such a folder was deleted or copied
+    in part since, and no other folder is a safe substitute (a folder above the tracker
+    is a crash's leftover, one below it an older model than verl resumes from).
     """
+    tracker = os.path.join(ckpt_dir, TRACKER_FILE)
+    if not os.path.isfile(tracker):
+        return None
     tracked = tracked_step(ckpt_dir)
     if tracked is None:
-        return None
-    complete = [step for step in step_dirs(ckpt_dir) if step <= tracked]
-    return step_dirs(ckpt_dir)[max(complete)] if complete else None
+        raise CheckpointError(f"{tracker} does not name a step")
+    path = os.path.join(ckpt_dir, f"global_step_{tracked}")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{tracker} names step {tracked}, but {path} is missing")
+    if problem := missing_files(path):
+        raise CheckpointError(f"{tracker} names step {tracked}, but {path} is incomplete: {problem}")
+    return path
 
 
 def _merge_lora_state_dict(state_dict: dict, scale: float) -> dict:
@@ -158,16 +245,37 @@ def finalize(ckpt_dir: str) -> list[str]:
     return merged
 
 
+LATEST_HELP = """\
+Print DIR/global_step_N, the checkpoint verl's tracker file (DIR/latest_checkpointed_iteration.txt,
+written after the step folder) names, once its files are checked: in the model folder
+(global_step_N/, or global_step_N/actor/ for the RL trainer) every rank's
+model_world_size_W_rank_R.pt (and optim_/extra_state_ shards, when written) and a huggingface/
+export with config.json and its weights. Never chosen by modification time.
+
+Exit 1 with one line on stderr when there is no tracker ("no complete checkpoint in DIR") or
+when the folder the tracker names is missing or incomplete ("error: TRACKER names step N, but
+... is missing"): no other folder is used instead."""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Inspect and finalise verl checkpoint folders.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("latest", help="print the latest complete checkpoint (exit 1 if none)").add_argument("dir")
+    sub.add_parser(
+        "latest",
+        help="print the latest complete checkpoint: the tracker's step, its files checked (exit 1 if none)",
+        description=LATEST_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).add_argument("dir")
     sub.add_parser("finalize", help="merge LoRA exports into loadable HF models").add_argument("dir")
     args = parser.parse_args(argv)
     if args.command == "latest":
-        path = latest_complete(args.dir)
+        try:
+            path = latest_complete(args.dir)
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if path is None:
-            print(f"no complete checkpoint in {args.dir}", file=sys.stderr)
+            print(f"no complete checkpoint in {args.dir} (no {TRACKER_FILE})", file=sys.stderr)
             return 1
         print(path)
         return 0

@@ -4,9 +4,10 @@
 #   bash scripts/latest_checkpoint.sh DIR
 #
 # DIR is a recipe's OUT_DIR (or one phase of it, e.g. OUT_DIR/phase3_summary_prefix).
-# Prints DIR/global_step_N of the highest step verl's tracker file has reached, never by
-# modification time; its huggingface/ folder loads with AutoModelForCausalLM. Exit code 1,
-# with a message on stderr, when DIR has no complete checkpoint.
+# Prints DIR/global_step_N, the step verl's tracker file names, once its files are checked
+# (every rank's model shard and a huggingface/ export); never chosen by modification time.
+# Exit code 1, with one line on stderr, when that step is missing or incomplete, or when
+# DIR has no checkpoint.
 # Wraps `python -m afm_trainer.checkpoints latest DIR`.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

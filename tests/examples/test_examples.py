@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from afm_trainer.traces.formats import FORMATS
 from tests.conftest import REPO
+from tests.recipes.test_checkpoints import write_checkpoint
 
 TRACES = os.path.join(REPO, "examples", "traces")
 GPU = os.path.join(REPO, "examples", "gpu")
@@ -207,9 +208,10 @@ def data(tmp_path_factory):
     )
     for split in ("train", "val"):
         prompts.to_parquet(root / "rl" / f"{split}.parquet")
-    checkpoint = root / "sft_out" / "phase3_summary_prefix" / "global_step_40" / "huggingface"
-    os.makedirs(checkpoint)
-    (root / "sft_out" / "phase3_summary_prefix" / "latest_checkpointed_iteration.txt").write_text("40")
+    phase3 = root / "sft_out" / "phase3_summary_prefix"
+    write_checkpoint(phase3, 40)  # a complete checkpoint's files (placeholders): the recipe checks them
+    (phase3 / "latest_checkpointed_iteration.txt").write_text("40")
+    checkpoint = phase3 / "global_step_40" / "huggingface"
     return {"sft": root / "sft", "rl": root / "rl", "sft_out": root / "sft_out", "checkpoint": str(checkpoint)}
 
 

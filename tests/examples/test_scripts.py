@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.recipes.test_checkpoints import write_checkpoint
 
 SCRIPTS = os.path.join(REPO, "scripts")
 TRACES = os.path.join(REPO, "examples", "traces")
@@ -211,7 +212,7 @@ def test_build_tiny_model_writes_a_loadable_model_with_the_project_tokens(tmp_pa
 
 def test_latest_checkpoint_follows_the_tracker_not_the_folders(tmp_path):
     for step in (10, 20, 30):
-        os.makedirs(tmp_path / "run" / f"global_step_{step}")
+        write_checkpoint(tmp_path / "run", step)
     (tmp_path / "run" / "latest_checkpointed_iteration.txt").write_text("20")  # step 30: a crash's leftover
     result = run_script("latest_checkpoint.sh", "run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

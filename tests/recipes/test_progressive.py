@@ -45,8 +45,11 @@ def _make_step(root, step, files=("model_world_size_1_rank_0.pt",), mtime=None):
 
 
 def test_latest_is_the_highest_finished_step_never_the_newest_folder(tmp_path):
-    old_high = _make_step(tmp_path, 100, mtime=time.time() - 3600)  # older, higher step
-    _make_step(tmp_path, 50, mtime=time.time())  # newer, lower step (e.g. copied later)
+    from tests.recipes.test_checkpoints import write_checkpoint
+
+    old_high = write_checkpoint(tmp_path, 100)  # older, higher step
+    os.utime(old_high, (time.time() - 3600, time.time() - 3600))
+    write_checkpoint(tmp_path, 50)  # newer, lower step (e.g. copied later)
     _make_step(tmp_path, 150, mtime=time.time())  # a crash's partial folder: above the tracker
     (tmp_path / TRACKER_FILE).write_text("100")
     assert latest_complete(str(tmp_path)) == str(old_high)
@@ -57,7 +60,9 @@ def test_latest_is_the_highest_finished_step_never_the_newest_folder(tmp_path):
 
 
 def test_no_complete_checkpoint_exits_1(tmp_path):
-    _make_step(tmp_path, 10)  # written, but verl never got to the tracker
+    from tests.recipes.test_checkpoints import write_checkpoint
+
+    write_checkpoint(tmp_path, 10)  # every file written, but verl never got to the tracker
     out = subprocess.run(
         [sys.executable, "-m", "afm_trainer.checkpoints", "latest", str(tmp_path)], capture_output=True, text=True
     )
