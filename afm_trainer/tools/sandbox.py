@@ -10,6 +10,12 @@ status: "ok" (exit 0), "timeout" (wall or CPU time), "memory" (allocation refuse
 "blocked" (a sandbox rule stopped it: network, file system outside its folder, process
 count), "error" (any other failure).
 
+The result is the main program's: a run ends when it exits, even if processes it
+started still hold stdout open; those are killed then, and status and returncode come
+from the main program's exit alone (so "ok" always means returncode 0). On a timeout
+the main program is killed, so returncode is -9 (-SIGKILL), or -24 (-SIGXCPU) when
+the CPU limit hit first.
+
 How each limit is enforced (Linux), in the child between fork and exec:
 - a fresh network namespace: no interface but a downed loopback, so no connection
   leaves, not even to 127.0.0.1 of the host;
@@ -19,6 +25,9 @@ How each limit is enforced (Linux), in the child between fork and exec:
 - it runs under a user id of its own (not root, not shared with another run), so it can
   write nowhere else, and RLIMIT_NPROC caps its processes (a fork bomb hits the cap);
 - rlimits: CPU seconds, address space (memory), file size, open files, no core dumps;
+- a seccomp filter denies new user namespaces (unshare or clone with CLONE_NEWUSER
+  fail with EPERM): inside one the program would be root again, able to mount and to
+  reach kernel code that unprivileged users cannot;
 - wall time from the parent, which then kills every process of that user id;
 - stdout/stderr are read up to a cap each; the rest is drained and dropped (flagged).
 Namespaces need root or unprivileged user namespaces; without either the sandbox
@@ -41,6 +50,9 @@ from dataclasses import asdict, dataclass
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x40000000, 0x10000000
 MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV = 0x4000, 0x40000, 0x2, 0x4
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+# audit arch, then syscall numbers of unshare, clone, clone3
+SECCOMP_ARCHES = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 WORKDIR = "/tmp/sandbox"
 FIRST_UID = 200_000  # sandbox user ids: no real account uses these
@@ -80,6 +92,46 @@ def _check(result: int, what: str) -> None:
     if result != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _deny_user_namespaces() -> None:
+    """Install a seccomp filter: unshare/clone with CLONE_NEWUSER get EPERM, and clone3
+    ENOSYS (its flags sit in memory a filter cannot read; glibc then falls back to clone).
+    Other architectures than this machine's (32-bit entry points, x32) get EPERM for all."""
+    machine = os.uname().machine  # no import here: after setuid the stdlib may be unreadable
+    if machine not in SECCOMP_ARCHES:
+        raise OSError(f"no seccomp filter for {machine}")
+    arch, nr_unshare, nr_clone, nr_clone3 = SECCOMP_ARCHES[machine]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    program = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, arch),
+        (ret, 0, 0, eperm),
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jge, 0, 1, 0x40000000),  # the x32 ABI shares x86_64's arch value
+        (ret, 0, 0, eperm),
+        (jeq, 0, 1, nr_clone3),
+        (ret, 0, 0, enosys),
+        (jeq, 1, 0, nr_unshare),
+        (jeq, 0, 3, nr_clone),
+        (ld, 0, 0, 16),  # low half of args[0], the flags of both
+        (jset, 0, 1, CLONE_NEWUSER),
+        (ret, 0, 0, eperm),
+        (ret, 0, 0, allow),
+    ]
+    filters = (_SockFilter * len(program))(*program)
+    fprog = _SockFprog(len(program), filters)
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl no_new_privs")
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "prctl seccomp")
 
 
 def sandbox_python() -> str:
@@ -166,29 +218,59 @@ def _confine(uid: int, code: bytes, memory_mb: int, cpu_s: int, max_procs: int, 
         # Inside an unprivileged user namespace only our own id is mapped; the
         # namespace itself then separates us from the host's files and processes.
         pass
+    _deny_user_namespaces()  # last: nothing above may be filtered
 
 
-def _read_capped(process: subprocess.Popen, cap: int, deadline: float) -> tuple[bytes, bytes, bool, bool]:
-    """(stdout, stderr, truncated, timed_out): read both pipes up to cap bytes each."""
+def _exited(pid: int) -> bool:
+    """Whether pid has exited, without reaping it (its pid must stay ours for the kill)."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None and info.si_pid == pid
+
+
+def _read_capped(process: subprocess.Popen, cap: int, deadline: float, on_exit) -> tuple[bytes, bytes, bool, bool]:
+    """(stdout, stderr, truncated, timed_out): read both pipes up to cap bytes each until
+    they close. When the program exits, on_exit() kills what it left behind: a child
+    holding a pipe open cannot then stall the read, and what is already in the pipes
+    is still read. timed_out means the program itself was still running at deadline."""
     buffers, truncated = {process.stdout: bytearray(), process.stderr: bytearray()}, False
     selector = selectors.DefaultSelector()
     for stream in buffers:
         selector.register(stream, selectors.EVENT_READ)
-    while selector.get_map():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return bytes(buffers[process.stdout]), bytes(buffers[process.stderr]), truncated, True
-        for key, _ in selector.select(timeout=min(remaining, 0.5)):
-            chunk = os.read(key.fileobj.fileno(), 65536)
-            if not chunk:
-                selector.unregister(key.fileobj)
-                continue
-            buffer = buffers[key.fileobj]
-            room = cap - len(buffer)
-            if room > 0:
-                buffer += chunk[:room]
-            truncated |= len(chunk) > room
-    return bytes(buffers[process.stdout]), bytes(buffers[process.stderr]), truncated, False
+    try:
+        pidfd, tick = os.pidfd_open(process.pid), None  # readable once the program exits
+        selector.register(pidfd, selectors.EVENT_READ)
+    except (AttributeError, OSError):  # kernels before 5.3: poll instead
+        pidfd, tick = None, 0.05
+    exited = timed_out = False
+    try:
+        while len(selector.get_map()) > (0 if exited or pidfd is None else 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = not exited and not _exited(process.pid)
+                break
+            events = selector.select(timeout=min(remaining, tick or 0.5))
+            exit_seen = any(key.fileobj == pidfd for key, _ in events) if pidfd is not None else True
+            if not exited and exit_seen and _exited(process.pid):
+                exited = True
+                if pidfd is not None:
+                    selector.unregister(pidfd)
+                on_exit()
+            for key, _ in events:
+                if key.fileobj == pidfd:
+                    continue
+                chunk = os.read(key.fileobj.fileno(), 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                buffer = buffers[key.fileobj]
+                room = cap - len(buffer)
+                if room > 0:
+                    buffer += chunk[:room]
+                truncated |= len(chunk) > room
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return bytes(buffers[process.stdout]), bytes(buffers[process.stderr]), truncated, timed_out
 
 
 def _live_pids_of(uid: int) -> list[int]:
@@ -275,7 +357,9 @@ def _run_as(
     except subprocess.SubprocessError as exc:
         raise SandboxUnavailable(f"cannot isolate code on this machine: {exc}") from None
     try:
-        stdout, stderr, truncated, timed_out = _read_capped(process, max_output_bytes, started + timeout_s)
+        stdout, stderr, truncated, timed_out = _read_capped(
+            process, max_output_bytes, started + timeout_s, on_exit=lambda: _kill_all(uid, process)
+        )
         if timed_out:
             _kill_all(uid, process)
         try:
@@ -286,6 +370,8 @@ def _run_as(
             returncode = process.wait()
     finally:
         _kill_all(uid, process)  # whatever it left behind (daemonised children)
+    if returncode >= 0:  # it exited on its own, if only just before the kill: report that
+        timed_out = False
     text_err = stderr.decode(errors="replace")
     return SandboxResult(
         status=_classify(returncode, text_err, timed_out),

@@ -5,16 +5,21 @@
 POST /retrieve {"queries": ["..."], "topk": 3} -> {"result": [[{"title", "content", "score"}, ...], ...]}
 GET /health -> {"status": "ok", "documents": N}
 Requests are bounded (body size, number and length of queries, topk); anything
-malformed gets a 4xx with a message, never a crash.
+malformed gets a 4xx with a one-line message (never the request echoed back), never
+a crash. The body cap counts the bytes actually received, so a chunked upload with
+no Content-Length is cut off too. Types are strict: topk a JSON integer (not "3",
+not true, not 3.0), queries a list of strings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 
 from afm_trainer.tools.search import SearchIndex
 
@@ -25,19 +30,73 @@ MAX_TOPK = 50
 
 
 class RetrieveRequest(BaseModel):
-    queries: list[str] = Field(min_length=1, max_length=MAX_QUERIES)
-    topk: int = Field(default=3, ge=1, le=MAX_TOPK)
+    queries: list[StrictStr] = Field(min_length=1, max_length=MAX_QUERIES)
+    topk: StrictInt = Field(default=3, ge=1, le=MAX_TOPK)
+
+
+class BodyLimit:
+    """ASGI middleware: read the whole body first, up to max_bytes, and answer 413 as
+    soon as more arrives, whatever Content-Length or Transfer-Encoding announced. The
+    app then gets the buffered body, so nothing downstream reads an unbounded stream."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await _send_json(send, 413, f"request body over {self.max_bytes} bytes")
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:  # stop reading here: the rest is never buffered
+                return await _send_json(send, 413, f"request body over {self.max_bytes} bytes")
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
+
+        await self.app(scope, replay, send)
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _one_line(exc: RequestValidationError) -> str:
+    """The first problem as "field: reason", without the input pydantic would echo back."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    loc = () if first.get("type") == "json_invalid" else first.get("loc", ())  # loc is then a position
+    where = ".".join(str(part) for part in loc if part != "body") or "body"
+    reason = " ".join(str(first.get("msg", "invalid")).split())[:120]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {reason}{more}"
 
 
 def create_app(index: SearchIndex) -> FastAPI:
     app = FastAPI(title="afm-trainer search")
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def short_validation_error(_request, exc: RequestValidationError):
+        return JSONResponse({"detail": _one_line(exc)}, status_code=422)
 
     @app.get("/health")
     def health():

@@ -118,3 +118,58 @@ def test_overlapping_runs_from_threads_do_not_kill_each_other():
         results = list(pool.map(lambda _: run_python(program, timeout_s=10), range(6)))
     assert [r.status for r in results] == ["ok"] * 6, [(r.status, r.stderr[-200:]) for r in results]
     assert len({r.stdout.strip() for r in results}) == 6
+
+
+def test_background_child_holding_stdout_open_does_not_make_a_finished_run_a_timeout():
+    # The main program exits 0 at once; its child sleeps on with stdout inherited.
+    # The result is the main program's (ok, 0, its output) and the child is killed.
+    code = (
+        "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\nprint('done')"
+    )
+    result = run_python(code, timeout_s=10)
+    assert (result.status, result.returncode, result.stdout) == ("ok", 0, "done\n"), result
+    assert result.duration_s < 5
+    assert not _sandbox_processes_left()
+
+
+def test_failing_program_with_a_background_child_keeps_its_own_exit_code():
+    code = (
+        "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\nsys.exit(3)"
+    )
+    result = run_python(code, timeout_s=10)
+    assert (result.status, result.returncode) == ("error", 3), result
+    assert result.duration_s < 5
+    assert not _sandbox_processes_left()
+
+
+def test_timeout_reports_the_kill_as_its_returncode():
+    result = run_python("import time\nprint('started', flush=True)\ntime.sleep(30)", timeout_s=1)
+    assert result.status == "timeout" and result.returncode == -9 and result.stdout == "started\n"
+
+
+def test_nested_user_namespaces_are_denied_and_ordinary_programs_still_run():
+    code = """
+import ctypes, os, platform, subprocess, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+print("unshare", libc.unshare(0x10000000), ctypes.get_errno())
+if platform.machine() == "x86_64":  # raw clone(CLONE_NEWUSER | SIGCHLD), bypassing glibc
+    pid = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)
+    if pid == 0:
+        os._exit(0)
+    print("clone", pid, ctypes.get_errno())
+threads = [threading.Thread(target=lambda: None) for _ in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print("fork", os.waitpid(pid, 0)[1] >> 8)
+print(subprocess.run([sys.executable, "-c", "print('child ok')"], capture_output=True, text=True).stdout.strip())
+"""
+    result = run_python(code, timeout_s=10)
+    assert result.status == "ok", result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "unshare -1 1"  # EPERM
+    if lines[1].startswith("clone"):
+        assert lines.pop(1) == "clone -1 1"
+    assert lines[1:] == ["fork 7", "child ok"]

@@ -1,5 +1,6 @@
 """The QA world and its search tool, in-process and as an HTTP server under load."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -102,3 +103,77 @@ def test_malformed_requests_get_4xx_with_a_message(server, send, status):
         assert reply.status_code == status
         assert reply.json()["detail"]
         assert http.get("/health").status_code == 200  # still serving
+
+
+def _post_chunked(url: str, chunks, path: str = "/retrieve"):
+    """POST with Transfer-Encoding: chunked (no Content-Length), one chunk at a time;
+    stops sending as soon as the server answers (or hangs up) and returns (status, body)."""
+    import http.client
+    import select
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    try:
+        for chunk in chunks:
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if select.select([conn.sock], [], [], 0)[0]:
+                break  # the server has answered before reading everything
+        else:
+            conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    reply = conn.getresponse()
+    body = reply.read()
+    conn.close()
+    return reply.status, body
+
+
+def test_chunked_body_over_the_limit_is_refused_whatever_the_headers_say(server):
+    # 20 MB of valid JSON (padded with whitespace) and no Content-Length: the cap
+    # must hold on the bytes actually read, not on what the headers announce.
+    chunks = [b'{"queries": ["alpha"], "topk": 1', *(b" " * 65_536 for _ in range(320)), b"}"]
+    status, body = _post_chunked(server, chunks)
+    assert status == 413
+    assert "over" in httpx.Response(413, content=body).json()["detail"]
+    assert httpx.get(server + "/health", timeout=10).status_code == 200
+
+
+def test_small_chunked_body_is_served(server, world):
+    name = world["documents"][0]["title"]
+    payload = json.dumps({"queries": [name], "topk": 1}).encode()
+    status, body = _post_chunked(server, [payload[:10], payload[10:]])
+    assert status == 200, body
+    assert json.loads(body)["result"][0][0]["title"] == name
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"queries": ["a"], "topk": "3"},
+        {"queries": ["a"], "topk": True},
+        {"queries": ["a"], "topk": 3.0},
+        {"queries": ["a"], "topk": None},
+        {"queries": [1]},
+        {"queries": ["a", None]},
+        {"queries": [["a"]]},
+    ],
+)
+def test_types_are_validated_strictly(server, payload):
+    reply = httpx.post(server + "/retrieve", json=payload, timeout=10)
+    assert reply.status_code == 422, reply.text
+    assert isinstance(reply.json()["detail"], str)
+
+
+def test_error_replies_are_one_short_line_without_the_request(server):
+    marker = "echo-me-" + "z" * 500
+    for payload in ({"queries": [marker], "topk": "3"}, {"queries": marker}, {"queries": [marker], "topk": 10_000}):
+        reply = httpx.post(server + "/retrieve", json=payload, timeout=10)
+        assert reply.status_code == 422
+        assert "echo-me" not in reply.text
+        detail = reply.json()["detail"]
+        assert isinstance(detail, str) and "\n" not in detail and len(reply.content) < 300, reply.text
