@@ -34,19 +34,18 @@ def run_embedded_default(args: RecipeArgs) -> int:
     settings = load_settings("progressive", args.get("DEMO_CONFIG"))
     paths = embedded_paths(args.out_dir) if args.dry_run else prepare(args.out_dir, settings)
     args.keys = {**embedded_keys(paths, settings), **args.keys}
-    if args.dry_run:  # a dry run of the demo has built nothing yet
-        try:
-            for _ in train_phases(args, model_exists=False):
-                pass
-        except PhaseFailed as exc:
-            return exc.returncode
-        return 0
-    stages = {"untrained": report.evaluate_stage(args.out_dir, "untrained", paths["model"], settings)}
+    evaluate = not args.dry_run  # a dry run of the demo has built nothing yet
+    stages = (
+        {"untrained": report.evaluate_stage(args.out_dir, "untrained", paths["model"], settings)} if evaluate else {}
+    )
     try:
-        for phase, model in train_phases(args):
-            stages[phase.folder] = report.evaluate_stage(args.out_dir, phase.folder, model, settings)
+        for phase, model in train_phases(args, model_exists=evaluate):
+            if evaluate:
+                stages[phase.folder] = report.evaluate_stage(args.out_dir, phase.folder, model, settings)
     except PhaseFailed as exc:
         return exc.returncode
+    if args.dry_run:
+        return 0
     print(f"final model: {model}", flush=True)
     report.write_report(args.out_dir, stages, settings)
     return 0

@@ -7,6 +7,7 @@ import json
 import os
 
 from afm_trainer.suites import get_suite
+from afm_trainer.suites.base import read_jsonl
 
 STAGES = ["untrained", "phase1_multiturn", "phase2_summary_only", "phase3_summary_prefix"]
 
@@ -54,8 +55,7 @@ def baselines(out_dir: str, suite_names: list[str]) -> dict:
     out = {}
     for name in suite_names:
         suite = get_suite(name)
-        with open(os.path.join(out_dir, "eval", "untrained", name, "predictions.jsonl")) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_jsonl(os.path.join(out_dir, "eval", "untrained", name, "predictions.jsonl"))
         out[name] = majority_baseline(suite.training_answers(_world(out_dir)), rows, suite.group_key)
     return out
 

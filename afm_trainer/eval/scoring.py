@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 
 from afm_trainer.suites import EvalRun, get_suite
+from afm_trainer.suites.base import read_jsonl
 from afm_trainer.world.algorithmic import normalise
-
-
-def read_items(path: str, limit: int | None = None) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return rows[:limit] if limit else rows
 
 
 def summarise(rows: list[dict], group_key: str) -> dict:
@@ -62,7 +56,8 @@ def evaluate_suite(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     run = EvalRun(model, tokenizer, max_new_tokens or suite.max_new_tokens, corpus, max_searches)
-    rows = suite.evaluate(run, read_items(data, limit))
+    items = read_jsonl(data)
+    rows = suite.evaluate(run, items[:limit] if limit else items)
     return {"suite": suite.name, "model": model_path, **summarise(rows, suite.group_key), "predictions": rows}
 
 

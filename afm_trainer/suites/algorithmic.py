@@ -9,9 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
 
-from afm_trainer.suites.base import RLDataRequest, Suite, read_jsonl, register, rl_row, sample, scored_row
+from afm_trainer.suites.base import (
+    RLDataRequest,
+    Suite,
+    answers_by_group,
+    read_jsonl,
+    register,
+    rl_row,
+    sample,
+    scored_row,
+)
 from afm_trainer.suites.responses import answer_of, first_answer
 from afm_trainer.world.algorithmic import TYPES, Task, generate_suite, verify
 
@@ -96,11 +104,7 @@ def evaluate(run, items: list[dict]) -> list[dict]:
 
 def answers_by_type(world: str) -> dict[str, list[str]]:
     """The teacher's training answers per problem type (the majority-answer baseline)."""
-    answers = defaultdict(list)
-    for record in read_jsonl(os.path.join(world, "traces", "teacher_cot.jsonl")):
-        if "answer" in record and "type" in record:
-            answers[record["type"]].append(record["answer"])
-    return answers
+    return answers_by_group(os.path.join(world, "traces", "teacher_cot.jsonl"), "type")
 
 
 SUITE = register(

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from afm_trainer.world.algorithmic import normalise
 
 # verl's RL rows: ``extra_info`` fields every suite may fill (None where it has nothing).
 EXTRA_INFO_FIELDS = ("index", "split", "id", "type", "difficulty", "x", "tests")
@@ -112,8 +115,6 @@ def scored_row(
     item_id: str, group: dict, difficulty, gold: str, predicted: str | None, correct: bool, completion: str
 ) -> dict:
     """One evaluated item, the shape every suite's ``evaluate`` returns."""
-    from afm_trainer.world.algorithmic import normalise
-
     return {
         "id": item_id,
         **group,
@@ -123,3 +124,12 @@ def scored_row(
         "correct": bool(correct),
         "completion": completion,
     }
+
+
+def answers_by_group(traces: str, group_key: str) -> dict[str, list[str]]:
+    """The training answers of a trace file by group (what the majority-answer baseline answers)."""
+    answers = defaultdict(list)
+    for record in read_jsonl(traces):
+        if "answer" in record:
+            answers[str(record.get(group_key))].append(record["answer"])
+    return answers

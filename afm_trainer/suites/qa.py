@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 
 from afm_trainer.suites.base import (
     RLDataRequest,
     Suite,
     SuiteInputError,
+    answers_by_group,
     read_jsonl,
     register,
     rl_row,
@@ -195,11 +196,7 @@ def evaluate(run, items: list[dict]) -> list[dict]:
 
 def answers_by_hops(world: str) -> dict[str, list[str]]:
     """The search agent's training answers per hop count (the majority-answer baseline)."""
-    answers = defaultdict(list)
-    for record in read_jsonl(os.path.join(world, "traces", "search_agent.jsonl")):
-        if "answer" in record:
-            answers[str(record.get("hops"))].append(record["answer"])
-    return answers
+    return answers_by_group(os.path.join(world, "traces", "search_agent.jsonl"), "hops")
 
 
 SUITE = register(

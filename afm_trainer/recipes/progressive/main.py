@@ -143,12 +143,11 @@ def progressive(args: RecipeArgs) -> int:
 
         return run_embedded_default(args)
     try:
-        model = None
-        for _phase, model in train_phases(args):  # noqa: B007  (the last phase's model is the result)
-            pass
+        phases = list(train_phases(args))
     except PhaseFailed as exc:
         return exc.returncode
     if not args.dry_run:
+        _last_phase, model = phases[-1]
         print(f"final model: {model}", flush=True)
     return 0
 
