@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly
+from afm_trainer.models.special_tokens import first_of, special_tokens_of
 from afm_trainer.traces.formats import FORMATS, TraceError, preference_pair, to_samples
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
@@ -213,6 +214,8 @@ def convert(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    # The formats refuse anything shaped <|name|>; a tokenizer also knows its other ones.
+    special = special_tokens_of(tokenizer) if tokenizer is not None else []
 
     labels_parsed: Counter = Counter()  # every parsed record's label, before any filter
 
@@ -231,6 +234,10 @@ def convert(
                 trajectory = parse(record)
             except TraceError as exc:
                 yield location, record, str(exc)
+                continue
+            texts = (m["content"] for m in trajectory.prompt + trajectory.turns)
+            if special and (token := next(filter(None, (first_of(special, t) for t in texts)), None)):
+                yield location, record, f"holds {token!r}, a special token of the tokenizer (never trained as one)"
                 continue
             labels_parsed[label_of(trajectory.answer)] += 1
             if min_score is not None and (trajectory.score is None or trajectory.score < min_score):

@@ -11,6 +11,9 @@ loss shifts the mask by one so the bit marks the token being predicted):
   ``<|im_end|>``, not the ``<|im_start|>assistant\\n`` header and not the newline the
   template writes after the end-of-turn (that newline is never generated);
 - every other message: nothing.
+Text holding one of the tokenizer's special tokens (``<|im_end|>`` inside a document)
+would be trained as the control token itself: such data is refused when the dataset is
+built, naming the row (the converters reject these records before they get here).
 verl's own check that message-by-message tokenisation equals the full chat template
 stays on (``data.ignore_input_ids_mismatch: false``), so a template that does not
 split cleanly fails loudly instead of training misaligned tokens.
@@ -21,8 +24,21 @@ from __future__ import annotations
 import torch
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
+from afm_trainer.models.special_tokens import first_of, special_tokens_of
+
 
 class AgentSFTDataset(MultiTurnSFTDataset):
+    def _read_files_and_process(self):
+        super()._read_files_and_process()
+        special = special_tokens_of(self.tokenizer)
+        for row, messages in enumerate(self.messages):
+            for i, message in enumerate(messages):
+                if token := first_of(special, message.get("content") or ""):
+                    raise ValueError(
+                        f"data row {row}: messages[{i}] ({message['role']}) holds {token!r}, a special token of "
+                        "the tokenizer; text is never trained as a control token (remove it from the data)"
+                    )
+
     def _process_single_message(self, index, message, full_message, tools=None, enable_thinking=None):
         input_ids, loss_mask, attention_mask, inputs = super()._process_single_message(
             index, message, full_message, tools=tools, enable_thinking=enable_thinking

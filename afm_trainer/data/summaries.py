@@ -19,6 +19,8 @@ import os
 import random
 import re
 
+from afm_trainer.models.special_tokens import reserved_token_in, trace_tag_in
+
 SYSTEM_PROMPT = (
     "Summarise the agent's progress for a colleague who will continue the task. Write exactly three "
     "sections:\nQuestion: the question to answer.\nReasoning: one or two sentences on what has been "
@@ -172,6 +174,16 @@ def _or_error(summarise, context):
         return exc
 
 
+def checked_summary(summary):
+    """A summary is written inside <summary>...</summary> and trained: like any text from
+    data it holds no reserved chat token and no trace tag (a server's reply may)."""
+    if isinstance(summary, BaseException):
+        return summary
+    if found := reserved_token_in(summary) or trace_tag_in(summary):
+        return SummaryError(f"the summary contains {found!r}, which text written inside <summary> may not hold")
+    return summary
+
+
 def add_summaries(input_file: str, output_file: str, backend: str = "extractive", **openai_options) -> dict:
     """Add a ``summary`` column to stepwise samples (the context before each target turn).
     A row whose summary finally fails goes to OUTPUT.rejects.jsonl with the reason, never
@@ -191,6 +203,7 @@ def add_summaries(input_file: str, output_file: str, backend: str = "extractive"
     kept, rejected = [], 0
     with open(output_file + ".rejects.jsonl.tmp", "w") as rejects:
         for index, (row, result) in enumerate(zip(rows, results)):
+            result = checked_summary(result)
             if isinstance(result, BaseException):
                 rejected += 1
                 rejects.write(

@@ -6,6 +6,8 @@ from ``tokenizer.encode("<think>")[0]`` is otherwise just the token for "<".
 
 from __future__ import annotations
 
+import re
+
 # Chat-template control tokens (ChatML, as Qwen2 uses them).
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -55,3 +57,54 @@ def check_single_tokens(tokenizer, tokens=PROJECT_TOKENS) -> None:
     split = {t: ids for t in tokens if len(ids := tokenizer.encode(t, add_special_tokens=False)) != 1}
     if split:
         raise ValueError(f"tokens not registered as single tokens: {split}")
+
+
+# Text from data is never trained as a control token. A tokenizer matches its added
+# tokens anywhere in the text it is given, and verl tokenizes the rendered chat template
+# as one string, so ``split_special_tokens`` cannot protect only the content: text
+# holding a reserved token is refused, never rewritten. Reserved: anything shaped like
+# ``<|name|>`` (this project's control and role tokens, and those of Qwen, Llama 3, Phi).
+RESERVED_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>")
+TRACE_TAG = re.compile("|".join(re.escape(t) for t in TRACE_TAGS))
+
+
+def special_tokens_of(tokenizer) -> list[str]:
+    """A HF tokenizer's special tokens: its chat control tokens, whatever their shape
+    (``<|im_end|>``, ``</s>``, ``<end_of_turn>``)."""
+    added = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return sorted(added | set(tokenizer.all_special_tokens))
+
+
+def first_of(tokens: list[str], text: str) -> str | None:
+    """The first of ``tokens`` found in ``text``, if any."""
+    return next((t for t in tokens if t in text), None)
+
+
+def reserved_token_in(text: str) -> str | None:
+    """The first reserved-token-shaped string in ``text``, if any."""
+    match = RESERVED_TOKEN.search(text)
+    return match.group(0) if match else None
+
+
+def trace_tag_in(text: str) -> str | None:
+    """The first trace tag (``<think>``, ``</search>``...) in ``text``, if any."""
+    match = TRACE_TAG.search(text)
+    return match.group(0) if match else None
+
+
+def tag_structure_problem(text: str) -> str | None:
+    """Why the trace tags in ``text`` are not well formed (every tag closed, in order,
+    none opened inside itself), or None."""
+    open_tags: list[str] = []
+    for match in TRACE_TAG.finditer(text):
+        tag = match.group(0)
+        name = tag.strip("</>")
+        if not tag.startswith("</"):
+            if name in open_tags:
+                return f"{tag} opened inside <{name}>"
+            open_tags.append(name)
+        elif not open_tags or open_tags[-1] != name:
+            return f"{tag} without its opening tag" if name not in open_tags else f"{tag} closes <{name}> too early"
+        else:
+            open_tags.pop()
+    return f"<{open_tags[-1]}> is never closed" if open_tags else None

@@ -16,6 +16,12 @@ Formats (``FORMATS`` maps the names the CLI takes to the parsers):
   preference pair (``preference_pair``) for DPO.
 - ``messages``: OpenAI-style chat; assistant ``tool_calls`` are written into the turn
   as ``<tool_call>`` JSON, ``tool`` messages stay tool turns.
+
+Text rules, the same in every format: no text may hold a reserved chat token
+(``<|im_end|>``, ``<|planner|>``: anything shaped ``<|name|>``); a field the converter
+writes inside a trace tag (reasoning in ``<think>``, a query in ``<search>``...) holds no
+trace tag; the tags of every other model turn are well formed. A record that breaks one
+is rejected with the field named, never rewritten.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+
+from afm_trainer.models.special_tokens import ROLE_TOKENS, reserved_token_in, tag_structure_problem, trace_tag_in
 
 
 class TraceError(ValueError):
@@ -45,13 +53,30 @@ def _type_name(value) -> str:
     )
 
 
-def _text(record: dict, key: str, where: str = "") -> str:
+def _plain(text: str, name: str, tag: str | None = None) -> str:
+    """``text`` if it holds no reserved token (and, for a field written inside ``<tag>``,
+    no trace tag), else the TraceError naming the field."""
+    if token := reserved_token_in(text):
+        raise TraceError(f"{name} contains {token!r}, a reserved chat token (text is never trained as one)")
+    if tag and (inner := trace_tag_in(text)):
+        raise TraceError(f"{name} contains the tag {inner!r} but is written inside <{tag}>...</{tag}>")
+    return text
+
+
+def _well_formed(text: str, name: str) -> str:
+    """``text`` as a model turn of the data's own making: no reserved token, tags well formed."""
+    if problem := tag_structure_problem(_plain(text, name)):
+        raise TraceError(f"{name} has broken tags: {problem}")
+    return text
+
+
+def _text(record: dict, key: str, where: str = "", tag: str | None = None) -> str:
     value = record.get(key)
     if value is not None and not isinstance(value, str):
         raise TraceError(f"{where}{key!r} must be a string, got {_type_name(value)}")
     if not isinstance(value, str) or not value.strip():
         raise TraceError(f"missing or empty {where}{key!r}")
-    return value
+    return _plain(value, f"{where}{key!r}", tag)
 
 
 def _score(record: dict) -> float | None:
@@ -95,9 +120,9 @@ def parse_search_agent(record: dict) -> Trajectory:
         if answer is not None:
             raise TraceError(f"trace[{i}] comes after the final answer")
         if kind == "reasoning":
-            pending.append(f"<think>{_text(step, 'content', f'trace[{i}].')}</think>")
+            pending.append(f"<think>{_text(step, 'content', f'trace[{i}].', tag='think')}</think>")
         elif kind == "search":
-            pending.append(f"<search>{_text(step, 'query', f'trace[{i}].')}</search>")
+            pending.append(f"<search>{_text(step, 'query', f'trace[{i}].', tag='search')}</search>")
             turns.append({"role": "assistant", "content": "\n".join(pending)})
             pending = []
         elif kind == "search_result":
@@ -109,9 +134,12 @@ def parse_search_agent(record: dict) -> Trajectory:
                 for d in documents
             ):
                 raise TraceError(f"trace[{i}].documents must be a list of {{title, content}}")
+            for j, d in enumerate(documents):
+                for key in ("title", "content"):
+                    _plain(d[key], f"trace[{i}].documents[{j}].{key}", tag="information")
             turns.append({"role": "tool", "content": information_text(documents)})
         elif kind == "CorrectAnswer":
-            answer = _text(step, "content", f"trace[{i}].")
+            answer = _text(step, "content", f"trace[{i}].", tag="answer")
             pending.append(f"<answer>{answer}</answer>")
             turns.append({"role": "assistant", "content": "\n".join(pending)})
             pending = []
@@ -120,13 +148,16 @@ def parse_search_agent(record: dict) -> Trajectory:
     if answer is None:
         raise TraceError("trace has no CorrectAnswer step")
     if isinstance(record.get("answer"), str) and record["answer"].strip():
-        answer = record["answer"].strip()
+        answer = _plain(record["answer"].strip(), "'answer'")
     prompt = [{"role": "user", "content": question}]
     return Trajectory(_id(record), prompt, turns, answer=answer, score=_score(record))
 
 
 def role_token(agent: str) -> str:
     return f"<|{agent.strip().lower().replace(' ', '_')}|>"
+
+
+KNOWN_AGENTS = ", ".join(token[2:-2].capitalize() for token in ROLE_TOKENS)
 
 
 def parse_agent_chain(record: dict) -> Trajectory:
@@ -140,11 +171,12 @@ def parse_agent_chain(record: dict) -> Trajectory:
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
             raise TraceError(f"trajectory[{i}] is not an object")
-        agent = _text(step, "agent", f"trajectory[{i}].")
-        turns.append(
-            {"role": "assistant", "content": f"{role_token(agent)}{_text(step, 'output', f'trajectory[{i}].')}"}
-        )
-    answer = record.get("answer") if isinstance(record.get("answer"), str) else None
+        agent = step.get("agent")
+        if not isinstance(agent, str) or role_token(agent) not in ROLE_TOKENS:
+            raise TraceError(f"trajectory[{i}].agent {agent!r} is not a known agent role (known: {KNOWN_AGENTS})")
+        output = _well_formed(_text(step, "output", f"trajectory[{i}]."), f"trajectory[{i}].'output'")
+        turns.append({"role": "assistant", "content": f"{role_token(agent)}{output}"})
+    answer = _plain(record["answer"], "'answer'") if isinstance(record.get("answer"), str) else None
     return Trajectory(_id(record), [{"role": "user", "content": task}], turns, answer=answer, score=_score(record))
 
 
@@ -157,12 +189,16 @@ def teacher_prompt(question: str, student_draft: str | None) -> str:
 
 def parse_teacher_cot(record: dict) -> Trajectory:
     question = _text(record, "question")
-    answer = _text(record, "answer").strip()
+    answer = _text(record, "answer", tag="answer").strip()
     draft = record.get("student_draft")
     reasoning = record.get("teacher_output")
     for key, value in (("student_draft", draft), ("teacher_output", reasoning)):
         if value is not None and not isinstance(value, str):
             raise TraceError(f"{key!r} must be text, got {type(value).__name__}")
+    if draft:  # the student's own turn: the rejected response of a preference pair
+        _well_formed(draft, "'student_draft'")
+    if reasoning:
+        _plain(reasoning, "'teacher_output'", tag="think")
     if reasoning:
         target = f"<think>{reasoning}</think><answer>{answer}</answer>"
         prompt = teacher_prompt(question, draft or None)
@@ -240,6 +276,7 @@ def parse_messages(record: dict) -> Trajectory:
             content += _tool_calls_text(message["tool_calls"])
         if not content.strip():
             raise TraceError(f"messages[{i}] is empty")
+        (_well_formed if role == "assistant" else _plain)(content, f"messages[{i}].content")
         (turns if turns or role in ("assistant", "tool") else prompt).append({"role": role, "content": content})
     if not prompt or not any(t["role"] == "assistant" for t in turns):
         raise TraceError("needs a user message followed by at least one assistant message")
