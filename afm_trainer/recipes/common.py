@@ -2,7 +2,9 @@
 
 A recipe's command line is ``NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]``.
 Arguments are split by shape: an UPPER_CASE ``KEY=VALUE`` is a recipe argument (falling
-back to the environment), anything else goes to Hydra unchanged. Bad input ends with one
+back to the environment), anything else goes to Hydra unchanged. Every run, dry or not,
+first prints the recipe arguments it was given and where each came from, so a stale
+``export MODEL=...`` is seen before it trains the wrong model. Bad input ends with one
 ``error:`` line naming what is wrong, before any process starts, instead of a traceback
 from deep in verl.
 """
@@ -75,12 +77,36 @@ def parse_recipe_args(argv: list[str], known_keys: dict[str, str]) -> RecipeArgs
     return args
 
 
+def argument_sources(args: RecipeArgs, known_keys: dict[str, str]) -> list[str]:
+    """One line per recipe argument that is set, with its source; then the keys left at
+    their defaults. ``KEY=`` on the command line sets a key back to its default."""
+    lines, defaults = [], []
+    for key in known_keys:
+        if key in args.keys:
+            source = "command line"
+        elif os.environ.get(key):
+            source = "environment"
+        else:
+            defaults.append(key)
+            continue
+        value = args.get(key)
+        if value is None:
+            defaults.append(key)
+        else:
+            lines.append(f"  {key}={value}  ({source})")
+    if defaults:
+        lines.append(f"  defaults: {', '.join(defaults)}")
+    return lines
+
+
 def recipe_main(body, argv: list[str] | None, known_keys: dict[str, str]) -> int:
-    """Parse a recipe's command line and run ``body(args)``; a RecipeError becomes one
-    ``error:`` line and exit code 2."""
+    """Parse a recipe's command line, print its arguments' sources and run ``body(args)``;
+    a RecipeError becomes one ``error:`` line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return body(parse_recipe_args(argv, known_keys))
+        args = parse_recipe_args(argv, known_keys)
+        print("recipe arguments:", *argument_sources(args, known_keys), sep="\n", flush=True)
+        return body(args)
     except (RecipeError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -329,6 +329,11 @@ def run_python(
     max_file_mb: int = 16,
 ) -> SandboxResult:
     """Run ``code`` with ``python3 -I`` (isolated mode: no user site, no env paths) in the sandbox."""
+    if not 0 < timeout_s < float("inf"):  # a negative limit would mean none at all
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout_s}")
+    for name, value in (("memory_mb", memory_mb), ("max_procs", max_procs), ("max_output_bytes", max_output_bytes)):
+        if value < 1:
+            raise ValueError(f"{name} must be 1 or more, got {value}")
     if sys.platform != "linux":
         raise SandboxUnavailable("the sandbox needs Linux namespaces")
     uid = _acquire_uid()
@@ -395,7 +400,7 @@ def main(argv=None) -> int:
         with open(args.file, encoding="utf-8") as f:
             code = f.read()
         result = run_python(code, args.timeout, args.memory_mb, args.max_procs, args.max_output_bytes)
-    except (OSError, SandboxUnavailable) as exc:
+    except (OSError, ValueError, SandboxUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(result)))

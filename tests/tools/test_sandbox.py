@@ -8,6 +8,8 @@ import sys
 import threading
 import uuid
 
+import pytest
+
 from afm_trainer.tools.sandbox import FIRST_UID, run_python
 
 
@@ -106,6 +108,17 @@ def test_cli_prints_one_json_result(tmp_path):
         and result["stdout"] == "42\n"
         and set(result) >= {"stderr", "returncode", "duration_s"}
     )
+
+
+@pytest.mark.parametrize("limit", [["--timeout", "-1"], ["--timeout", "0"], ["--timeout", "inf"], ["--memory_mb", "0"]])
+def test_cli_refuses_a_limit_that_would_mean_no_limit(tmp_path, limit):
+    program = tmp_path / "p.py"
+    program.write_text("print(1)")
+    out = subprocess.run(
+        [sys.executable, "-m", "afm_trainer.tools.sandbox", *limit, str(program)], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and "got" in out.stderr
 
 
 def test_overlapping_runs_from_threads_do_not_kill_each_other():
