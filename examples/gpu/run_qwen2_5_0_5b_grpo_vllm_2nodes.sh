@@ -4,6 +4,9 @@
 #
 #   node 0:  ray start --head --port=6379
 #   node 1:  ray start --address=NODE0_ADDRESS:6379
+#   (When the head uses token authentication -- Ray does once ~/.ray/auth_token exists
+#   there -- copy that token to node 1's ~/.ray/auth_token and start it with
+#   RAY_AUTH_MODE=token; this recipe finds the token on node 0 by itself.)
 #   node 0:  RAY_ADDRESS=NODE0_ADDRESS:6379 bash examples/gpu/run_qwen2_5_0_5b_grpo_vllm_2nodes.sh [OUT_DIR [RL_DATA_DIR [hydra overrides ...]]]
 #
 # OUT_DIR, RL_DATA_DIR and SFT_DIR must be on a filesystem every node shares.

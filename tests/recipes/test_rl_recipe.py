@@ -195,13 +195,58 @@ def test_missing_start_model_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no MODEL given" in result.stderr
 
 
+@pytest.fixture
+def ray_head():
+    """A Ray head started the way Ray starts one today, token authentication on, on
+    loopback with a temp dir of its own; yields (address, token)."""
+    import socket
+    import tempfile
+    import uuid
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = uuid.uuid4().hex
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    argv = [
+        ray,
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--temp-dir={temp_dir}",
+        "--node-ip-address=127.0.0.1",
+    ]
+    # on CPU: logical CPUs and one logical GPU per rank, as the recipe asks for on its own cluster
+    argv += ["--num-cpus=32", "--num-gpus=1", "--include-dashboard=false", "--disable-usage-stats"]
+    head = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in head.stdout:
+            if "Ray runtime started" in line:
+                break
+        else:
+            pytest.fail("ray start --head did not start")
+        yield f"127.0.0.1:{port}", token
+    finally:
+        head.terminate()  # --block: the head stops its cluster when it ends
+        head.wait(timeout=60)
+        subprocess.run(["rm", "-rf", temp_dir])
+
+
 @pytest.mark.e2e
-def test_ppo_with_a_critic_runs(tmp_path, nano_model, rl_data):
+def test_ppo_with_a_critic_runs_on_a_joined_ray_cluster_with_token_auth(ray_head, tmp_path, nano_model, rl_data):
+    address, token = ray_head
     train, val, corpus = rl_data
+    inputs = [f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, f"RAY_ADDRESS={address}"]
+    # The head's token copied here, RAY_AUTH_MODE left unset: as a user follows Ray's docs.
+    env = {"RAY_AUTH_TOKEN": token}
+    wrong = run_rl(1, tmp_path / "refused", *inputs, env={**env, "RAY_AUTH_TOKEN": "0" * 32}, timeout=180)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr[-2000:]
+    assert "uses token authentication and the token here was refused" in wrong.stderr
     out = tmp_path / "ppo"
-    result = run_rl(
-        1, out, "ALGO=ppo", f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, "STEPS=2", *SMALL
-    )
+    result = run_rl(1, out, "ALGO=ppo", *inputs, "STEPS=2", *SMALL, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = [m for m in _metrics(out) if "critic/score/mean" in m]
     assert [m["step"] for m in metrics] == [1, 2]

@@ -22,6 +22,7 @@ CPU (``afm_trainer/verl_ext/cpu_rollout.py``), rewards from
   verl's own config validation, without starting anything.
 - Multi-node: ``RAY_ADDRESS`` joins a running Ray cluster (``ray start --head`` on node 0,
   ``ray start --address=...`` on the others); ``NNODES`` nodes of NPROC devices each.
+  Token authentication as Ray starts clusters today: ``ray_cluster.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from afm_trainer.recipes.common import (
     run,
     visible_gpus,
 )
+from afm_trainer.recipes.grpo.ray_cluster import auth_env, check_cluster
 from afm_trainer.recipes.grpo.report import write_report
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
@@ -180,6 +182,7 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
             "++ray_kwargs.ray_init.num_cpus=null",
             "++ray_kwargs.ray_init.num_gpus=null",
         ]
+        env.update(auth_env())
     argv += args.overrides
     return Launch(argv=argv, env=env, out_dir=args.out_dir)
 
@@ -252,6 +255,8 @@ def grpo(args: RecipeArgs) -> int:
         for key, value in summary.items():
             print(f"  {key} = {json.dumps(value)}")
         return 0
+    if args.get("RAY_ADDRESS"):
+        check_cluster(args.get("RAY_ADDRESS"), launch.env)
     code = run(launch, "rl", dry_run=False)
     finalize(args.out_dir)  # exports loadable by plain transformers, also those of an interrupted run
     if code == 0:
