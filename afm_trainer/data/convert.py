@@ -5,8 +5,8 @@ Output, next to ``OUT.parquet``:
   of a JSONL file, ``index N`` of a JSON array or parquet file), the reason, the record;
 - ``OUT.parquet.report.json``: counts in/out/rejected by reason, samples per trajectory,
   token-length percentiles (with a tokenizer), label balance before/after filtering;
-- ``OUT.pairs.parquet`` (teacher_cot only): DPO pairs (prompt, chosen, rejected) from
-  records whose student draft is wrong, in TRL's conversational format.
+- ``OUT.pairs.parquet`` (teacher_cot only): preference pairs (prompt, chosen, rejected)
+  from records whose student draft is wrong, in the pair format of ``afm_trainer.data.pairs``.
 All three are written to temporary names and renamed when complete.
 """
 
@@ -23,7 +23,7 @@ import orjson  # verl's own dependency; parses JSON lines ~2x faster than json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly
+from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly, write_rows
 from afm_trainer.models.special_tokens import first_of, special_tokens_of
 from afm_trainer.traces.formats import FORMATS, TraceError, preference_pair, to_samples
 
@@ -40,9 +40,6 @@ SCHEMA = pa.schema(
 
 
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors put first
-
-CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-PAIR_SCHEMA = pa.schema([("prompt", CHAT), ("chosen", CHAT), ("rejected", CHAT), ("trajectory_id", pa.string())])
 
 
 class SampleBuffer:
@@ -292,7 +289,7 @@ def convert(
                     )
                     continue
                 if fmt == "teacher_cot" and (pair := preference_pair(trajectory)):
-                    pairs.append({**pair, "trajectory_id": pair["trajectory_id"] or location})
+                    pairs.append({**pair, "pair_id": trajectory.id or location, "source": "teacher_cot", "weight": 1.0})
                 samples = to_samples(trajectory, mode)
                 for copy in range(copies):
                     trajectory_id = trajectory.id or location
@@ -321,9 +318,10 @@ def convert(
 
     os.replace(tmp_out, output_file)
     if fmt == "teacher_cot":
-        pairs_path = output_file.removesuffix(".parquet") + ".pairs.parquet"
-        pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA), pairs_path + ".tmp")
-        os.replace(pairs_path + ".tmp", pairs_path)
+        # Imported here: pairs.py reads its input with this module's read_records.
+        from afm_trainer.data.pairs import PAIR_SCHEMA
+
+        write_rows(pairs, PAIR_SCHEMA, output_file.removesuffix(".parquet") + ".pairs.parquet")
     os.replace(tmp_rejects, output_file + ".rejects.jsonl")
     categorical = is_categorical(labels_parsed)
     report = {

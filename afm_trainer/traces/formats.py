@@ -47,13 +47,13 @@ class Trajectory:
     meta: dict = field(default_factory=dict)
 
 
-def _type_name(value) -> str:
+def type_name(value) -> str:
     return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
         type(value), type(value).__name__
     )
 
 
-def _plain(text: str, name: str, tag: str | None = None) -> str:
+def plain_text(text: str, name: str, tag: str | None = None) -> str:
     """``text`` if it holds no reserved token (and, for a field written inside ``<tag>``,
     no trace tag), else the TraceError naming the field."""
     if token := reserved_token_in(text):
@@ -63,9 +63,9 @@ def _plain(text: str, name: str, tag: str | None = None) -> str:
     return text
 
 
-def _well_formed(text: str, name: str) -> str:
+def well_formed_turn(text: str, name: str) -> str:
     """``text`` as a model turn of the data's own making: no reserved token, tags well formed."""
-    if problem := tag_structure_problem(_plain(text, name)):
+    if problem := tag_structure_problem(plain_text(text, name)):
         raise TraceError(f"{name} has broken tags: {problem}")
     return text
 
@@ -73,10 +73,10 @@ def _well_formed(text: str, name: str) -> str:
 def _text(record: dict, key: str, where: str = "", tag: str | None = None) -> str:
     value = record.get(key)
     if value is not None and not isinstance(value, str):
-        raise TraceError(f"{where}{key!r} must be a string, got {_type_name(value)}")
+        raise TraceError(f"{where}{key!r} must be a string, got {type_name(value)}")
     if not isinstance(value, str) or not value.strip():
         raise TraceError(f"missing or empty {where}{key!r}")
-    return _plain(value, f"{where}{key!r}", tag)
+    return plain_text(value, f"{where}{key!r}", tag)
 
 
 def _score(record: dict) -> float | None:
@@ -111,7 +111,7 @@ def parse_search_agent(record: dict) -> Trajectory:
     question = _text(record, "question")
     trace = record.get("trace")
     if trace is not None and not isinstance(trace, list):
-        raise TraceError(f"'trace' must be a list of steps, got {_type_name(trace)}")
+        raise TraceError(f"'trace' must be a list of steps, got {type_name(trace)}")
     if not trace:
         raise TraceError("missing or empty 'trace'")
     turns, pending, answer = [], [], None
@@ -136,7 +136,7 @@ def parse_search_agent(record: dict) -> Trajectory:
                 raise TraceError(f"trace[{i}].documents must be a list of {{title, content}}")
             for j, d in enumerate(documents):
                 for key in ("title", "content"):
-                    _plain(d[key], f"trace[{i}].documents[{j}].{key}", tag="information")
+                    plain_text(d[key], f"trace[{i}].documents[{j}].{key}", tag="information")
             turns.append({"role": "tool", "content": information_text(documents)})
         elif kind == "CorrectAnswer":
             answer = _text(step, "content", f"trace[{i}].", tag="answer")
@@ -148,7 +148,7 @@ def parse_search_agent(record: dict) -> Trajectory:
     if answer is None:
         raise TraceError("trace has no CorrectAnswer step")
     if isinstance(record.get("answer"), str) and record["answer"].strip():
-        answer = _plain(record["answer"].strip(), "'answer'")
+        answer = plain_text(record["answer"].strip(), "'answer'")
     prompt = [{"role": "user", "content": question}]
     return Trajectory(_id(record), prompt, turns, answer=answer, score=_score(record))
 
@@ -164,7 +164,7 @@ def parse_agent_chain(record: dict) -> Trajectory:
     task = _text(record, "task")
     steps = record.get("trajectory")
     if steps is not None and not isinstance(steps, list):
-        raise TraceError(f"'trajectory' must be a list of steps, got {_type_name(steps)}")
+        raise TraceError(f"'trajectory' must be a list of steps, got {type_name(steps)}")
     if not steps:
         raise TraceError("missing or empty 'trajectory'")
     turns = []
@@ -174,9 +174,9 @@ def parse_agent_chain(record: dict) -> Trajectory:
         agent = step.get("agent")
         if not isinstance(agent, str) or role_token(agent) not in ROLE_TOKENS:
             raise TraceError(f"trajectory[{i}].agent {agent!r} is not a known agent role (known: {KNOWN_AGENTS})")
-        output = _well_formed(_text(step, "output", f"trajectory[{i}]."), f"trajectory[{i}].'output'")
+        output = well_formed_turn(_text(step, "output", f"trajectory[{i}]."), f"trajectory[{i}].'output'")
         turns.append({"role": "assistant", "content": f"{role_token(agent)}{output}"})
-    answer = _plain(record["answer"], "'answer'") if isinstance(record.get("answer"), str) else None
+    answer = plain_text(record["answer"], "'answer'") if isinstance(record.get("answer"), str) else None
     return Trajectory(_id(record), [{"role": "user", "content": task}], turns, answer=answer, score=_score(record))
 
 
@@ -196,9 +196,9 @@ def parse_teacher_cot(record: dict) -> Trajectory:
         if value is not None and not isinstance(value, str):
             raise TraceError(f"{key!r} must be text, got {type(value).__name__}")
     if draft:  # the student's own turn: the rejected response of a preference pair
-        _well_formed(draft, "'student_draft'")
+        well_formed_turn(draft, "'student_draft'")
     if reasoning:
-        _plain(reasoning, "'teacher_output'", tag="think")
+        plain_text(reasoning, "'teacher_output'", tag="think")
     if reasoning:
         target = f"<think>{reasoning}</think><answer>{answer}</answer>"
         prompt = teacher_prompt(question, draft or None)
@@ -236,7 +236,6 @@ def preference_pair(trajectory: Trajectory) -> dict | None:
         "prompt": trajectory.prompt,
         "chosen": trajectory.turns,
         "rejected": [{"role": "assistant", "content": draft}],
-        "trajectory_id": trajectory.id,
     }
 
 
@@ -261,7 +260,7 @@ def _tool_calls_text(calls) -> str:
 def parse_messages(record: dict) -> Trajectory:
     messages = record.get("messages")
     if messages is not None and not isinstance(messages, list):
-        raise TraceError(f"'messages' must be a list, got {_type_name(messages)}")
+        raise TraceError(f"'messages' must be a list, got {type_name(messages)}")
     if not messages:
         raise TraceError("missing or empty 'messages'")
     prompt, turns = [], []
@@ -276,7 +275,7 @@ def parse_messages(record: dict) -> Trajectory:
             content += _tool_calls_text(message["tool_calls"])
         if not content.strip():
             raise TraceError(f"messages[{i}] is empty")
-        (_well_formed if role == "assistant" else _plain)(content, f"messages[{i}].content")
+        (well_formed_turn if role == "assistant" else plain_text)(content, f"messages[{i}].content")
         (turns if turns or role in ("assistant", "tool") else prompt).append({"role": role, "content": content})
     if not prompt or not any(t["role"] == "assistant" for t in turns):
         raise TraceError("needs a user message followed by at least one assistant message")

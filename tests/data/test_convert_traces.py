@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from afm_trainer.data.convert import convert
+from afm_trainer.data.pairs import PAIR_SCHEMA
 from afm_trainer.data.parquet_io import InputError
 from afm_trainer.data.sft_dataset import AgentSFTDataset
 from tests.conftest import REPO
@@ -253,12 +255,16 @@ def test_teacher_cot_wrong_drafts_become_preference_pairs(tmp_path):
             "teacher_output": "7 is prime",
         },
         {"id": "c", "question": "Is 4 prime?", "answer": "no"},
+        {"question": "Is 15 prime?", "answer": "no", "student_draft": "Answer: yes", "teacher_output": "15 = 3 * 5"},
     ]
     out = str(tmp_path / "t.parquet")
     report = convert(write_jsonl(tmp_path / "t.jsonl", records), out, "teacher_cot")
-    assert report["preference_pairs"] == 1
-    (pair,) = pd.read_parquet(str(tmp_path / "t.pairs.parquet")).to_dict("records")
-    assert pair["trajectory_id"] == "a"
+    assert report["preference_pairs"] == 2
+    pairs = pq.read_table(str(tmp_path / "t.pairs.parquet"))
+    assert pairs.schema == PAIR_SCHEMA  # the format preference training reads
+    pair, unnamed = pairs.to_pylist()
+    assert (pair["pair_id"], pair["source"], pair["weight"]) == ("a", "teacher_cot", 1.0)
+    assert unnamed["pair_id"] == "line 4"  # a record without an id is named by its location
     assert pair["prompt"][0]["content"] == "Is 9 prime?\n\nStudent draft:\nAnswer: Yes - odd"
     assert pair["chosen"][0]["content"] == "<think>9 = 3 * 3</think><answer>no</answer>"
     assert pair["rejected"][0]["content"] == "Answer: Yes - odd"
