@@ -164,7 +164,7 @@ def split_files(folder: str, split: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, f"{split}-*-of-*.parquet")))
 
 
-def check_parquet_files(files: list[str], what: str, column: str | None) -> None:
+def check_parquet_files(files: list[str], what: str, columns: tuple[str, ...] = ()) -> None:
     import pyarrow.parquet as pq
 
     for path in files:
@@ -174,10 +174,13 @@ def check_parquet_files(files: list[str], what: str, column: str | None) -> None
             schema = pq.read_schema(path)
         except Exception as exc:  # pyarrow raises several types for non-parquet input
             raise RecipeError(f"{what} file {path} is not a readable parquet file: {exc}") from None
-        if column and column not in schema.names:
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            makers = {"chosen": "make_pairs.py", "prompt": "make_rl_data.py"}
+            how = "data_preprocess/" + next((makers[c] for c in columns if c in makers), "convert_traces.py")
             raise RecipeError(
-                f"{what} file {path} has no `{column}` column (columns: {', '.join(schema.names)}); "
-                "convert trajectories with data_preprocess/convert_traces.py"
+                f"{what} file {path} has no `{'`, `'.join(missing)}` column (columns: {', '.join(schema.names)}); "
+                f"make it with {how}"
             )
 
 

@@ -229,7 +229,7 @@ def test_progressive_sft_on_8_gpus_composes_configs_verl_accepts(
     assert result.returncode == 0, result.stderr
     commands = print_config.parse_commands(result.stdout)
     assert [c.tag for c in commands] == ["phase 1", "phase 2", "phase 3"]
-    assert all(c.module == "verl.trainer.sft_trainer" for c in commands)
+    assert all(c.module == "afm_trainer.verl_ext.sft_trainer" for c in commands)
     assert result.stdout.count("--nproc_per_node=8 --nnodes=1 --standalone") == 3
 
     # The documented preview: DRY_RUN=1 bash examples/gpu/... | python scripts/print_config.py -

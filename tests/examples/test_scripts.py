@@ -157,7 +157,7 @@ def test_print_config_prints_the_sft_config_verl_will_run(tmp_path, nano_model, 
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("# [sft] python -m verl.trainer.sft_trainer --config-path=")
+    assert result.stdout.startswith("# [sft] python -m afm_trainer.verl_ext.sft_trainer --config-path=")
     (config,) = yaml.safe_load_all(result.stdout)
     assert config["model"]["path"] == nano_model
     assert config["optim"]["lr"] == 3e-5

@@ -85,7 +85,7 @@ def test_dry_run_prints_the_command_and_runs_nothing(nano_model, starter_data, t
     for part in (
         "VERL_PLATFORM=cpu",
         "--nproc_per_node=2",
-        "-m verl.trainer.sft_trainer",
+        "-m afm_trainer.verl_ext.sft_trainer",
         "device=cpu",
         f"model.path={nano_model}",
         f"data.train_files={train}",

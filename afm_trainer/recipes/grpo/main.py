@@ -135,8 +135,8 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         raise RecipeError("TRAIN_FILES is not set (TRAIN_FILES=train.parquet, from data_preprocess/make_rl_data.py)")
     val_files = data_files(args.get("VAL_FILES")) or train_files
     if inputs_exist:
-        check_parquet_files(train_files, "TRAIN_FILES", "prompt")
-        check_parquet_files(val_files, "VAL_FILES", "prompt")
+        check_parquet_files(train_files, "TRAIN_FILES", ("prompt",))
+        check_parquet_files(val_files, "VAL_FILES", ("prompt",))
 
     gpus = visible_gpus()
     rollout = args.get("ROLLOUT", "vllm" if gpus else "hf")

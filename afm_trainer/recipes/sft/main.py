@@ -3,7 +3,8 @@
     bash recipes/train_sft.sh NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]
     python -m afm_trainer.recipes.sft.main NPROC OUT_DIR ...        (the same)
 
-Runs ``torchrun -m verl.trainer.sft_trainer`` with ``config/sft.yaml`` beside this file
+Runs verl's SFT trainer (``torchrun -m afm_trainer.verl_ext.sft_trainer``: verl's, with a
+fix for resuming at an epoch boundary) with ``config/sft.yaml`` beside this file
 (verl's SFT config plus the project's defaults; its ``device`` group, cpu or gpu, is
 picked from what torch sees). Checkpoints: ``OUT_DIR/global_step_N/`` with an HF export
 in ``huggingface/``; re-running the same command resumes.
@@ -44,11 +45,19 @@ KEYS = {
 }
 
 
-def build_sft(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
+def build_sft(
+    args: RecipeArgs,
+    inputs_exist: bool = True,
+    trainer: str = "afm_trainer.verl_ext.sft_trainer",
+    config_dir: Path = CONFIG_DIR,
+    columns: tuple[str, ...] | None = None,
+) -> Launch:
     """Check an SFT run's arguments and build its torchrun command.
 
     ``inputs_exist=False`` (dry runs of multi-phase recipes) skips the checks of a model
-    and data files that earlier steps have not produced yet."""
+    and data files that earlier steps have not produced yet. A trainer built on verl's
+    SFT trainer (the preference recipe) passes its module, its config folder (its default
+    config is the folder's name) and the columns its data needs."""
     model = args.get("MODEL")
     if not model:
         raise RecipeError("MODEL is not set (MODEL=path/to/hf_model)")
@@ -58,22 +67,23 @@ def build_sft(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
     if not train_files:
         raise RecipeError("TRAIN_FILES is not set (TRAIN_FILES=train.parquet[,more.parquet])")
     val_files = data_files(args.get("VAL_FILES"))
-    custom_cls = override_value(args.overrides, "data.custom_cls.path")
-    uses_messages = custom_cls in (None, "null")
-    column = (override_value(args.overrides, "data.messages_key") or "messages") if uses_messages else None
+    if columns is None:
+        custom_cls = override_value(args.overrides, "data.custom_cls.path")
+        uses_messages = custom_cls in (None, "null")
+        columns = ((override_value(args.overrides, "data.messages_key") or "messages"),) if uses_messages else ()
     if inputs_exist:
-        check_parquet_files(train_files, "TRAIN_FILES", column)
-        check_parquet_files(val_files, "VAL_FILES", column)
+        check_parquet_files(train_files, "TRAIN_FILES", columns)
+        check_parquet_files(val_files, "VAL_FILES", columns)
 
     gpus = visible_gpus()
-    config = args.get("CONFIG", "sft")
-    if not (CONFIG_DIR / f"{config}.yaml").is_file():
-        raise RecipeError(f"CONFIG {config} not found in {CONFIG_DIR}")
+    config = args.get("CONFIG", config_dir.parent.name)
+    if not (config_dir / f"{config}.yaml").is_file():
+        raise RecipeError(f"CONFIG {config} not found in {config_dir}")
     argv, nnodes = torchrun_argv(args)
     argv += [
         "-m",
-        "verl.trainer.sft_trainer",
-        f"--config-path={CONFIG_DIR}",
+        trainer,
+        f"--config-path={config_dir}",
         f"--config-name={config}",
         f"model.path={model_path(model)}",
         f"data.train_files={hydra_list(train_files)}",
