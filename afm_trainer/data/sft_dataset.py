@@ -30,6 +30,9 @@ from afm_trainer.models.special_tokens import first_of, special_tokens_of
 class AgentSFTDataset(MultiTurnSFTDataset):
     def _read_files_and_process(self):
         super()._read_files_and_process()
+        self._refuse_special_tokens()
+
+    def _refuse_special_tokens(self):
         special = special_tokens_of(self.tokenizer)
         for row, messages in enumerate(self.messages):
             for i, message in enumerate(messages):

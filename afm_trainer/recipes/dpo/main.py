@@ -1,0 +1,91 @@
+"""Preference training (DPO, IPO, Cal-DPO, Dr-DPO, schedules) on verl's FSDP2 engine.
+
+    bash recipes/train_dpo.sh NPROC OUT_DIR MODEL=... TRAIN_FILES=pairs.parquet [VAL_FILES=...] [KEY=VALUE ...] [hydra.overrides ...]
+    python -m afm_trainer.recipes.dpo.main NPROC OUT_DIR ...        (the same)
+
+Runs ``torchrun -m afm_trainer.recipes.dpo.trainer`` with ``config/dpo.yaml`` beside this
+file, exactly as the SFT recipe runs verl's SFT trainer: the same keys, devices, LoRA,
+multi-node, DRY_RUN, checkpoints (``OUT_DIR/global_step_N/`` with ``huggingface/``) and
+resume. Pair data: parquet with ``prompt``, ``chosen``, ``rejected`` (chat messages;
+``data_preprocess/make_pairs.py``, or ``convert_traces.py --format teacher_cot``'s
+``OUT.pairs.parquet``). Before anything starts, every pair is tokenized with the model's
+chat template, and pairs longer than ``data.max_length`` (or, with dynamic batching, a
+pair that does not fit ``data.max_token_len_per_gpu``) are reported in one error line
+rather than cut.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from afm_trainer.data.pair_dataset import PAIR_COLUMNS, pair_conversations, read_pairs
+from afm_trainer.recipes.common import RecipeArgs, RecipeError, override_value, recipe_main, run
+from afm_trainer.recipes.sft.main import KEYS as SFT_KEYS
+from afm_trainer.recipes.sft.main import build_sft
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+
+KEYS = {
+    **SFT_KEYS,
+    "TRAIN_FILES": "preference pairs: parquet with prompt/chosen/rejected (files, folders of shards or globs)",
+    "VAL_FILES": "preference pairs for validation, as TRAIN_FILES (optional)",
+    "CONFIG": f"Hydra config name in {CONFIG_DIR} (default: dpo)",
+}
+
+
+def resolved_value(args: RecipeArgs, key: str, config: str = "dpo"):
+    """A config value as the trainer will see it: the command line's override, else the file's."""
+    value = override_value(args.overrides, key)
+    if value is not None:
+        return value
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        composed = compose(config_name=config, overrides=["device=cpu"])
+    return OmegaConf.select(composed, key)
+
+
+def check_pair_lengths(args: RecipeArgs, model: str, files: list[str], what: str) -> None:
+    """Refuse pairs the trainer would have to cut or could not place, naming them."""
+    from transformers import AutoTokenizer
+
+    max_length = int(resolved_value(args, "data.max_length"))
+    dynamic = str(resolved_value(args, "data.use_dynamic_bsz")).lower() == "true"
+    max_tokens = int(resolved_value(args, "data.max_token_len_per_gpu")) if dynamic else None
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    too_long = []
+    try:
+        pairs = read_pairs(files)
+    except ValueError as exc:
+        raise RecipeError(f"{what}: {exc}") from None
+    for pair in pairs:
+        lengths = [len(tokenizer.apply_chat_template(c, tokenize=True)["input_ids"]) for c in pair_conversations(pair)]
+        if max(lengths) > max_length or (max_tokens and sum(lengths) > max_tokens):
+            too_long.append(f"{pair['pair_id']}: {lengths[0]}+{lengths[1]} tokens")
+    if too_long:
+        limit = f"data.max_length={max_length}" + (
+            f", data.max_token_len_per_gpu={max_tokens} a pair" if dynamic else ""
+        )
+        raise RecipeError(
+            f"{len(too_long)} of {len(pairs)} {what} pairs exceed {limit} ({'; '.join(too_long[:3])}"
+            f"{'; ...' if len(too_long) > 3 else ''}): raise the limit or drop them"
+        )
+
+
+def dpo(args: RecipeArgs) -> int:
+    launch = build_sft(args, trainer="afm_trainer.recipes.dpo.trainer", config_dir=CONFIG_DIR, columns=PAIR_COLUMNS)
+    model = args.get("MODEL")
+    for key in ("TRAIN_FILES", "VAL_FILES"):
+        files = [a.split("=", 1)[1] for a in launch.argv if a.startswith(f"data.{key.lower()}=")]
+        if files and files[0] != "null":
+            check_pair_lengths(args, model, files[0].strip("[]").split(","), key)
+    return run(launch, "dpo", args.dry_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return recipe_main(dpo, argv, KEYS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
