@@ -16,9 +16,10 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test
 DEMO_OUT ?= out/demo
 DEMO_RL_OUT ?= out/demo-rl
+DEMO_DPO_OUT ?= out/demo-dpo
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-rl test test-fast lint format bench clean
+.PHONY: install demo demo-rl demo-dpo test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -33,6 +34,9 @@ demo: install
 
 demo-rl: install
 	bash examples/demo/run_demo_rl.sh $(DEMO_RL_OUT) $(DEMO_OUT)
+
+demo-dpo: install
+	bash examples/demo/run_demo_dpo.sh $(DEMO_DPO_OUT) $(DEMO_OUT)
 
 test: install lint
 	$(PY) -m pytest -q tests

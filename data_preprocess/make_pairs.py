@@ -1,6 +1,9 @@
-"""Make preference-pair parquet for preference training (DPO) from your own pair file.
+"""Make preference-pair parquet for preference training (DPO): from your own pair file,
+or on-policy, from a checkpoint's sampled answers scored by the task's reward.
 
     python data_preprocess/make_pairs.py --input_file PAIRS.jsonl --output_file PAIRS.parquet
+    python data_preprocess/make_pairs.py --from_checkpoint CKPT --rl_data train.parquet \
+        --output_file PAIRS.parquet [--samples 8] [--temperature 1.0] [--pairs_per_prompt 2]
 
 Input: JSONL, a JSON array or parquet, one {prompt, chosen, rejected} record per pair
 (rules in afm_trainer/data/pairs.py). Writes PAIRS.parquet, PAIRS.parquet.rejects.jsonl and
@@ -29,18 +32,33 @@ Input: JSONL, a JSON array or parquet, one record per pair:
 No text may hold a reserved chat token (<|im_end|>...), and the trace tags of assistant
 messages (<think>...) must be well formed. Records breaking a rule are written with the
 reason to OUTPUT.rejects.jsonl; OUTPUT.report.json counts them.
+
+On-policy (--from_checkpoint): k answers per prompt of an RL parquet (make_rl_data.py) are
+sampled from the checkpoint and scored by the prompt's suite, as the RL reward scores
+them; a right answer (every test passed) is paired with a wrong one. Prompts whose
+answers are all right or all wrong give no pair: they are listed, with their counts,
+in OUTPUT.rejects.jsonl, and OUTPUT.report.json counts every prompt's outcome.
 """
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Where the pairs come from: one mode per option of this group (an on-policy mode,
-    # sampling from a checkpoint, will be another).
+    # Where the pairs come from: one mode per option of this group.
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input_file", help="your pair file: JSONL, a JSON array or parquet")
+    source.add_argument("--from_checkpoint", help="an HF model folder to sample answers from (on-policy pairs)")
     parser.add_argument("--output_file", required=True, help="the parquet to write")
+    on_policy = parser.add_argument_group("on-policy pairs (--from_checkpoint)")
+    on_policy.add_argument("--rl_data", help="RL parquet whose prompts are answered (make_rl_data.py)")
+    on_policy.add_argument("--samples", type=int, default=8, help="answers sampled per prompt")
+    on_policy.add_argument("--temperature", type=float, default=1.0)
+    on_policy.add_argument("--pairs_per_prompt", type=int, default=2, help="at most this many pairs per prompt")
+    on_policy.add_argument("--max_prompts", type=int, default=None, help="use the first N prompts only")
+    on_policy.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
+        if args.from_checkpoint:
+            return on_policy_pairs(args)
         report = convert_pairs(args.input_file, args.output_file)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -52,6 +70,30 @@ def main(argv=None) -> int:
     )
     for reason, count in report["rejected_by_reason"].items():
         print(f"  rejected {count}: {reason}")
+    return 0
+
+
+def on_policy_pairs(args) -> int:
+    from afm_trainer.data.onpolicy_pairs import make_onpolicy_pairs
+
+    if not args.rl_data:
+        raise InputError("--from_checkpoint needs --rl_data (an RL parquet from make_rl_data.py)")
+    report = make_onpolicy_pairs(
+        args.from_checkpoint,
+        args.rl_data,
+        args.output_file,
+        samples=args.samples,
+        temperature=args.temperature,
+        pairs_per_prompt=args.pairs_per_prompt,
+        max_prompts=args.max_prompts,
+        seed=args.seed,
+    )
+    outcomes = ", ".join(f"{count} {outcome}" for outcome, count in report["prompts_by_outcome"].items())
+    print(
+        f"{report['prompts']} prompts x {report['samples_per_prompt']} answers "
+        f"({report['sampled_accuracy']:.1%} right): {outcomes}; {report['pairs']} pairs written to "
+        f"{args.output_file} (prompts without a pair: {args.output_file}.rejects.jsonl)"
+    )
     return 0
 
 

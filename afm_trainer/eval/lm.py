@@ -45,17 +45,28 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]], batch_size
 
 
 def greedy_decode(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int]
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    temperature: float = 0.0,
+    seeds: list[int] | None = None,
 ) -> list[list[int]]:
     """The tokens `model.generate(do_sample=False)` appends to each row of a left-padded
     batch (a stop token included), by the rollout's decoder: a row leaves the batch, KV
     cache and all, as soon as it stops, where generate() decodes every row until the
-    last one stops (trained models: 2-3x the tokens actually kept)."""
+    last one stops (trained models: 2-3x the tokens actually kept). With a temperature,
+    row i samples from its own stream seeded ``seeds[i]``."""
     requests = [
         Request(
-            prompt_ids=ids[mask.bool()].tolist(), max_tokens=max_new_tokens, temperature=0.0, stop_ids=set(stop_ids)
+            prompt_ids=ids[mask.bool()].tolist(),
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            stop_ids=set(stop_ids),
+            generator=torch.Generator().manual_seed(seeds[row]) if temperature > 0 else None,
         )
-        for ids, mask in zip(input_ids, attention_mask)
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask))
     ]
     return [out["token_ids"] for out in decode_batch(model, requests)]
 
@@ -67,9 +78,12 @@ def generate(
     max_new_tokens: int = 48,
     batch_size: int = 32,
     stop_ids: list[int] | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> list[str]:
     """Greedy completions (decoded, special tokens dropped) for chat prompts, stopping at
-    the end of the turn or at any of `stop_ids`."""
+    the end of the turn or at any of `stop_ids`; sampled ones with a temperature (prompt
+    i from the stream seeded ``seed * 1_000_003 + i``, whatever the batching)."""
     model.eval()
     stop_ids = [tokenizer.eos_token_id] + list(stop_ids or [])
     outputs = []
@@ -82,7 +96,10 @@ def generate(
                 for p in prompts[start : start + batch_size]
             ]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            new_tokens = greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, stop_ids)
+            seeds = [seed * 1_000_003 + start + i for i in range(len(texts))]
+            new_tokens = greedy_decode(
+                model, batch["input_ids"], batch["attention_mask"], max_new_tokens, stop_ids, temperature, seeds
+            )
             outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = old_side

@@ -91,7 +91,9 @@ def evaluate(run, items: list[dict]) -> list[dict]:
     from afm_trainer.eval.lm import generate
 
     prompts = [[{"role": "user", "content": it["prompt"]}] for it in items]
-    completions = generate(run.model, run.tokenizer, prompts, run.max_new_tokens)
+    completions = generate(
+        run.model, run.tokenizer, prompts, run.max_new_tokens, temperature=run.temperature, seed=run.seed
+    )
     rows = []
     for it, completion in zip(items, completions):
         predicted = first_answer(completion)

@@ -41,6 +41,8 @@ class EvalRun:
     max_new_tokens: int
     corpus: str | None = None  # the search tool's corpus, for agents that search
     max_searches: int = 4
+    temperature: float = 0.0  # 0: greedy answers; above: sampled ones (single-turn suites)
+    seed: int = 0  # the sampled answers' random streams
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,9 @@ def evaluate(run, items: list[dict]) -> list[dict]:
 
     tasks = [algorithmic.task_of_item(it) for it in items]
     prompts = [[{"role": "user", "content": code_prompt(code_example(t))}] for t in tasks]
-    completions = generate(run.model, run.tokenizer, prompts, run.max_new_tokens)
+    completions = generate(
+        run.model, run.tokenizer, prompts, run.max_new_tokens, temperature=run.temperature, seed=run.seed
+    )
     return [score_completion(task, completion) for task, completion in zip(tasks, completions)]
 
 

@@ -181,6 +181,9 @@ def run_search_agent(
 def evaluate(run, items: list[dict]) -> list[dict]:
     from afm_trainer.tools.search import SearchIndex
 
+    if run.temperature > 0:
+        raise ValueError("the qa suite's search agent answers greedily only")
+
     index = SearchIndex.from_jsonl(run.corpus)
     questions = [it["question"] for it in items]
     transcripts = run_search_agent(run.model, run.tokenizer, questions, index, run.max_new_tokens, run.max_searches)

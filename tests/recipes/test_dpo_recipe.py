@@ -169,3 +169,21 @@ def test_reference_log_probs_of_another_model_are_refused(tmp_path, learning_run
     assert result.returncode != 0
     assert "holds reference log-probs of another model than this run's" in result.stdout + result.stderr
     assert not (out / "global_step_1").exists()
+
+
+@pytest.mark.e2e
+def test_lora_with_a_live_reference_learns_and_exports_a_merged_model(tmp_path, nano_model):
+    from transformers import AutoModelForCausalLM
+
+    pairs = write_pairs(tmp_path / "pairs.parquet", long_chosen=False)
+    out = tmp_path / "lora"
+    lora = ["model.lora_rank=8", "model.lora_alpha=16", "dpo.reference=live"]
+    result = run_dpo(1, out, f"MODEL={nano_model}", f"TRAIN_FILES={pairs}", "optim.lr=1e-3", *lora)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = read_metrics(str(out))
+    assert metrics[1]["train/loss"] == pytest.approx(0.6931, abs=1e-4)  # adapter off == adapter at zero
+    margins = [metrics[s]["dpo/rewards/margin"] for s in (1, 2, 3, 4)]
+    assert metrics[4]["dpo/rewards/accuracy"] == 1.0 and margins == sorted(margins) and margins[-1] > 0.02, margins
+    assert not (out / "reference").exists()  # nothing precomputed
+    AutoModelForCausalLM.from_pretrained(out / "global_step_4" / "huggingface")  # merged: plain transformers loads it
+    assert (out / "report.md").is_file() and (out / "reward_curves.png").is_file()

@@ -16,10 +16,12 @@ rather than cut.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from afm_trainer.data.pair_dataset import PAIR_COLUMNS, pair_conversations, read_pairs
 from afm_trainer.recipes.common import RecipeArgs, RecipeError, override_value, recipe_main, run
+from afm_trainer.recipes.dpo.report import write_report
 from afm_trainer.recipes.sft.main import KEYS as SFT_KEYS
 from afm_trainer.recipes.sft.main import build_sft
 
@@ -30,6 +32,8 @@ KEYS = {
     "TRAIN_FILES": "preference pairs: parquet with prompt/chosen/rejected (files, folders of shards or globs)",
     "VAL_FILES": "preference pairs for validation, as TRAIN_FILES (optional)",
     "CONFIG": f"Hydra config name in {CONFIG_DIR} (default: dpo)",
+    "SFT_DIR": "the progressive demo's OUT_DIR, for the embedded default (default out/demo)",
+    "DEMO_CONFIG": "settings of the embedded default (default afm_trainer/demo/config/dpo.yaml)",
 }
 
 
@@ -74,13 +78,32 @@ def check_pair_lengths(args: RecipeArgs, model: str, files: list[str], what: str
 
 
 def dpo(args: RecipeArgs) -> int:
-    launch = build_sft(args, trainer="afm_trainer.recipes.dpo.trainer", config_dir=CONFIG_DIR, columns=PAIR_COLUMNS)
-    model = args.get("MODEL")
+    demo = None
+    if not args.get("MODEL") and not args.get("TRAIN_FILES"):  # the embedded default (make demo-dpo)
+        from afm_trainer.demo.dpo import embedded_default
+
+        args, demo = embedded_default(args)
+    inputs_exist = not (demo and args.dry_run)  # a demo's dry run has made no pairs yet
+    launch = build_sft(
+        args, inputs_exist, trainer="afm_trainer.recipes.dpo.trainer", config_dir=CONFIG_DIR, columns=PAIR_COLUMNS
+    )
     for key in ("TRAIN_FILES", "VAL_FILES"):
         files = [a.split("=", 1)[1] for a in launch.argv if a.startswith(f"data.{key.lower()}=")]
-        if files and files[0] != "null":
-            check_pair_lengths(args, model, files[0].strip("[]").split(","), key)
-    return run(launch, "dpo", args.dry_run)
+        if inputs_exist and files and files[0] != "null":
+            check_pair_lengths(args, args.get("MODEL"), files[0].strip("[]").split(","), key)
+    code = run(launch, "dpo", args.dry_run)
+    if code != 0 or args.dry_run:
+        return code
+    extra = []
+    if demo:
+        from afm_trainer.checkpoints import latest_complete
+        from afm_trainer.demo.dpo import evaluate_models, evaluation_lines
+
+        trained = os.path.join(latest_complete(args.out_dir), "huggingface")
+        results = evaluate_models({"start (SFT)": demo["start_model"], "after DPO": trained}, demo["world"], demo)
+        extra = evaluation_lines(results, demo)
+    write_report(args.out_dir, extra)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,6 +173,16 @@ class PreferenceTrainer(AgentSFTTrainer):
 
     def _init_engine(self):
         super()._init_engine()
+        mode = self.config.dpo.reference
+        if mode not in ("precomputed", "live"):
+            raise ValueError(f"dpo.reference must be precomputed or live, got {mode!r}")
+        self.live_reference = mode == "live"
+        if self.live_reference:
+            if not int(self.config.model.get("lora_rank", 0) or 0):
+                raise ValueError(
+                    "dpo.reference=live needs LoRA (model.lora_rank > 0): the reference is the adapter off"
+                )
+            return
         # The engine holds the start model now, before any checkpoint is loaded.
         self.references = {"train": self._reference_logps(self.train_dataset, "train")}
         if self.val_dataset is not None:
@@ -243,6 +253,14 @@ class PreferenceTrainer(AgentSFTTrainer):
     def _batch(self, batch: dict, settings: dict):
         """A loader batch as the engine takes it, with this step's settings and the global
         batch's total pair weight (every rank's micro-batches are shares of it)."""
+        if self.live_reference:  # the same weights with the LoRA adapter switched off
+            reference = tu.get_tensordict(
+                tensor_dict=dict(batch),
+                non_tensor_dict={**self._meta_info(), "compute_loss": False, "no_lora_adapter": True},
+            )
+            batch["ref_logp"], _ = sequence_logps(
+                self.training_client.infer_batch(reference)["log_probs"], batch["loss_mask"]
+            )
         local_weight = batch["weight"][batch["is_chosen"]].sum().double()
         group = self.engine.get_data_parallel_group()
         if self.engine.get_data_parallel_size() > 1:
