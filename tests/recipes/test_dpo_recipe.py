@@ -187,3 +187,15 @@ def test_lora_with_a_live_reference_learns_and_exports_a_merged_model(tmp_path, 
     assert not (out / "reference").exists()  # nothing precomputed
     AutoModelForCausalLM.from_pretrained(out / "global_step_4" / "huggingface")  # merged: plain transformers loads it
     assert (out / "report.md").is_file() and (out / "reward_curves.png").is_file()
+
+
+def test_dry_run_prints_the_command_and_the_demo_needs_the_sft_demo(tmp_path, nano_model):
+    pairs = write_pairs(tmp_path / "pairs.parquet")
+    result = run_dpo(2, tmp_path / "o", f"MODEL={nano_model}", f"TRAIN_FILES={pairs}", "DRY_RUN=1", "dpo.beta=0.2")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("[dpo] command: ")]
+    for part in ("--nproc_per_node=2", "-m afm_trainer.recipes.dpo.trainer", "--config-name=dpo", "dpo.beta=0.2"):
+        assert part in line, part
+    assert not (tmp_path / "o").exists()
+    demo = run_dpo(1, tmp_path / "d", f"SFT_DIR={tmp_path / 'none'}", "DRY_RUN=1")
+    assert demo.returncode == 2 and demo.stderr.strip().endswith("(run `make demo` first)")
