@@ -66,12 +66,23 @@ def _median_rate(step_times: list[float], step_tokens: list[int], warmup: int) -
     }
 
 
-def bench_afm(model: str, data: str, steps: int, warmup: int, overrides: list[str]) -> dict:
-    out = os.path.join(WORK, "afm_run")
+def tiny_model() -> str:
+    """The tiny Qwen2 (afm_trainer.models.tiny) in .bench/tiny, built on first use."""
+    model = os.path.join(WORK, "tiny")
+    if not os.path.exists(os.path.join(model, "config.json")):
+        from afm_trainer.models.tiny import build_tiny_model
+
+        build_tiny_model(model, size="tiny")
+    return model
+
+
+def run_recipe(command: list[str], out: str, log_path: str, key: str) -> dict[int, tuple[float, dict]]:
+    """Run a recipe writing OUT/metrics.jsonl into a fresh ``out``; for every step whose
+    metrics line has ``key``: (time.perf_counter() when the line landed, the line's data)."""
     subprocess.run(["rm", "-rf", out])
     os.makedirs(out)
     metrics_path = os.path.join(out, "metrics.jsonl")
-    arrivals: dict[int, tuple[float, int]] = {}
+    arrivals: dict[int, tuple[float, dict]] = {}
     done = threading.Event()
 
     def watch():  # note when each step's metrics line lands
@@ -86,12 +97,24 @@ def bench_afm(model: str, data: str, steps: int, warmup: int, overrides: list[st
                 offset += len(complete.encode())
                 for line in complete.splitlines():
                     record = json.loads(line)
-                    if "train/global_tokens" in record["data"]:
-                        arrivals[record["step"]] = (now, int(record["data"]["train/global_tokens"]))
+                    if key in record["data"]:
+                        arrivals[record["step"]] = (now, record["data"])
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    with open(log_path, "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(0.1)
+    done.set()
+    watcher.join()
+    if code != 0:
+        raise SystemExit(f"afm-trainer run failed, see {log_path}")
+    return arrivals
+
+
+def bench_afm(model: str, data: str, steps: int, warmup: int, overrides: list[str]) -> dict:
+    out = os.path.join(WORK, "afm_run")
     command = [
         "bash",
         os.path.join(REPO, "recipes", "train_sft.sh"),
@@ -106,15 +129,8 @@ def bench_afm(model: str, data: str, steps: int, warmup: int, overrides: list[st
         "checkpoint.save_contents=[model]",
         *overrides,
     ]
-    log_path = os.path.join(WORK, "afm_run.log")
-    with open(log_path, "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(0.1)
-    done.set()
-    watcher.join()
-    if code != 0:
-        raise SystemExit(f"afm-trainer run failed, see {log_path}")
-    ordered = [arrivals[s] for s in sorted(arrivals)]
+    arrivals = run_recipe(command, out, os.path.join(WORK, "afm_run.log"), "train/global_tokens")
+    ordered = [(t, int(line["train/global_tokens"])) for t, line in (arrivals[s] for s in sorted(arrivals))]
     gaps = [b[0] - a[0] for a, b in zip(ordered, ordered[1:])]
     return _median_rate(gaps, [tokens for _, tokens in ordered[1:]], warmup)
 
@@ -210,11 +226,7 @@ def main() -> int:
     parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for the afm-trainer run")
     args = parser.parse_args()
     os.makedirs(WORK, exist_ok=True)
-    model, data = os.path.join(WORK, "tiny"), os.path.join(WORK, "convs.parquet")
-    if not os.path.exists(os.path.join(model, "config.json")):
-        from afm_trainer.models.tiny import build_tiny_model
-
-        build_tiny_model(model, size="tiny")
+    model, data = tiny_model(), os.path.join(WORK, "convs.parquet")
     if not os.path.exists(data):
         make_data(data)
 

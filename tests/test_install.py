@@ -53,3 +53,13 @@ def test_installed_package_runs_dry_runs_and_eval_help_outside_the_clone(install
         elsewhere,
     )
     assert rl.returncode == 0 and "accepted by verl's validation" in rl.stdout, rl.stderr[-2000:]
+    # the preference recipe composes its config over the SFT recipe's, from the installed package
+    from tests.recipes.test_dpo_recipe import write_pairs
+
+    pairs = write_pairs(os.path.join(elsewhere, "pairs.parquet"))
+    dpo = _run(
+        ["-m", "afm_trainer.recipes.dpo.main", "1", "dpo", f"MODEL={nano_model}", f"TRAIN_FILES={pairs}", "DRY_RUN=1"],
+        env,
+        elsewhere,
+    )
+    assert dpo.returncode == 0 and "-m afm_trainer.recipes.dpo.trainer" in dpo.stdout, dpo.stderr[-2000:]

@@ -75,6 +75,7 @@ def test_step_losses_with_the_reference_equal_to_the_policy(tmp_path, nano_model
     assert metrics[2]["train/loss"] == pytest.approx(ipo, abs=1e-4)
     assert metrics[3]["train/loss"] == pytest.approx(ln2 + ipo, abs=1e-4)  # Cal-DPO: both targets 1/(2 beta) away
     assert [metrics[s]["dpo/loss_type_id"] for s in (1, 2, 3)] == [0.0, 1.0, 2.0]
+    assert metrics[1]["dpo/pairs_per_micro_batch"] < 4  # each rank's 4 pairs went through several micro-batches
     for step in (1, 2, 3):
         assert metrics[step]["dpo/logratio/chosen"] == pytest.approx(0, abs=1e-4)
     reference = pq.read_table(out / "reference" / "train.parquet")

@@ -122,7 +122,7 @@ def preference_loss(model_output, data, dp_group=None):
     loss = objective * share
     if settings["nll_coef"]:
         loss = loss + settings["nll_coef"] * (weight * nll_per_pair(policy[:, 0], chosen_tokens)).sum() / global_weight
-    metrics = {"pairs": float(len(losses)), "kept_pairs": float((kept > 0).sum())}
+    metrics = {"pairs": float(len(losses)), "kept_pairs": float((kept > 0).sum()), "micro_batches": 1.0}
     for name, values in pair_metrics(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1], beta).items():
         metrics[f"sum/{name}"] = float(values.sum())
     return loss * dp_size, metrics
@@ -137,7 +137,11 @@ def _flat(values) -> list[float]:
 def summed_metrics(metrics: dict) -> dict:
     """Micro-batch and rank metric sums (nested lists) -> per-pair means."""
     pairs = sum(_flat(metrics["pairs"]))
-    out = {"dpo/kept_fraction": sum(_flat(metrics["kept_pairs"])) / pairs}
+    out = {
+        "dpo/kept_fraction": sum(_flat(metrics["kept_pairs"])) / pairs,
+        # the batch that dr_dpo, sigmoid_centred and drop_top_fraction couple pairs over
+        "dpo/pairs_per_micro_batch": pairs / sum(_flat(metrics["micro_batches"])),
+    }
     for key, values in metrics.items():
         if key.startswith("sum/"):
             out[f"dpo/{key[4:]}"] = sum(_flat(values)) / pairs
