@@ -57,6 +57,7 @@ bench: install
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_sandbox.py
 	$(PY) benchmarks/bench_rollout.py
+	$(PY) benchmarks/bench_dpo.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -86,7 +86,7 @@ def make_onpolicy_pairs(
         raise InputError(f"on-policy pairs need single-turn suites; {', '.join(multi_turn)} runs a tool agent")
     budget = max_new_tokens or max(s.max_new_tokens for s in suites)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     answers = sample_answers(model, tokenizer, [r["prompt"] for r in rows], samples, temperature, budget, seed)
     jobs = [(row, answer) for row, group in zip(rows, answers) for answer in group]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # code answers run in the sandbox

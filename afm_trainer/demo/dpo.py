@@ -60,7 +60,8 @@ def embedded_default(args: RecipeArgs) -> tuple[RecipeArgs, dict]:
 def evaluate_models(models: dict[str, str], world: str, settings: dict) -> dict:
     """Greedy and sampled held-out accuracy on the easy code tasks, per model."""
     from afm_trainer.eval.scoring import summarise
-    from afm_trainer.suites import EvalRun, get_suite, read_jsonl
+    from afm_trainer.suites import EvalRun, get_suite
+    from afm_trainer.suites.base import read_jsonl
 
     suite = get_suite("code")
     items = [
