@@ -28,10 +28,10 @@ def starter_data(tmp_path_factory):
     return write_starter_dataset(str(tmp_path_factory.mktemp("data")), n_train=192, n_val=32)
 
 
-def run_recipe(*args, env=None, timeout=300):
-    """Run recipes/train_sft.sh as a user would; returns the CompletedProcess."""
+def run_recipe(*args, recipe="train_sft", env=None, timeout=300):
+    """Run recipes/RECIPE.sh as a user would; returns the CompletedProcess."""
     return subprocess.run(
-        ["bash", os.path.join(REPO, "recipes", "train_sft.sh"), *map(str, args)],
+        ["bash", os.path.join(REPO, "recipes", f"{recipe}.sh"), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from afm_trainer.recipes.common import write_markdown
 from afm_trainer.suites import get_suite
 from afm_trainer.suites.base import read_jsonl
 
@@ -120,10 +121,7 @@ def write_report(out_dir: str, stage_results: dict[str, dict], settings: dict) -
     lines = ["# afm-trainer progressive demo", "", "Held-out accuracy (greedy; verifiers of the demo world).", ""]
     for name in names:
         lines += suite_section(name, stage_results, base)
-    with open(os.path.join(out_dir, "report.md.tmp"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(os.path.join(out_dir, "report.md.tmp"), os.path.join(out_dir, "report.md"))
-    print("\n".join(lines), flush=True)
+    write_markdown(out_dir, lines)
     plot_losses(out_dir)
     plot_accuracy(out_dir, stage_results, base, names)
 

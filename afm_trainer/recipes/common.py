@@ -269,3 +269,12 @@ def run(launch: Launch, tag: str, dry_run: bool) -> int:
     for path in finalize(launch.out_dir):
         print(f"[{tag}] merged LoRA adapter into {path}/huggingface")
     return 0
+
+
+def write_markdown(out_dir: str, lines: list[str]) -> None:
+    """OUT_DIR/report.md from ``lines`` (written whole or not at all), also printed."""
+    path = os.path.join(out_dir, "report.md")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+    print("\n".join(lines), flush=True)

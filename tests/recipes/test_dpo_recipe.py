@@ -12,19 +12,13 @@ import pytest
 from afm_trainer.checkpoints import tracked_step
 from afm_trainer.data.pairs import PAIR_SCHEMA
 from afm_trainer.metrics import read_metrics
-from tests.conftest import REPO, kill_tree
+from tests.conftest import REPO, kill_tree, run_recipe
 
 DPO = os.path.join(REPO, "recipes", "train_dpo.sh")
 
 
-def run_dpo(*args, timeout=300):
-    return subprocess.run(
-        ["bash", DPO, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
+def run_dpo(*args):
+    return run_recipe(*args, recipe="train_dpo")
 
 
 def write_pairs(path, n=32, seed=0, long_chosen=True):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from afm_trainer.checkpoints import TRACKER_FILE, latest_complete, tracked_step
-from tests.conftest import REPO, kill_tree
+from tests.conftest import REPO, kill_tree, run_recipe
 from tests.data.test_convert_traces import SEARCH, write_jsonl
 
 RECIPE = os.path.join(REPO, "recipes", "train_progressive.sh")
@@ -25,13 +25,7 @@ SHORT = [
 
 
 def progressive(*args, timeout=600):
-    return subprocess.run(
-        ["bash", RECIPE, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
+    return run_recipe(*args, recipe="train_progressive", timeout=timeout)
 
 
 def _make_step(root, step, files=("model_world_size_1_rank_0.pt",), mtime=None):

@@ -116,25 +116,13 @@ def test_multi_node_arguments_reach_torchrun(nano_model, starter_data, tmp_path)
 
 @pytest.mark.parametrize("recipe", ["train_sft", "train_progressive", "train_grpo"])
 def test_every_recipe_says_where_each_argument_came_from(recipe, nano_model, starter_data, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     train, _ = starter_data
     # A stale export (MODEL) next to a command-line key, and one emptied back to its default.
     phase = "PHASE1_" if recipe == "train_progressive" else ""
     data_key, val_key = f"{phase}TRAIN_FILES", f"{phase}VAL_FILES"
-    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(nano_model), "NNODES": "1", val_key: "old.parquet"}
-    script = os.path.join(REPO, "recipes", f"{recipe}.sh")
-    result = subprocess.run(
-        ["bash", script, "1", str(tmp_path / "o"), f"{data_key}={train}", f"{val_key}=", "DRY_RUN=1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    env = {"MODEL": str(nano_model), "NNODES": "1", val_key: "old.parquet"}
+    args = [1, tmp_path / "o", f"{data_key}={train}", f"{val_key}=", "DRY_RUN=1"]
+    result = run_recipe(*args, recipe=recipe, env=env)
     head = result.stdout.split("recipe arguments:\n", 1)[1].splitlines()
     assert head[0] == f"  MODEL={nano_model}  (environment)"
     assert f"  {data_key}={train}  (command line)" in head

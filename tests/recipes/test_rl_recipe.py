@@ -7,17 +7,11 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_recipe
 
 
 def run_rl(*args, env=None, timeout=600):
-    return subprocess.run(
-        ["bash", os.path.join(REPO, "recipes", "train_grpo.sh"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHON": sys.executable, **(env or {})},
-    )
+    return run_recipe(*args, recipe="train_grpo", env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from afm_trainer.data.pair_dataset import PAIR_COLUMNS, pair_conversations, read_pairs
-from afm_trainer.recipes.common import RecipeArgs, RecipeError, override_value, recipe_main, run
+from afm_trainer.recipes.common import RecipeArgs, RecipeError, data_files, recipe_main, run
 from afm_trainer.recipes.dpo.report import write_report
 from afm_trainer.recipes.sft.main import KEYS as SFT_KEYS
 from afm_trainer.recipes.sft.main import build_sft
@@ -37,27 +37,21 @@ KEYS = {
 }
 
 
-def resolved_value(args: RecipeArgs, key: str, config: str = "dpo"):
-    """A config value as the trainer will see it: the command line's override, else the file's."""
-    value = override_value(args.overrides, key)
-    if value is not None:
-        return value
+def pair_limits(args: RecipeArgs) -> tuple[int, int | None]:
+    """(data.max_length, the token budget of a micro-batch with dynamic batching, else None)
+    as the trainer will see them: its config composed with this command line's overrides."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        composed = compose(config_name=config, overrides=["device=cpu"])
-    return OmegaConf.select(composed, key)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            data = compose(config_name=args.get("CONFIG", "dpo"), overrides=["device=cpu", *args.overrides]).data
+    except Exception as exc:  # Hydra raises several types for a bad override
+        raise RecipeError(f"the configuration does not compose with these overrides: {exc}") from None
+    return int(data.max_length), int(data.max_token_len_per_gpu) if data.use_dynamic_bsz else None
 
 
-def check_pair_lengths(args: RecipeArgs, model: str, files: list[str], what: str) -> None:
+def check_pair_lengths(tokenizer, files: list[str], what: str, max_length: int, max_tokens: int | None) -> None:
     """Refuse pairs the trainer would have to cut or could not place, naming them."""
-    from transformers import AutoTokenizer
-
-    max_length = int(resolved_value(args, "data.max_length"))
-    dynamic = str(resolved_value(args, "data.use_dynamic_bsz")).lower() == "true"
-    max_tokens = int(resolved_value(args, "data.max_token_len_per_gpu")) if dynamic else None
-    tokenizer = AutoTokenizer.from_pretrained(model)
     too_long = []
     try:
         pairs = read_pairs(files)
@@ -69,7 +63,7 @@ def check_pair_lengths(args: RecipeArgs, model: str, files: list[str], what: str
             too_long.append(f"{pair['pair_id']}: {lengths[0]}+{lengths[1]} tokens")
     if too_long:
         limit = f"data.max_length={max_length}" + (
-            f", data.max_token_len_per_gpu={max_tokens} a pair" if dynamic else ""
+            f", data.max_token_len_per_gpu={max_tokens} a pair" if max_tokens else ""
         )
         raise RecipeError(
             f"{len(too_long)} of {len(pairs)} {what} pairs exceed {limit} ({'; '.join(too_long[:3])}"
@@ -87,10 +81,14 @@ def dpo(args: RecipeArgs) -> int:
     launch = build_sft(
         args, inputs_exist, trainer="afm_trainer.recipes.dpo.trainer", config_dir=CONFIG_DIR, columns=PAIR_COLUMNS
     )
-    for key in ("TRAIN_FILES", "VAL_FILES"):
-        files = [a.split("=", 1)[1] for a in launch.argv if a.startswith(f"data.{key.lower()}=")]
-        if inputs_exist and files and files[0] != "null":
-            check_pair_lengths(args, args.get("MODEL"), files[0].strip("[]").split(","), key)
+    if inputs_exist:
+        from transformers import AutoTokenizer
+
+        limits = pair_limits(args)
+        tokenizer = AutoTokenizer.from_pretrained(args.get("MODEL"))
+        for key in ("TRAIN_FILES", "VAL_FILES"):
+            if files := data_files(args.get(key)):
+                check_pair_lengths(tokenizer, files, key, *limits)
     code = run(launch, "dpo", args.dry_run)
     if code != 0 or args.dry_run:
         return code

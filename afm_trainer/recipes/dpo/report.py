@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from afm_trainer.recipes.common import write_markdown
+
 CURVES = ("dpo/rewards/accuracy", "dpo/rewards/margin", "train/loss")
 
 
@@ -28,10 +30,7 @@ def write_report(out_dir: str, extra_lines: list[str] | None = None) -> dict:
             f"{m['val/rewards/margin']:.3f} |"
         )
     lines += extra_lines or []
-    with open(os.path.join(out_dir, "report.md.tmp"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(os.path.join(out_dir, "report.md.tmp"), os.path.join(out_dir, "report.md"))
-    print("\n".join(lines), flush=True)
+    write_markdown(out_dir, lines)
     if steps:
         import matplotlib
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from afm_trainer.recipes.common import write_markdown
+
 
 def write_report(out_dir: str) -> dict:
     """OUT_DIR/report.md and reward_curve.png from verl's metrics: mean reward of the first
@@ -36,10 +38,7 @@ def write_report(out_dir: str) -> dict:
     for source, series in summary["heldout_accuracy"].items():
         points = ", ".join(f"step {s}: {v:.1%}" for s, v in series.items())
         lines.append(f"| held-out accuracy {source} | {points} |")
-    with open(os.path.join(out_dir, "report.md.tmp"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(os.path.join(out_dir, "report.md.tmp"), os.path.join(out_dir, "report.md"))
-    print("\n".join(lines), flush=True)
+    write_markdown(out_dir, lines)
     if steps:
         import matplotlib
 
