@@ -39,7 +39,7 @@ demo-dpo: install
 	bash examples/demo/run_demo_dpo.sh $(DEMO_DPO_OUT) $(DEMO_OUT)
 
 test: install lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e" tests

@@ -12,6 +12,7 @@ import pytest
 from afm_trainer.checkpoints import tracked_step
 from afm_trainer.data.pairs import PAIR_SCHEMA
 from afm_trainer.metrics import read_metrics
+from afm_trainer.recipes.dpo.reference import mismatch, model_identity
 from tests.conftest import REPO, kill_tree, run_recipe
 
 DPO = os.path.join(REPO, "recipes", "train_dpo.sh")
@@ -152,7 +153,6 @@ def test_pairs_too_long_or_without_columns_are_refused_in_one_line(tmp_path, nan
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.e2e
 def test_reference_log_probs_of_another_model_are_refused(tmp_path, learning_run):
     import shutil
 
@@ -161,9 +161,19 @@ def test_reference_log_probs_of_another_model_are_refused(tmp_path, learning_run
     shutil.copytree(full / "reference", out / "reference")  # made from the nano model
     trained = full / "global_step_4" / "huggingface"
     result = run_dpo(1, out, f"MODEL={trained}", f"TRAIN_FILES={pairs}", "trainer.total_training_steps=1")
-    assert result.returncode != 0
-    assert "holds reference log-probs of another model than this run's" in result.stdout + result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert "holds reference log-probs of another model than this run's" in result.stderr
     assert not (out / "global_step_1").exists()
+
+
+def test_a_reference_file_belongs_to_one_model_wherever_it_lies_and_to_one_pair_list(tmp_path, nano_model):
+    import shutil
+
+    stored = {**model_identity(nano_model), "pair_ids": ["a", "b"]}
+    moved = shutil.copytree(nano_model, tmp_path / "moved")
+    assert mismatch("f", stored, {**model_identity(str(moved)), "pair_ids": ["a", "b"]}) is None
+    assert "another list of pairs" in mismatch("f", stored, {**model_identity(nano_model), "pair_ids": ["b", "a"]})
+    assert "another model" in mismatch("f", {"model": "org/a"}, {"model": "org/b"})
 
 
 @pytest.mark.e2e

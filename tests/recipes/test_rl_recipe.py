@@ -113,32 +113,18 @@ def test_asking_for_more_steps_resumes_from_the_last_checkpoint(synced_run, nano
 
 
 @pytest.mark.e2e
-def test_rollout_gets_the_actors_weights_every_step(synced_run, tmp_path, nano_model, rl_data):
+def test_rollout_gets_the_actors_weights_every_step(synced_run, cluster_run):
     # verl compares the rollout's token probabilities with the actor's each step: equal
-    # while weights are shipped every step, apart once the rollout keeps its start weights.
+    # while weights are shipped every step, apart once the rollout keeps its start weights
+    # (the cluster run's rollout does: sync_weights=false).
     def rollout_vs_actor(out):
         rows = [m for m in _metrics(out) if "training/rollout_probs_diff_mean" in m and m["step"] <= 3]
         return [m["training/rollout_probs_diff_mean"] for m in rows], [
             m["training/rollout_actor_probs_pearson_corr"] for m in rows
         ]
 
-    out, _ = synced_run
-    synced_diff, synced_corr = rollout_vs_actor(out)
-    train, val, corpus = rl_data
-    frozen_out = tmp_path / "frozen"
-    result = run_rl(
-        1,
-        frozen_out,
-        f"MODEL={nano_model}",
-        f"TRAIN_FILES={train}",
-        f"VAL_FILES={val}",
-        corpus,
-        "STEPS=3",
-        *SMALL,
-        "+actor_rollout_ref.rollout.custom.sync_weights=false",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    frozen_diff, frozen_corr = rollout_vs_actor(frozen_out)
+    synced_diff, synced_corr = rollout_vs_actor(synced_run[0])
+    frozen_diff, frozen_corr = rollout_vs_actor(cluster_run[0])
     assert len(synced_diff) == len(frozen_diff) == 3
     assert max(synced_diff) < 1e-4 and min(synced_corr) > 0.95, (synced_diff, synced_corr)
     # step 1 samples from the start weights either way; after that the frozen rollout lags
@@ -189,7 +175,7 @@ def test_missing_start_model_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no MODEL given" in result.stderr
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     """A Ray head started the way Ray starts one today, token authentication on, on
     loopback with a temp dir of its own; yields (address, token)."""
@@ -229,21 +215,32 @@ def ray_head():
         subprocess.run(["rm", "-rf", temp_dir])
 
 
-@pytest.mark.e2e
-def test_ppo_with_a_critic_runs_on_a_joined_ray_cluster_with_token_auth(ray_head, tmp_path, nano_model, rl_data):
+@pytest.fixture(scope="module")
+def cluster_run(ray_head, tmp_path_factory, nano_model, rl_data):
+    """PPO with a critic on a joined Ray cluster, its rollout left on its start weights
+    (one run serves the cluster test and, as its control, the weight-sync test); first the
+    same run with a wrong token. Returns (out, the refused run, the run)."""
     address, token = ray_head
     train, val, corpus = rl_data
     inputs = [f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}", corpus, f"RAY_ADDRESS={address}"]
     # The head's token copied here, RAY_AUTH_MODE left unset: as a user follows Ray's docs.
     env = {"RAY_AUTH_TOKEN": token}
-    wrong = run_rl(1, tmp_path / "refused", *inputs, env={**env, "RAY_AUTH_TOKEN": "0" * 32}, timeout=180)
+    folder = tmp_path_factory.mktemp("ppo")
+    wrong = run_rl(1, folder / "refused", *inputs, env={**env, "RAY_AUTH_TOKEN": "0" * 32}, timeout=180)
+    out = folder / "ppo"
+    frozen = "+actor_rollout_ref.rollout.custom.sync_weights=false"
+    result = run_rl(1, out, "ALGO=ppo", *inputs, "STEPS=3", *SMALL, frozen, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, wrong, result
+
+
+@pytest.mark.e2e
+def test_ppo_with_a_critic_runs_on_a_joined_ray_cluster_with_token_auth(cluster_run):
+    out, wrong, _ = cluster_run
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr[-2000:]
     assert "uses token authentication and the token here was refused" in wrong.stderr
-    out = tmp_path / "ppo"
-    result = run_rl(1, out, "ALGO=ppo", *inputs, "STEPS=2", *SMALL, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = [m for m in _metrics(out) if "critic/score/mean" in m]
-    assert [m["step"] for m in metrics] == [1, 2]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all("critic/vf_loss" in m for m in metrics)  # the value function trained: GAE, not GRPO
 
 

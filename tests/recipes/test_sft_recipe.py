@@ -29,7 +29,8 @@ def data_args(starter_data, model):
 def full_run(tmp_path_factory, nano_model, starter_data):
     """An uninterrupted 2-rank run: the reference for the other tests."""
     out = tmp_path_factory.mktemp("sft") / "full"
-    result = run_recipe(2, out, *data_args(starter_data, nano_model), *COMMON)
+    tensorboard = "trainer.logger=[console,file,tensorboard]"
+    result = run_recipe(2, out, *data_args(starter_data, nano_model), *COMMON, tensorboard)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
 
@@ -42,6 +43,19 @@ def test_two_ranks_train_and_loss_falls(full_run):
     losses = [metrics[s]["train/loss"] for s in sorted(metrics)]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
     assert "val/loss" in metrics[12]
+
+
+def test_tensorboard_events_are_written_to_out_dir(full_run):
+    """verl's loggers with one override; tensorboard's events in OUT_DIR/tensorboard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = full_run
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    metrics = read_metrics(str(out))
+    assert sorted(logged) == list(range(1, 13))
+    assert all(logged[s] == pytest.approx(metrics[s]["train/loss"], rel=1e-6) for s in logged)
 
 
 def test_checkpoints_are_complete_and_hf_export_reloads_and_generates(full_run, starter_data, nano_model):

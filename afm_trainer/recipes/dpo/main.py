@@ -21,6 +21,7 @@ from pathlib import Path
 
 from afm_trainer.data.pair_dataset import PAIR_COLUMNS, pair_conversations, read_pairs
 from afm_trainer.recipes.common import RecipeArgs, RecipeError, data_files, recipe_main, run
+from afm_trainer.recipes.dpo.reference import check_reference_model
 from afm_trainer.recipes.dpo.report import write_report
 from afm_trainer.recipes.sft.main import KEYS as SFT_KEYS
 from afm_trainer.recipes.sft.main import build_sft
@@ -84,6 +85,8 @@ def dpo(args: RecipeArgs) -> int:
     if inputs_exist:
         from transformers import AutoTokenizer
 
+        if problem := check_reference_model(args.out_dir, args.get("MODEL")):
+            raise RecipeError(problem)
         limits = pair_limits(args)
         tokenizer = AutoTokenizer.from_pretrained(args.get("MODEL"))
         for key in ("TRAIN_FILES", "VAL_FILES"):

@@ -23,7 +23,6 @@ Hydra config ``config/dpo.yaml``). What changes from SFT, and why:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -45,6 +44,7 @@ from afm_trainer.recipes.dpo.losses import (
     pair_losses,
     pair_metrics,
 )
+from afm_trainer.recipes.dpo.reference import METADATA_KEY, mismatch, model_identity, reference_file, stored_identity
 from afm_trainer.verl_ext.sft_trainer import AgentSFTTrainer, run
 
 SETTING_KEYS = ("loss_type", "beta", "label_smoothing", "nll_coef", "dr_dpo_beta", "drop_top_fraction")
@@ -148,20 +148,6 @@ def summed_metrics(metrics: dict) -> dict:
     return out
 
 
-def model_identity(path: str) -> dict:
-    """What the reference log-probs were computed from: the model folder and a digest of
-    its config and weights (a hub id is taken as is)."""
-    if not os.path.isdir(path):
-        return {"model": path}
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(path)):
-        if name == "config.json" or name.endswith((".safetensors", ".bin")):
-            with open(os.path.join(path, name), "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
-    return {"model": os.path.abspath(path), "sha256": digest.hexdigest()}
-
-
 class PreferenceTrainer(AgentSFTTrainer):
     def _build_engine(self):
         super()._build_engine()
@@ -211,17 +197,12 @@ class PreferenceTrainer(AgentSFTTrainer):
     def _reference_logps(self, dataset, split: str) -> torch.Tensor:
         """[N, 2] reference log-probs (chosen, rejected) of every pair, from the file when it
         matches this model and these pairs, else computed now and written."""
-        path = os.path.join(self.config.trainer.default_local_dir, "reference", f"{split}.parquet")
+        path = reference_file(self.config.trainer.default_local_dir, split)
         identity = {**model_identity(self.config.model.path), "pair_ids": [p["pair_id"] for p in dataset.pairs]}
         if os.path.exists(path):
+            if problem := mismatch(path, stored_identity(path), identity):
+                raise ValueError(problem)
             table = pq.read_table(path)
-            stored = json.loads(table.schema.metadata[b"afm_reference"])
-            if stored != identity:
-                what = "model" if stored.get("sha256") != identity.get("sha256") else "pairs"
-                raise ValueError(
-                    f"{path} holds reference log-probs of another {what} than this run's; "
-                    "delete it to recompute them or use another OUT_DIR"
-                )
             return torch.tensor([table["ref_chosen_logp"].to_pylist(), table["ref_rejected_logp"].to_pylist()]).T
         dp_rank, dp_size = self.engine.get_data_parallel_rank(), self.engine.get_data_parallel_size()
         sampler = DistributedSampler(dataset, shuffle=False, num_replicas=dp_size, rank=dp_rank, drop_last=False)
@@ -248,7 +229,7 @@ class PreferenceTrainer(AgentSFTTrainer):
                     "ref_rejected_logp": reference[:, 1].tolist(),
                 }
             )
-            table = table.replace_schema_metadata({"afm_reference": json.dumps(identity)})
+            table = table.replace_schema_metadata({METADATA_KEY: json.dumps(identity)})
             pq.write_table(table, path + ".tmp")
             os.replace(path + ".tmp", path)
         torch.distributed.barrier()
