@@ -5,9 +5,11 @@ Input: verl RL parquet (``data_preprocess/make_rl_data.py``: ``prompt``, ``data_
 ``reward_model.ground_truth``, ``extra_info``); each row's suite (found by its
 ``data_source``) extracts and credits an answer exactly as the RL reward does. An answer
 is right when its credit is 1 (every test passed), wrong otherwise (malformed included).
-A prompt gives up to ``pairs_per_prompt`` pairs of distinct right and wrong answers; a
-prompt with no pair (all right, all wrong) goes to ``OUT.rejects.jsonl`` with its counts,
-so every prompt is accounted for in ``OUT.report.json``.
+A prompt gives up to ``pairs_per_prompt`` pairs, one per distinct wrong answer, each with
+a right answer taken in turn (a model that is mostly right has one right program and many
+different mistakes: each mistake is a lesson, the right answer may repeat); a prompt
+with no pair (all right, all wrong) goes to ``OUT.rejects.jsonl`` with its counts, so
+every prompt is accounted for in ``OUT.report.json``.
 
 Sampling is the project's batched decoder (the CPU rollout's), each answer with its own
 seeded random stream: the same checkpoint, data and seed give the same pairs.
@@ -105,9 +107,8 @@ def make_onpolicy_pairs(
             rejects.append({"where": f"row {i}", "id": row_id, "reason": reason, "credits": scores})
             continue
         outcomes["paired"] += 1
-        for n, (good, bad) in enumerate(zip(right, wrong)):
-            if n == pairs_per_prompt:
-                break
+        for n, bad in enumerate(wrong[:pairs_per_prompt]):
+            good = right[n % len(right)]
             pairs.append(
                 {
                     "prompt": row["prompt"],

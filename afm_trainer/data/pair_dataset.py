@@ -17,6 +17,8 @@ import torch
 from verl.utils.dataset.dataset_utils import DatasetPadMode, SFTTensorCollator
 from verl.utils.tokenizer.chat_template import extract_system_prompt_and_generation
 
+from afm_trainer.data.convert import SCHEMA as SFT_SCHEMA
+from afm_trainer.data.parquet_io import write_rows
 from afm_trainer.data.sft_dataset import AgentSFTDataset
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -36,6 +38,24 @@ def read_pairs(files: list[str]) -> list[dict]:
             table = table.append_column("weight", pa.array([1.0] * len(table), pa.float64()))
         pairs += table.select([*PAIR_COLUMNS, "pair_id", "weight"]).to_pylist()
     return pairs
+
+
+def chosen_as_sft(pair_files: list[str], output_file: str) -> int:
+    """The chosen half of every pair as SFT data (``afm_trainer.data.convert.SCHEMA``):
+    supervised fine-tuning on the preferred answers, the baseline a preference run is
+    compared with (on on-policy pairs: rejection-sampling fine-tuning). Returns the rows."""
+    rows = [
+        {
+            "messages": pair_conversations(pair)[0],
+            "trajectory_id": pair["pair_id"],
+            "step": 0,
+            "answer": pair["chosen"][-1]["content"],
+            "source_format": "preference pair (chosen)",
+        }
+        for pair in read_pairs(pair_files)
+    ]
+    write_rows(rows, SFT_SCHEMA, output_file)
+    return len(rows)
 
 
 def pair_conversations(pair: dict) -> tuple[list[dict], list[dict]]:

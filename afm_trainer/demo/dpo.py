@@ -3,8 +3,9 @@ progressive demo's final model on its own answers, with the settings of config/d
 
 prepare (RL prompts of the demo world's easy code tasks, then on-policy pairs sampled
 from the start model and scored in the sandbox, in ``OUT_DIR/data``) -> the DPO recipe
--> evaluation of the start and the trained model on the held-out easy tasks (greedy, and
-sampled answers at the pairs' temperature) -> ``OUT_DIR/demo_report.md``.
+-> the baseline: SFT on the same pairs' chosen answers (``OUT_DIR/baseline_sft``) ->
+evaluation of the start, DPO and baseline models on the held-out easy tasks (greedy, and
+sampled answers at the pairs' temperature, compared item by item) -> ``OUT_DIR/report.md``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from afm_trainer.demo.progressive import embedded_paths
 from afm_trainer.recipes.common import RecipeArgs, RecipeError
 
 FINAL_SFT_PHASE = "phase3_summary_prefix"
+BASELINE = "SFT on the chosen answers"
 
 
 def start_model(sft_dir: str) -> str:
@@ -57,6 +59,32 @@ def embedded_default(args: RecipeArgs) -> tuple[RecipeArgs, dict]:
     return embedded, {**settings, "world": world, "start_model": model}
 
 
+def train_baseline(args: RecipeArgs, config) -> str:
+    """The simplest thing that could raise the sampled accuracy: SFT on the chosen answers
+    of the same pairs (rejection-sampling fine-tuning), from the same start model with the
+    DPO run's learning rate, warm-up, epochs and examples per step (``config``, the DPO
+    run's composed config), in OUT_DIR/baseline_sft. Returns its final export."""
+    from afm_trainer.data.pair_dataset import chosen_as_sft
+    from afm_trainer.recipes.common import run
+    from afm_trainer.recipes.sft.main import build_sft
+
+    data = os.path.join(os.path.abspath(args.out_dir), "data", "chosen_sft.parquet")
+    if not os.path.exists(data):
+        chosen_as_sft([args.get("TRAIN_FILES")], data)
+    out = os.path.join(os.path.abspath(args.out_dir), "baseline_sft")
+    same = [
+        f"optim.lr={config.optim.lr}",
+        f"optim.lr_warmup_steps_ratio={config.optim.lr_warmup_steps_ratio}",
+        f"trainer.total_epochs={config.trainer.total_epochs}",
+        f"data.train_batch_size={config.data.train_batch_size}",
+    ]
+    keys = {"MODEL": args.get("MODEL"), "TRAIN_FILES": data}
+    code = run(build_sft(RecipeArgs(args.nproc, out, keys, same)), "baseline sft", False)
+    if code != 0:
+        raise RecipeError(f"the baseline SFT run exited with code {code} (its log is above)")
+    return os.path.join(latest_complete(out), "huggingface")
+
+
 def evaluate_models(models: dict[str, str], world: str, settings: dict) -> dict:
     """Greedy and sampled held-out accuracy on the easy code tasks, per model."""
     from afm_trainer.eval.scoring import summarise
@@ -81,13 +109,26 @@ def evaluate_models(models: dict[str, str], world: str, settings: dict) -> dict:
         for seed in range(evaluation["sampled_answers"]):
             run = EvalRun(model, tokenizer, suite.max_new_tokens, temperature=evaluation["temperature"], seed=seed)
             sampled += suite.evaluate(run, items)
+        by_item = {}
+        for row in sampled:
+            by_item.setdefault(row["id"], []).append(row["correct"])
         results[name] = {
             "items": len(items),
             "greedy": summarise(greedy, suite.group_key)["accuracy"],
             "sampled": summarise(sampled, suite.group_key)["accuracy"],
+            "sampled_by_item": {i: sum(c) / len(c) for i, c in by_item.items()},
         }
-        print(f"[eval] {name}: {results[name]}", flush=True)
+        print(f"[eval] {name}: greedy {results[name]['greedy']:.3f} sampled {results[name]['sampled']:.3f}", flush=True)
     return results
+
+
+def paired_change(start: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """Mean per-item change of sampled accuracy and its standard error over the items
+    (pairing by item removes the spread between easy and hard items from the noise)."""
+    diffs = [after[i] - start[i] for i in start]
+    mean = sum(diffs) / len(diffs)
+    variance = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
+    return mean, (variance / len(diffs)) ** 0.5
 
 
 def evaluation_lines(results: dict, settings: dict) -> list[str]:
@@ -101,10 +142,26 @@ def evaluation_lines(results: dict, settings: dict) -> list[str]:
         "|---|---|---|",
     ]
     lines += [f"| {name} | {r['greedy']:.1%} | {r['sampled']:.1%} |" for name, r in results.items()]
+    start, *others = results.values()
+    lines += [""]
+    for name, r in zip(list(results)[1:], others):
+        change, error = paired_change(start["sampled_by_item"], r["sampled_by_item"])
+        lines += [f"- sampled accuracy, {name} minus start: {change:+.1%} (standard error {error:.1%}, paired by item)"]
+    if BASELINE in results and "after DPO" in results:
+        change, error = paired_change(results[BASELINE]["sampled_by_item"], results["after DPO"]["sampled_by_item"])
+        verdict = (
+            "DPO is better"
+            if change > 2 * error
+            else "the baseline is better"
+            if change < -2 * error
+            else "within two standard errors"
+        )
+        lines += [f"- DPO minus {BASELINE}: {change:+.1%} (standard error {error:.1%}): {verdict}"]
     lines += [
         "",
-        "The start model is the baseline: DPO here only reshapes which of its own answers it prefers. Every",
-        "training program of the demo world is one of 11 reference programs, so a lookup of the training",
+        f"{BASELINE}: the same pairs' preferred answers, trained with SFT from the same start model with",
+        "the same learning rate, epochs and examples per step (the simplest way to use the same data).",
+        "Every training program of the demo world is one of 11 reference programs, so a lookup of the training",
         "program for the spec would pass nearly every held-out item (greedy accuracy measures recall of them).",
     ]
     return lines

@@ -8,8 +8,9 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from afm_trainer.data.onpolicy_pairs import make_onpolicy_pairs
+from afm_trainer.data.onpolicy_pairs import make_onpolicy_pairs, sample_answers
 from afm_trainer.data.pairs import PAIR_SCHEMA, convert_pairs
 from afm_trainer.data.parquet_io import InputError
 from afm_trainer.data.rl_data import make_rl_data
@@ -35,6 +36,15 @@ EVEN = Suite(
 )
 
 
+def sample_answers_of(checkpoint, rl_file, k, seed):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    prompts = [row["prompt"] for row in pq.read_table(rl_file).to_pylist()]
+    return sample_answers(model, tokenizer, prompts, k, 1.0, EVEN.max_new_tokens, seed)
+
+
 @pytest.fixture
 def even_rl_data(tmp_path):
     register(EVEN)
@@ -56,6 +66,13 @@ def test_right_answers_are_paired_with_wrong_ones_and_every_prompt_counted(tmp_p
     for pair in table.to_pylist():
         assert len(pair["chosen"][0]["content"]) % 2 == 0 and len(pair["rejected"][0]["content"]) % 2 == 1
         assert pair["prompt"][0]["role"] == "user" and pair["source"].startswith("on-policy")
+    # every distinct wrong answer of a prompt is a pair (up to pairs_per_prompt), even when
+    # the prompt has a single right answer
+    answers = sample_answers_of(nano_model, even_rl_data, k=4, seed=1)
+    expected = sum(
+        min(2, len({a for a in group if len(a) % 2})) for group in answers if any(len(a) % 2 == 0 for a in group)
+    )
+    assert report["pairs"] == expected > outcomes["paired"]
     # the same checkpoint, data and seed give the same pairs
     again = make_onpolicy_pairs(nano_model, even_rl_data, str(tmp_path / "again.parquet"), samples=4, seed=1)
     assert pq.read_table(tmp_path / "again.parquet").equals(table)

@@ -286,3 +286,28 @@ def test_cli_missing_input_file(tmp_path):
     assert result.returncode == 1
     assert result.stderr == "error: input file not found: /no/pairs.jsonl\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_chosen_answers_as_sft_data_train_only_the_chosen_turns(tmp_path, nano_model):
+    from transformers import AutoTokenizer
+
+    from afm_trainer.data.convert import SCHEMA
+    from afm_trainer.data.pair_dataset import chosen_as_sft
+    from afm_trainer.data.sft_dataset import AgentSFTDataset
+
+    out = tmp_path / "p.parquet"
+    convert_pairs(write_jsonl(tmp_path / "p.jsonl", [GOOD, {**GOOD, "chosen": "<answer>No.</answer>"}]), str(out))
+    sft = tmp_path / "sft.parquet"
+    assert chosen_as_sft([str(out)], str(sft)) == 2
+    table = pq.read_table(sft)
+    assert table.schema == SCHEMA and table.column("trajectory_id").to_pylist() == ["line 1", "line 2"]
+    assert table.to_pylist()[0]["messages"] == [
+        {"role": "user", "content": "Is 9 prime?", "train": False},
+        {"role": "assistant", "content": "<answer>no</answer>", "train": True},
+    ]
+    # the SFT recipe's dataset reads it and trains the answer's tokens only
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    dataset = AgentSFTDataset([str(sft)], tokenizer, {"max_length": 256, "pad_mode": "no_padding"})
+    item = dataset[0]
+    trained = tokenizer.decode(item["input_ids"][item["loss_mask"].bool()])
+    assert trained.startswith("<answer>no</answer>") and "prime" not in trained

@@ -115,3 +115,23 @@ def test_coder_turns_become_code_examples_and_every_trace_is_accounted_for(tmp_p
     assert messages[1]["content"] == f"<answer>{solution_source('fizzbuzz').strip()}</answer>"
     reasons = [json.loads(line)["reason"] for line in open(tmp_path / "code.parquet.rejects.jsonl")]
     assert any("below --min_score" in r for r in reasons) and any("answer" in r for r in reasons)
+
+
+def test_dpo_demo_compares_dpo_with_sft_on_the_chosen_answers_item_by_item():
+    from afm_trainer.demo.dpo import BASELINE, evaluation_lines, paired_change
+
+    start = {"a": 0.5, "b": 0.25, "c": 1.0, "d": 0.0}
+    after = {"a": 0.75, "b": 0.5, "c": 1.0, "d": 0.25}  # +0.25 on three items, +0 on one
+    change, error = paired_change(start, after)
+    assert change == 0.1875 and error == 0.0625  # the diffs' sample standard deviation 0.125 / sqrt(4)
+
+    def model(by_item):
+        return {"items": 4, "greedy": 1.0, "sampled": sum(by_item.values()) / 4, "sampled_by_item": by_item}
+
+    settings = {"evaluation": {"temperature": 1.0, "sampled_answers": 4}}
+    better = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    results = {"start (SFT)": model(start), "after DPO": model(after), BASELINE: model(better)}
+    lines = "\n".join(evaluation_lines(results, settings))
+    assert "after DPO minus start: +18.8%" in lines and "the baseline is better" in lines
+    results[BASELINE] = model(after)
+    assert "+0.0% (standard error 0.0%): within two standard errors" in "\n".join(evaluation_lines(results, settings))

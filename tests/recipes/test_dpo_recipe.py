@@ -202,5 +202,11 @@ def test_dry_run_prints_the_command_and_the_demo_needs_the_sft_demo(tmp_path, na
     for part in ("--nproc_per_node=2", "-m afm_trainer.recipes.dpo.trainer", "--config-name=dpo", "dpo.beta=0.2"):
         assert part in line, part
     assert not (tmp_path / "o").exists()
+    # node 1 of 2 nodes, 8 GPUs each: the same torchrun line the SFT recipe's multi-node runs use
+    nodes = ["NNODES=2", "NODE_RANK=1", "MASTER_ADDR=10.0.0.1", "MASTER_PORT=29500", "DRY_RUN=1"]
+    second = run_dpo(8, tmp_path / "o", f"MODEL={nano_model}", f"TRAIN_FILES={pairs}", *nodes)
+    assert second.returncode == 0, second.stderr
+    assert "--nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=29500" in second.stdout
+    assert "trainer.nnodes=2" in second.stdout
     demo = run_dpo(1, tmp_path / "d", f"SFT_DIR={tmp_path / 'none'}", "DRY_RUN=1")
     assert demo.returncode == 2 and demo.stderr.strip().endswith("(run `make demo` first)")

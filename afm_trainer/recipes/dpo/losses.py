@@ -17,8 +17,8 @@ gap ``h = r_c - r_r``, and ``ls`` the label smoothing:
   +-1/(2 beta). No label smoothing.
 - ``dr_dpo``: Dr-DPO (Wu et al. 2024, arXiv 2407.07880). Per pair it is the ``sigmoid``
   loss; the method is in how the batch is combined: ``dr_dpo_objective`` is
-  ``-beta' * log(mean(exp(-loss / beta')))``, and ``dr_dpo_weights`` gives per-pair
-  weights with the same gradient, for a batch whose losses are computed in pieces.
+  ``-beta' * log(mean(exp(-loss / beta')))``, over the pairs passed in (the trainer
+  passes one micro-batch, as the authors' code takes one local batch).
 - ``sigmoid_centred``: seed 004's heuristic (a project document calls it "Cal-DPO"; it is
   a different method from the Cal-DPO paper): the ``sigmoid`` loss of
   ``z = beta * (h - mean(h))``, the mean taken over the pairs passed in.
@@ -86,16 +86,6 @@ def dr_dpo_objective(losses: torch.Tensor, beta_prime: float) -> torch.Tensor:
     if not beta_prime > 0:
         raise ValueError(f"beta_prime must be > 0, got {beta_prime}")
     return -beta_prime * (torch.logsumexp(-losses / beta_prime, dim=0) - math.log(losses.numel()))
-
-
-def dr_dpo_weights(losses: torch.Tensor, beta_prime: float) -> torch.Tensor:
-    """Detached per-pair weights w (mean 1) such that mean(w * losses) has exactly the gradient of
-    dr_dpo_objective(losses): w = P * softmax(-losses / beta'). Lets a trainer apply Dr-DPO over a batch
-    whose losses are computed in pieces."""
-    if not beta_prime > 0:
-        raise ValueError(f"beta_prime must be > 0, got {beta_prime}")
-    # d objective / d loss_i = softmax_i, and d mean(w * losses) / d loss_i = w_i / P.
-    return (losses.numel() * torch.softmax(-losses.detach() / beta_prime, dim=0)).detach()
 
 
 def keep_mask_drop_top(scores: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -38,16 +38,20 @@ KEYS = {
 }
 
 
-def pair_limits(args: RecipeArgs) -> tuple[int, int | None]:
-    """(data.max_length, the token budget of a micro-batch with dynamic batching, else None)
-    as the trainer will see them: its config composed with this command line's overrides."""
+def composed_config(args: RecipeArgs):
+    """The trainer's config as it will see it: CONFIG composed with this command line's overrides."""
     from hydra import compose, initialize_config_dir
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            data = compose(config_name=args.get("CONFIG", "dpo"), overrides=["device=cpu", *args.overrides]).data
+            return compose(config_name=args.get("CONFIG", "dpo"), overrides=["device=cpu", *args.overrides])
     except Exception as exc:  # Hydra raises several types for a bad override
         raise RecipeError(f"the configuration does not compose with these overrides: {exc}") from None
+
+
+def pair_limits(config) -> tuple[int, int | None]:
+    """(data.max_length, the token budget of a micro-batch with dynamic batching, else None)."""
+    data = config.data
     return int(data.max_length), int(data.max_token_len_per_gpu) if data.use_dynamic_bsz else None
 
 
@@ -87,7 +91,8 @@ def dpo(args: RecipeArgs) -> int:
 
         if problem := check_reference_model(args.out_dir, args.get("MODEL")):
             raise RecipeError(problem)
-        limits = pair_limits(args)
+        config = composed_config(args)
+        limits = pair_limits(config)
         tokenizer = AutoTokenizer.from_pretrained(args.get("MODEL"))
         for key in ("TRAIN_FILES", "VAL_FILES"):
             if files := data_files(args.get(key)):
@@ -98,11 +103,12 @@ def dpo(args: RecipeArgs) -> int:
     extra = []
     if demo:
         from afm_trainer.checkpoints import latest_complete
-        from afm_trainer.demo.dpo import evaluate_models, evaluation_lines
+        from afm_trainer.demo.dpo import BASELINE, evaluate_models, evaluation_lines, train_baseline
 
         trained = os.path.join(latest_complete(args.out_dir), "huggingface")
-        results = evaluate_models({"start (SFT)": demo["start_model"], "after DPO": trained}, demo["world"], demo)
-        extra = evaluation_lines(results, demo)
+        models = {"start (SFT)": demo["start_model"], "after DPO": trained}
+        models[BASELINE] = train_baseline(args, config)
+        extra = evaluation_lines(evaluate_models(models, demo["world"], demo), demo)
     write_report(args.out_dir, extra)
     return 0
 
