@@ -48,26 +48,36 @@ def evaluate_stage(out_dir: str, stage: str, model_dir: str, settings: dict) -> 
     return results
 
 
-def baselines(out_dir: str, suite_names: list[str]) -> dict:
-    """Majority-answer baselines (overall and by difficulty): the most frequent training
-    answer of the item's group, scored on the items the stages were scored on."""
-    from afm_trainer.eval.scoring import majority_baseline
+# The simple baselines: the report's label -> results.json's key.
+BASELINES = {"majority answer": "majority_baseline", "nearest training example": "nearest_example_baseline"}
 
-    out = {}
+
+def baselines(out_dir: str, suite_names: list[str], min_score: float | None = None) -> dict[str, dict]:
+    """The simple baselines by label, then suite (overall and by difficulty), on the items
+    the stages were scored on: the majority answer (the most frequent training answer of
+    the item's group) and the nearest training example (the answer or program of the
+    training example whose prompt is nearest the item's; traces scored below ``min_score``
+    are not training examples, as in the demo's data)."""
+    from afm_trainer.eval.scoring import majority_baseline, nearest_example_baseline
+
+    world, out = _world(out_dir), {label: {} for label in BASELINES}
     for name in suite_names:
         suite = get_suite(name)
         rows = read_jsonl(os.path.join(out_dir, "eval", "untrained", name, "predictions.jsonl"))
-        out[name] = majority_baseline(suite.training_answers(_world(out_dir)), rows, suite.group_key)
+        out["majority answer"][name] = majority_baseline(suite.training_answers(world), rows, suite.group_key)
+        items = read_jsonl(os.path.join(world, "heldout", suite.heldout_file))  # what evaluate_stage scores
+        examples = suite.training_examples(world, min_score)
+        out["nearest training example"][name] = nearest_example_baseline(suite, examples, items)
     return out
 
 
 def easy_tier_accuracy(stage_results: dict[str, dict], base: dict, suite_name: str) -> dict[str, float]:
-    """Mean accuracy over the suite's easy tiers for every stage and the majority baseline
-    (tiers hold equal or nearly equal numbers of items: the mean of tiers is that of items)."""
+    """Mean accuracy over the suite's easy tiers for every stage and baseline (tiers hold
+    equal or nearly equal numbers of items: the mean of tiers is that of items)."""
     tiers = get_suite(suite_name).easy_tiers
     mean = lambda by_d: sum(by_d.get(t, 0.0) for t in tiers) / len(tiers)  # noqa: E731
     out = {stage: mean(r[suite_name]["by_difficulty"]) for stage, r in stage_results.items()}
-    out["majority answer"] = mean(base[suite_name]["by_difficulty"])
+    out |= {label: mean(by_suite[suite_name]["by_difficulty"]) for label, by_suite in base.items()}
     return out
 
 
@@ -91,11 +101,22 @@ def suite_section(name: str, stage_results: dict[str, dict], base: dict) -> list
             }
             cells.append(f"{special.get(row, r['by_group'].get(row, 0)):.1%}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", f"Majority-answer baseline: {base[name]['overall']:.1%}", "", f"### {name} by difficulty", ""]
-    lines += ["| difficulty | " + " | ".join(stages) + " | majority answer |", "|---" * (len(stages) + 2) + "|"]
+    lines += [""] + [f"Baseline ({label}): {by_suite[name]['overall']:.1%}" for label, by_suite in base.items()]
+    final_accuracy = stage_results[stages[-1]][name]["accuracy"]
+    for label, by_suite in base.items():
+        if by_suite[name]["overall"] >= final_accuracy:
+            lines += [
+                "",
+                f"The {label} baseline ({by_suite[name]['overall']:.1%}) matches or beats the final stage "
+                f"({final_accuracy:.1%}): on this suite the model shows nothing beyond it.",
+            ]
+    lines += ["", f"### {name} by difficulty", ""]
+    columns = stages + list(base)
+    lines += ["| difficulty | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for d in stage_results[stages[0]][name]["by_difficulty"]:
         cells = [f"{stage_results[s][name]['by_difficulty'].get(d, 0):.1%}" for s in stages]
-        lines.append(f"| {d} | " + " | ".join(cells) + f" | {base[name]['by_difficulty'].get(d, 0):.1%} |")
+        cells += [f"{by_suite[name]['by_difficulty'].get(d, 0):.1%}" for by_suite in base.values()]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
     easy = easy_tier_accuracy(stage_results, base, name)
     lines += [
         "",
@@ -113,11 +134,10 @@ def suite_section(name: str, stage_results: dict[str, dict], base: dict) -> list
 def write_report(out_dir: str, stage_results: dict[str, dict], settings: dict) -> None:
     """OUT_DIR/results.json, report.md (printed too), loss_curves.png, accuracy_by_difficulty.png."""
     names = settings["eval"]["suites"]
-    base = baselines(out_dir, names)
+    base = baselines(out_dir, names, settings["data"]["min_score"])
     easy = {name: easy_tier_accuracy(stage_results, base, name) for name in names}
-    _write_json(
-        os.path.join(out_dir, "results.json"), {"stages": stage_results, "majority_baseline": base, "easy_tiers": easy}
-    )
+    results = {"stages": stage_results} | {BASELINES[label]: by_suite for label, by_suite in base.items()}
+    _write_json(os.path.join(out_dir, "results.json"), results | {"easy_tiers": easy})
     lines = ["# afm-trainer progressive demo", "", "Held-out accuracy (greedy; verifiers of the demo world).", ""]
     for name in names:
         lines += suite_section(name, stage_results, base)
@@ -160,8 +180,9 @@ def plot_accuracy(out_dir: str, stage_results: dict, base: dict, names: list[str
         for stage in [s for s in STAGES if s in stage_results]:
             by_d = stage_results[stage][name]["by_difficulty"]
             ax.plot([int(d) for d in by_d], list(by_d.values()), "o-", label=stage)
-        by_d = base[name]["by_difficulty"]
-        ax.plot([int(d) for d in by_d], list(by_d.values()), "--", color="grey", label="majority answer")
+        for label, style in (("majority answer", "--"), ("nearest training example", ":")):
+            by_d = base[label][name]["by_difficulty"]
+            ax.plot([int(d) for d in by_d], list(by_d.values()), style, color="grey", label=label)
         ax.set_title(f"{name}: accuracy by difficulty")
         ax.set_ylim(0, 1)
     axes[0][0].legend(fontsize=7)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 
-from afm_trainer.suites import EvalRun, get_suite
+from afm_trainer.suites import EvalRun, Suite, get_suite
 from afm_trainer.suites.base import read_jsonl
 from afm_trainer.world.algorithmic import normalise
 
@@ -76,3 +77,43 @@ def majority_baseline(train_answers: dict[str, list[str]], rows: list[dict], gro
         if r.get("difficulty") is not None:
             by_difficulty[int(r["difficulty"])].append(hit)
     return {"overall": _mean(hits), "by_difficulty": {str(d): _mean(v) for d, v in sorted(by_difficulty.items())}}
+
+
+def nearest_example_baseline(suite: Suite, examples: list[tuple[str, str]], items: list[dict]) -> dict:
+    """Accuracy of answering each held-out item with the answer, or the program, of the
+    training example whose prompt is nearest the item's (``nearest_examples``), scored as
+    the suite scores a model's completion (a program runs in the sandbox on the item's
+    input): a baseline that memorises its training set. Overall, by group and by difficulty."""
+    if suite.prompt_of is None or suite.score is None:
+        raise ValueError(f"the {suite.name} suite has no prompt_of and score for the nearest-example baseline")
+    nearest = nearest_examples([prompt for prompt, _ in examples], [suite.prompt_of(it) for it in items])
+    rows = [suite.score(it, "" if i is None else f"<answer>{examples[i][1]}</answer>") for it, i in zip(items, nearest)]
+    summary = summarise(rows, suite.group_key)
+    return {"overall": summary["accuracy"], "by_group": summary["by_group"], "by_difficulty": summary["by_difficulty"]}
+
+
+def nearest_examples(prompts: list[str], queries: list[str]) -> list[int | None]:
+    """For each query, the index of the prompt nearest it by BM25 (bm25s, the search
+    tool's library); a tie goes to the earlier prompt, and a query sharing no token with
+    any prompt gets None."""
+    import bm25s
+    import numpy as np
+
+    if not prompts:
+        return [None] * len(queries)
+    index = bm25s.BM25()
+    index.index([_prompt_tokens(p) for p in prompts], show_progress=False)
+    out = []
+    for query in queries:
+        tokens = [t for t in _prompt_tokens(query) if t in index.vocab_dict]
+        scores = index.get_scores(tokens) if tokens else np.zeros(len(prompts))
+        best = int(np.argmax(scores))  # the first of equal maxima
+        out.append(best if scores[best] > 0 else None)
+    return out
+
+
+def _prompt_tokens(text: str) -> list[str]:
+    """Every word, number and symbol, lowercased. Not the search tool's tokenizer: it drops
+    stop words and one-character tokens, the digits, letters and operators that tell two
+    algorithmic prompts apart."""
+    return re.findall(r"\w+|[^\w\s]", text.lower())

@@ -19,6 +19,7 @@ from afm_trainer.suites.base import (
     rl_row,
     sample,
     scored_row,
+    trace_examples,
 )
 from afm_trainer.suites.responses import answer_of, first_answer
 from afm_trainer.world.algorithmic import TYPES, Task, generate_suite, verify
@@ -87,26 +88,41 @@ def credit(answer: str, ground_truth: str, extra_info: dict) -> float:
     return 1.0 if verify(task_of_extra_info(extra_info, ground_truth), answer) else 0.0
 
 
+def prompt_of(item: dict) -> str:
+    return item["prompt"]
+
+
+def score(item: dict, completion: str) -> dict:
+    """A held-out item's row: the completion's first answer, judged by the type's verifier."""
+    predicted = first_answer(completion)
+    correct = verify(task_of_item(item), predicted)
+    return scored_row(
+        item["id"], {"type": item["type"]}, item["difficulty"], item["answer"], predicted, correct, completion
+    )
+
+
 def evaluate(run, items: list[dict]) -> list[dict]:
     from afm_trainer.eval.lm import generate
 
-    prompts = [[{"role": "user", "content": it["prompt"]}] for it in items]
+    prompts = [[{"role": "user", "content": prompt_of(it)}] for it in items]
     completions = generate(
         run.model, run.tokenizer, prompts, run.max_new_tokens, temperature=run.temperature, seed=run.seed
     )
-    rows = []
-    for it, completion in zip(items, completions):
-        predicted = first_answer(completion)
-        correct = verify(task_of_item(it), predicted)
-        rows.append(
-            scored_row(it["id"], {"type": it["type"]}, it["difficulty"], it["answer"], predicted, correct, completion)
-        )
-    return rows
+    return [score(it, completion) for it, completion in zip(items, completions)]
+
+
+def teacher_traces(world: str) -> str:
+    return os.path.join(world, "traces", "teacher_cot.jsonl")
 
 
 def answers_by_type(world: str) -> dict[str, list[str]]:
     """The teacher's training answers per problem type (the majority-answer baseline)."""
-    return answers_by_group(os.path.join(world, "traces", "teacher_cot.jsonl"), "type")
+    return answers_by_group(teacher_traces(world), "type")
+
+
+def training_examples(world: str, min_score: float | None = None) -> list[tuple[str, str]]:
+    """The teacher's training (question, answer) pairs (the nearest-training-example baseline)."""
+    return trace_examples(teacher_traces(world), "question", min_score)
 
 
 SUITE = register(
@@ -124,5 +140,8 @@ SUITE = register(
         credit=credit,
         evaluate=evaluate,
         training_answers=answers_by_type,
+        prompt_of=prompt_of,
+        score=score,
+        training_examples=training_examples,
     )
 )

@@ -60,6 +60,11 @@ class Suite:
     credit: Callable[[str, str, dict], float]  # (extracted, ground_truth, extra_info) -> 0..1
     evaluate: Callable[[EvalRun, list[dict]], list[dict]]  # held-out items -> scored rows
     training_answers: Callable[[str], dict[str, list[str]]]  # world folder -> answers by group
+    # The nearest-training-example baseline's hooks (afm_trainer.eval.scoring.nearest_example_baseline):
+    prompt_of: Callable[[dict], str] | None = None  # a held-out item -> the prompt its model sees
+    score: Callable[[dict, str], dict] | None = None  # (held-out item, completion) -> its scored row
+    # (world folder, min_score) -> (prompt, answer or program) of the world's training traces
+    training_examples: Callable[[str, float | None], list[tuple[str, str]]] | None = None
 
 
 SUITES: dict[str, Suite] = {}
@@ -126,6 +131,22 @@ def scored_row(
         "correct": bool(correct),
         "completion": completion,
     }
+
+
+def trace_examples(traces: str, prompt_key: str, min_score: float | None = None) -> list[tuple[str, str]]:
+    """(prompt, answer) of every record of a trace file that has both, leaving out those
+    scored below ``min_score`` as the training data's conversion does (what the
+    nearest-training-example baseline retrieves from)."""
+    return [
+        (record[prompt_key], record["answer"])
+        for record in read_jsonl(traces)
+        if isinstance(record.get(prompt_key), str) and isinstance(record.get("answer"), str) and kept(record, min_score)
+    ]
+
+
+def kept(record: dict, min_score: float | None) -> bool:
+    """Whether training keeps a trace: no threshold, or a score not below it."""
+    return min_score is None or (record.get("score") is not None and record["score"] >= min_score)
 
 
 def answers_by_group(traces: str, group_key: str) -> dict[str, list[str]]:

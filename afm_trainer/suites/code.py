@@ -7,14 +7,16 @@ difficulty than the one the prompt shows, so copying the example passes nothing.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import zlib
 
 from afm_trainer.suites import algorithmic
-from afm_trainer.suites.base import RLDataRequest, Suite, register, rl_row, sample, scored_row
+from afm_trainer.suites.base import RLDataRequest, Suite, kept, read_jsonl, register, rl_row, sample, scored_row
 from afm_trainer.suites.responses import code_of
 from afm_trainer.tools.sandbox import run_python
 from afm_trainer.world.algorithmic import (
+    TYPES,
     Task,
     code_example,
     code_prompt,
@@ -108,15 +110,37 @@ def score_completion(task: Task, completion: str) -> dict:
     return scored_row(task.task_id, {"type": task.type}, task.difficulty, task.answer, predicted, correct, completion)
 
 
+def prompt_of(item: dict) -> str:
+    """A held-out item's prompt: another solved instance of its kind (the item is the test)."""
+    return code_prompt(code_example(algorithmic.task_of_item(item)))
+
+
+def score(item: dict, completion: str) -> dict:
+    return score_completion(algorithmic.task_of_item(item), completion)
+
+
 def evaluate(run, items: list[dict]) -> list[dict]:
     from afm_trainer.eval.lm import generate
 
-    tasks = [algorithmic.task_of_item(it) for it in items]
-    prompts = [[{"role": "user", "content": code_prompt(code_example(t))}] for t in tasks]
+    prompts = [[{"role": "user", "content": prompt_of(it)}] for it in items]
     completions = generate(
         run.model, run.tokenizer, prompts, run.max_new_tokens, temperature=run.temperature, seed=run.seed
     )
-    return [score_completion(task, completion) for task, completion in zip(tasks, completions)]
+    return [score(it, completion) for it, completion in zip(items, completions)]
+
+
+def training_examples(world: str, min_score: float | None = None) -> list[tuple[str, str]]:
+    """The code-writing examples of the world's agent chains: the code prompt of a chain's
+    task and its Coder's program, as the demo's code set builds them (it trains on a sample
+    per type), for the nearest-training-example baseline; a chain scored below
+    ``min_score`` (the Reviewer rejected its program) is left out."""
+    examples = []
+    for chain in read_jsonl(os.path.join(world, "traces", "agent_chain.jsonl")):
+        coder = next((s.get("output") for s in chain.get("trajectory") or [] if s.get("agent") == "Coder"), None)
+        if isinstance(coder, str) and "x" in chain and chain.get("type") in TYPES and kept(chain, min_score):
+            task = Task(str(chain.get("id")), chain["type"], int(chain.get("difficulty") or 0), "", "", chain["x"])
+            examples.append((code_prompt(task), coder))
+    return examples
 
 
 SUITE = register(
@@ -137,5 +161,8 @@ SUITE = register(
         credit=credit,
         evaluate=evaluate,
         training_answers=algorithmic.answers_by_type,
+        prompt_of=prompt_of,
+        score=score,
+        training_examples=training_examples,
     )
 )

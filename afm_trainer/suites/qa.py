@@ -24,6 +24,7 @@ from afm_trainer.suites.base import (
     rl_row,
     sample,
     scored_row,
+    trace_examples,
 )
 from afm_trainer.suites.responses import answer_of, first_answer
 from afm_trainer.world.algorithmic import normalise
@@ -178,6 +179,17 @@ def run_search_agent(
     return transcripts
 
 
+def prompt_of(item: dict) -> str:
+    return item["question"]
+
+
+def score(item: dict, transcript: str) -> dict:
+    """A held-out item's row: the transcript's first answer, right if it is the gold one."""
+    predicted = first_answer(transcript)
+    correct = predicted is not None and normalise(predicted) == normalise(item["answer"])
+    return scored_row(item["qid"], {"hops": item["hops"]}, item["hops"], item["answer"], predicted, correct, transcript)
+
+
 def evaluate(run, items: list[dict]) -> list[dict]:
     from afm_trainer.tools.search import SearchIndex
 
@@ -185,21 +197,23 @@ def evaluate(run, items: list[dict]) -> list[dict]:
         raise ValueError("the qa suite's search agent answers greedily only")
 
     index = SearchIndex.from_jsonl(run.corpus)
-    questions = [it["question"] for it in items]
+    questions = [prompt_of(it) for it in items]
     transcripts = run_search_agent(run.model, run.tokenizer, questions, index, run.max_new_tokens, run.max_searches)
-    rows = []
-    for it, transcript in zip(items, transcripts):
-        predicted = first_answer(transcript)
-        correct = predicted is not None and normalise(predicted) == normalise(it["answer"])
-        rows.append(
-            scored_row(it["qid"], {"hops": it["hops"]}, it["hops"], it["answer"], predicted, correct, transcript)
-        )
-    return rows
+    return [score(it, transcript) for it, transcript in zip(items, transcripts)]
+
+
+def agent_traces(world: str) -> str:
+    return os.path.join(world, "traces", "search_agent.jsonl")
 
 
 def answers_by_hops(world: str) -> dict[str, list[str]]:
     """The search agent's training answers per hop count (the majority-answer baseline)."""
-    return answers_by_group(os.path.join(world, "traces", "search_agent.jsonl"), "hops")
+    return answers_by_group(agent_traces(world), "hops")
+
+
+def training_examples(world: str, min_score: float | None = None) -> list[tuple[str, str]]:
+    """The search agent's training (question, answer) pairs (the nearest-training-example baseline)."""
+    return trace_examples(agent_traces(world), "question", min_score)
 
 
 SUITE = register(
@@ -217,5 +231,8 @@ SUITE = register(
         credit=credit,
         evaluate=evaluate,
         training_answers=answers_by_hops,
+        prompt_of=prompt_of,
+        score=score,
+        training_examples=training_examples,
     )
 )

@@ -37,8 +37,18 @@ def _fake_stage(items, key, right):
     return summarise(rows, key), rows
 
 
-def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_path):
+def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
     from afm_trainer.world.make_world import make_world
+
+    figures, savefig = {}, Figure.savefig
+
+    def keep_figure(fig, path, **kwargs):  # so the plot's lines can be read back
+        figures[os.path.basename(path)] = fig
+        savefig(fig, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep_figure)
 
     out = tmp_path / "demo"
     paths = demo.embedded_paths(str(out))
@@ -59,9 +69,38 @@ def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_
                     f.writelines(json.dumps(r) + "\n" for r in rows)
     report.write_report(str(out), stages, SETTINGS)
     text = (out / "report.md").read_text()
-    assert "| difficulty | untrained | phase1_multiturn | majority answer |" in text
+    assert "| difficulty | untrained | phase1_multiturn | majority answer | nearest training example |" in text
     assert "Easy tiers (difficulty 1, 2, 3): untrained 0.0%" in text
     results = json.load(open(out / "results.json"))
+    nearest = results["nearest_example_baseline"]
+    assert set(nearest) == {"algorithmic", "code", "qa"}
+    for suite in nearest:  # the column shows the suite's own nearest-example accuracy by difficulty
+        section = text.split(f"### {suite} by difficulty")[1].split("Easy tiers")[0]
+        rows = [row.strip("|").split("|") for row in section.splitlines() if row[2:3].isdigit()]
+        assert {cells[0].strip(): cells[-1].strip() for cells in rows} == {
+            d: f"{accuracy:.1%}" for d, accuracy in nearest[suite]["by_difficulty"].items()
+        }
+        assert f"Baseline (nearest training example): {nearest[suite]['overall']:.1%}" in text
+        easy = results["easy_tiers"][suite]["nearest training example"]
+        assert (
+            f"majority answer {results['easy_tiers'][suite]['majority answer']:.1%}, nearest training example {easy:.1%}"
+            in text
+        )
+    # a baseline that matches or beats the final stage is said to, and only then
+    for label, key in report.BASELINES.items():
+        for suite in nearest:
+            sentence = f"The {label} baseline ({results[key][suite]['overall']:.1%}) matches or beats the final stage"
+            section = text.split(f"## {suite} by")[1].split("###")[0]
+            beaten = results[key][suite]["overall"] >= stages["phase1_multiturn"][suite]["accuracy"]
+            assert (sentence in section) == beaten, (label, suite)
+    assert "The nearest training example baseline" in text.split("## code by")[1].split("###")[0]
+    # every training program is a reference program, which passes wherever its type's spec is
+    # nearest; a training answer is right only where another instance shares it
+    assert nearest["code"]["overall"] > 0.9 > nearest["algorithmic"]["overall"]
+    lines = {
+        line.get_label(): line.get_linestyle() for line in figures["accuracy_by_difficulty.png"].axes[0].get_lines()
+    }
+    assert lines["majority answer"] == "--" and lines["nearest training example"] == ":"
     assert set(results["easy_tiers"]) == {"algorithmic", "code", "qa"}
     # code is the algorithmic set solved by a program: the same items, the same baseline
     assert results["majority_baseline"]["code"] == results["majority_baseline"]["algorithmic"]
