@@ -118,7 +118,7 @@ def write_coder_turns(agent_chain: str, out_path: str, per_type: int) -> tuple[i
     teacher_cot format without reasoning, so convert() accounts for each record: one
     with no Coder output or no task input is rejected there, with its reason.
     Returns (records written, traces read)."""
-    from afm_trainer.world.algorithmic import Task, code_prompt
+    from afm_trainer.suites.code import chain_code_example
 
     with open(agent_chain) as f:
         traces = [json.loads(line) for line in f if line.strip()]
@@ -127,19 +127,14 @@ def write_coder_turns(agent_chain: str, out_path: str, per_type: int) -> tuple[i
         by_type[str(trace.get("type"))].append(trace)
     rng = random.Random(0)
     with open(out_path + ".tmp", "w") as f:
-        for task_type, group in sorted(by_type.items()):
+        for _task_type, group in sorted(by_type.items()):
             for trace in rng.sample(group, min(per_type, len(group))):
-                coder = next(
-                    (s.get("output") for s in trace.get("trajectory") or [] if s.get("agent") == "Coder"), None
-                )
+                prompt, program = chain_code_example(trace)
                 record = {"id": trace.get("id"), "score": trace.get("score")}
-                if "x" in trace and "task" in trace:
-                    task = Task(
-                        str(trace["id"]), task_type, int(trace.get("difficulty") or 0), trace["task"], "", trace["x"]
-                    )
-                    record["question"] = code_prompt(task)
-                if coder is not None:
-                    record["answer"] = coder  # the teacher_cot parser wraps it in <answer></answer>
+                if prompt is not None:
+                    record["question"] = prompt
+                if program is not None:
+                    record["answer"] = program  # the teacher_cot parser wraps it in <answer></answer>
                 f.write(json.dumps(record) + "\n")
     os.replace(out_path + ".tmp", out_path)
     return sum(min(per_type, len(g)) for g in by_type.values()), len(traces)

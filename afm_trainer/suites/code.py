@@ -129,6 +129,17 @@ def evaluate(run, items: list[dict]) -> list[dict]:
     return [score(it, completion) for it, completion in zip(items, completions)]
 
 
+def chain_code_example(chain: dict) -> tuple[str | None, str | None]:
+    """(the code prompt of an agent chain's task, its Coder's program); None for what the
+    chain lacks (no task input, no Coder turn)."""
+    coder = next((s.get("output") for s in chain.get("trajectory") or [] if s.get("agent") == "Coder"), None)
+    prompt = None
+    if "x" in chain and chain.get("type") in TYPES:
+        task = Task(str(chain.get("id")), chain["type"], int(chain.get("difficulty") or 0), "", "", chain["x"])
+        prompt = code_prompt(task)
+    return prompt, coder if isinstance(coder, str) else None
+
+
 def training_examples(world: str, min_score: float | None = None) -> list[tuple[str, str]]:
     """The code-writing examples of the world's agent chains: the code prompt of a chain's
     task and its Coder's program, as the demo's code set builds them (it trains on a sample
@@ -136,10 +147,9 @@ def training_examples(world: str, min_score: float | None = None) -> list[tuple[
     ``min_score`` (the Reviewer rejected its program) is left out."""
     examples = []
     for chain in read_jsonl(os.path.join(world, "traces", "agent_chain.jsonl")):
-        coder = next((s.get("output") for s in chain.get("trajectory") or [] if s.get("agent") == "Coder"), None)
-        if isinstance(coder, str) and "x" in chain and chain.get("type") in TYPES and kept(chain, min_score):
-            task = Task(str(chain.get("id")), chain["type"], int(chain.get("difficulty") or 0), "", "", chain["x"])
-            examples.append((code_prompt(task), coder))
+        prompt, program = chain_code_example(chain)
+        if prompt is not None and program is not None and kept(chain, min_score):
+            examples.append((prompt, program))
     return examples
 
 
