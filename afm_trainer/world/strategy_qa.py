@@ -1,5 +1,5 @@
 """StrategyQA-like yes/no questions about the demo world, for seed 004's self-improvement
-pipeline (not yet wired into a pipeline).
+pipeline (``make demo-self-improve``).
 
 Each question needs 2 or 3 reasoning steps over the world's facts ("Were X and Y born in
 the same country?"), and carries those facts, shuffled with a few unrelated ones, in a
@@ -28,6 +28,8 @@ as seed 004 does (the converter compares them case-blind).
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -177,28 +179,25 @@ def make_strategy_questions(
 
 
 def _conclusion(q: StrategyQuestion) -> str:
+    """The comparison the answer rests on, written as the two things compared and then
+    the verdict ("Sorwyn and Marven: different countries."): a model that writes the two
+    names first decides from the two tokens just before, not from the whole chain at once."""
     f = {(e, r): v for e, r, v in q.needed}
     person = q.needed[0][0]
-    country = lambda p: f[(f[(p, "born_in")], "country")]
+    country = lambda p: f[(f[(p, "born_in")], "country")]  # noqa: E731
     if q.template == "born_in_country":
         named = q.ask.removeprefix(f"Was {person} born in the country ").removesuffix("?")
-        return f"{person} was born in {named}." if country(person) == named else f"{country(person)} is not {named}."
-    if q.template == "same_country":
+        pair, kind = (country(person), named), ("country", "countries")
+    elif q.template == "same_country":
         other = next(e for e, r, _ in q.needed if r == "born_in" and e != person)
-        if country(person) == country(other):
-            return f"Both were born in {country(person)}."
-        return f"{person} was born in {country(person)} but {other} in {country(other)}."
-    if q.template == "born_in_capital":
-        city = f[(person, "born_in")]
-        capital = f[(country(person), "capital")]
-        if city == capital:
-            return f"{person} was born in {capital}, a capital."
-        return f"{city} is not {capital}, and a city lies in one country only, so {city} is not a capital."
-    company = f[(person, "founded")]
-    home = f[(f[(company, "headquarters")], "country")]
-    if home == country(person):
-        return f"{company} is headquartered in {home}, where {person} was born."
-    return f"{company} is headquartered in {home}, but {person} was born in {country(person)}."
+        pair, kind = (country(person), country(other)), ("country", "countries")
+    elif q.template == "born_in_capital":
+        pair, kind = (f[(person, "born_in")], f[(country(person), "capital")]), ("city", "cities")
+    else:
+        company = f[(person, "founded")]
+        pair, kind = (f[(f[(company, "headquarters")], "country")], country(person)), ("country", "countries")
+    verdict = f"the same {kind[0]}" if pair[0] == pair[1] else f"different {kind[1]}"
+    return f"{pair[0]} and {pair[1]}: {verdict}."
 
 
 def teacher_reasoning(q: StrategyQuestion) -> str:
@@ -249,21 +248,53 @@ def judge_clarifier(q: StrategyQuestion, clarifier: str) -> float:
 
 
 def strategy_record(
-    q: StrategyQuestion, rng: random.Random, error_rate: float = 0.3, clarifier_useful: float = 0.7
+    q: StrategyQuestion,
+    rng: random.Random,
+    error_rate: float = 0.3,
+    clarifier_useful: float = 0.7,
+    teacher_error: dict[str, float] | None = None,
 ) -> dict:
     """One ``teacher_cot`` trace record (as ``teacher_cot_record`` makes), plus hops, the
-    draft's answer and clarifying question, and the judge's score for it."""
+    draft's answer and clarifying question, and the judge's score for it.
+
+    ``teacher_error`` maps a true answer to the chance that the teacher gets it wrong (its
+    reasoning then ends in the other answer, and the record's ``score`` is 0 where a right
+    teacher's is 1): seed 004's teacher disagreed with the ground truth on 31.5% of its
+    questions, more often on "yes" ones, so filtering its errors out skewed the labels."""
     draft = student_draft(q, rng, error_rate, clarifier_useful)
+    teacher_wrong = rng.random() < (teacher_error or {}).get(q.answer, 0.0)
+    if teacher_wrong:
+        other = "no" if q.answer == "yes" else "yes"
+        reasoning = " ".join([_sentence(f) for f in q.needed] + [f"So the answer is {other}."])
+    else:
+        reasoning = teacher_reasoning(q)
     return {
         "id": q.qid,
         "question": q.question,
         "answer": q.answer,
         "student_draft": draft["text"],
-        "teacher_output": teacher_reasoning(q),
-        "score": 1.0,
+        "teacher_output": reasoning,
+        "score": 0.0 if teacher_wrong else 1.0,
         "type": q.template,
         "hops": q.hops,
         "draft_answer": draft["draft_answer"],
         "clarifier": draft["clarifier"],
         "clarifier_score": judge_clarifier(q, draft["clarifier"]),
     }
+
+
+def write_strategy_traces(
+    path: str,
+    questions: list[StrategyQuestion],
+    seed: int,
+    error_rate: float = 0.3,
+    clarifier_useful: float = 0.7,
+    teacher_error: dict[str, float] | None = None,
+) -> list[dict]:
+    """The questions' records as a teacher_cot JSONL file (written atomically); returns them."""
+    rng = random.Random(f"drafts:{seed}")
+    records = [strategy_record(q, rng, error_rate, clarifier_useful, teacher_error) for q in questions]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(path + ".tmp", path)
+    return records
