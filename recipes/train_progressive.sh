@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Progressive SFT (seed 002): phase 1 multi-turn -> phase 2 summary-only -> phase 3
-# summary-prefix, each phase starting from the latest complete checkpoint of the one before.
+# summary-prefix, each phase starting from the latest complete checkpoint of the one before:
+# the chain afm_trainer/recipes/chain/config/progressive.yaml (recipes/train_chain.sh).
 #
 #   bash recipes/train_progressive.sh NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]
 #
@@ -14,4 +15,4 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
-exec "$PYTHON" -m afm_trainer.recipes.progressive.main "$@"
+exec "$PYTHON" -m afm_trainer.recipes.chain.main progressive "$@"

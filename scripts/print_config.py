@@ -4,7 +4,7 @@
     python scripts/print_config.py RECIPE NPROC OUT_DIR [KEY=VALUE ...] [hydra.overrides ...]
     DRY_RUN=1 bash examples/gpu/SCRIPT.sh ... | python scripts/print_config.py -
 
-RECIPE is sft, progressive or grpo (recipes/train_RECIPE.sh) or the path of a recipe
+RECIPE is sft, progressive, self_improve or grpo (a script in recipes/) or the path of a recipe
 script; the other arguments are the recipe's own. The recipe runs with DRY_RUN=1, so
 nothing is trained or written. Each trainer command it prints (`[tag] command: ...`)
 is composed with Hydra from that command's own --config-path, --config-name and
@@ -23,7 +23,12 @@ import sys
 from dataclasses import dataclass, field
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
-RECIPES = {"sft": "train_sft.sh", "progressive": "train_progressive.sh", "grpo": "train_grpo.sh"}
+RECIPES = {
+    "sft": "train_sft.sh",
+    "progressive": "train_progressive.sh",
+    "self_improve": "self_improve.sh",
+    "grpo": "train_grpo.sh",
+}
 # The line every recipe prints for each trainer it starts (and, with DRY_RUN=1, would start).
 COMMAND_LINE = re.compile(r"^\[(?P<tag>[^\]]+)\] command: (?P<command>.+)$", re.MULTILINE)
 SKIPPED_LINE = re.compile(r"^\[[^\]]+\] complete .*$", re.MULTILINE)

@@ -43,7 +43,7 @@ def test_installed_package_runs_dry_runs_and_eval_help_outside_the_clone(install
     where = _run(["-c", "import afm_trainer; print(afm_trainer.__file__)"], env, elsewhere)
     assert where.stdout.startswith(str(target)), where.stdout + where.stderr
     assert _run(["-m", "afm_trainer.eval", "--help"], env, elsewhere).returncode == 0
-    demo = _run(["-m", "afm_trainer.recipes.progressive.main", "1", "out", "DRY_RUN=1"], env, elsewhere)
+    demo = _run(["-m", "afm_trainer.recipes.chain.main", "progressive", "1", "out", "DRY_RUN=1"], env, elsewhere)
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert demo.stdout.count("command:") == 3 and f"--config-path={target}" in demo.stdout
     assert not os.path.exists(os.path.join(elsewhere, "out"))  # a dry run builds nothing

@@ -16,6 +16,7 @@ import os
 from afm_trainer.checkpoints import latest_complete
 from afm_trainer.demo import load_settings
 from afm_trainer.demo.progressive import embedded_paths
+from afm_trainer.eval.scoring import paired_change
 from afm_trainer.recipes.common import RecipeArgs, RecipeError
 
 FINAL_SFT_PHASE = "phase3_summary_prefix"
@@ -85,6 +86,14 @@ def train_baseline(args: RecipeArgs, config) -> str:
     return os.path.join(latest_complete(out), "huggingface")
 
 
+def evaluation_report(args: RecipeArgs, demo: dict, config) -> list[str]:
+    """After the DPO run: train the baseline, evaluate start, DPO and baseline models,
+    and return the report's evaluation section."""
+    trained = os.path.join(latest_complete(args.out_dir), "huggingface")
+    models = {"start (SFT)": demo["start_model"], "after DPO": trained, BASELINE: train_baseline(args, config)}
+    return evaluation_lines(evaluate_models(models, demo["world"], demo), demo)
+
+
 def evaluate_models(models: dict[str, str], world: str, settings: dict) -> dict:
     """Greedy and sampled held-out accuracy on the easy code tasks, per model."""
     from afm_trainer.eval.scoring import summarise
@@ -120,15 +129,6 @@ def evaluate_models(models: dict[str, str], world: str, settings: dict) -> dict:
         }
         print(f"[eval] {name}: greedy {results[name]['greedy']:.3f} sampled {results[name]['sampled']:.3f}", flush=True)
     return results
-
-
-def paired_change(start: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
-    """Mean per-item change of sampled accuracy and its standard error over the items
-    (pairing by item removes the spread between easy and hard items from the noise)."""
-    diffs = [after[i] - start[i] for i in start]
-    mean = sum(diffs) / len(diffs)
-    variance = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
-    return mean, (variance / len(diffs)) ** 0.5
 
 
 def evaluation_lines(results: dict, settings: dict) -> list[str]:

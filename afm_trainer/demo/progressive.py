@@ -18,8 +18,8 @@ import random
 from collections import defaultdict
 
 from afm_trainer.demo import load_settings
+from afm_trainer.recipes.chain.main import Chain, StageFailed, train_stages
 from afm_trainer.recipes.common import RecipeArgs, RecipeError
-from afm_trainer.recipes.progressive.main import PhaseFailed, train_phases
 
 
 def embedded_paths(out_dir: str) -> dict:
@@ -28,7 +28,7 @@ def embedded_paths(out_dir: str) -> dict:
     return {"root": root, **{name: os.path.join(root, name) for name in names}}
 
 
-def run_embedded_default(args: RecipeArgs) -> int:
+def run_embedded_default(args: RecipeArgs, chain: Chain) -> int:
     from afm_trainer.demo import report
 
     settings = load_settings("progressive", args.get("DEMO_CONFIG"))
@@ -39,10 +39,10 @@ def run_embedded_default(args: RecipeArgs) -> int:
         {"untrained": report.evaluate_stage(args.out_dir, "untrained", paths["model"], settings)} if evaluate else {}
     )
     try:
-        for phase, model in train_phases(args, model_exists=evaluate):
+        for stage, model in train_stages(chain, args, model_exists=evaluate):
             if evaluate:
-                stages[phase.folder] = report.evaluate_stage(args.out_dir, phase.folder, model, settings)
-    except PhaseFailed as exc:
+                stages[stage.folder] = report.evaluate_stage(args.out_dir, stage.folder, model, settings)
+    except StageFailed as exc:
         return exc.returncode
     if args.dry_run:
         return 0
@@ -55,6 +55,7 @@ def prepare(out_dir: str, settings: dict) -> dict:
     """Build model, world and training sets (each skipped when already complete)."""
     from afm_trainer.data.convert import convert
     from afm_trainer.data.pipeline import run_pipeline
+    from afm_trainer.data.self_improve import write_without
     from afm_trainer.models.tiny import build_tiny_model
     from afm_trainer.world.make_world import make_world
 
@@ -81,7 +82,8 @@ def prepare(out_dir: str, settings: dict) -> dict:
     if not os.path.isfile(algo_train):
         print("[prepare] converting the algorithmic teacher traces", flush=True)
         no_drafts = os.path.join(paths["algorithmic"], "teacher_cot_no_drafts.jsonl")
-        write_without_drafts(os.path.join(traces, "teacher_cot.jsonl"), no_drafts)
+        # evaluation asks the bare question, so training must too (seed 004)
+        write_without(os.path.join(traces, "teacher_cot.jsonl"), no_drafts, fields=("student_draft",))
         # Held-out tasks come from another seed already, so every converted row is training data.
         convert(no_drafts, algo_train, "teacher_cot", "multiturn", min_score=data["min_score"])
     code_train = os.path.join(paths["code"], "train.parquet")
@@ -97,18 +99,6 @@ def prepare(out_dir: str, settings: dict) -> dict:
         print("[prepare] sampling the replay sets of phases 2 and 3", flush=True)
         write_replay(phase1_sets(paths), paths["replay"], data["replay_rows"])
     return paths
-
-
-def write_without_drafts(source: str, target: str) -> None:
-    """The teacher traces without student drafts: evaluation asks the bare question, so
-    training must too (seed 004)."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with open(source) as f, open(target + ".tmp", "w") as g:
-        for line in f:
-            record = json.loads(line)
-            record.pop("student_draft", None)
-            g.write(json.dumps(record) + "\n")
-    os.replace(target + ".tmp", target)
 
 
 def write_coder_turns(agent_chain: str, out_path: str, per_type: int) -> tuple[int, int]:

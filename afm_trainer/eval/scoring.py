@@ -117,3 +117,12 @@ def _prompt_tokens(text: str) -> list[str]:
     stop words and one-character tokens, the digits, letters and operators that tell two
     algorithmic prompts apart."""
     return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def paired_change(start: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """Mean per-item change (after minus start) of a per-item score and its standard error
+    over the items (pairing by item removes the spread between easy and hard items from the noise)."""
+    diffs = [after[i] - start[i] for i in start]
+    mean = sum(diffs) / len(diffs)
+    variance = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
+    return mean, (variance / len(diffs)) ** 0.5

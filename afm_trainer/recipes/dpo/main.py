@@ -16,7 +16,6 @@ rather than cut.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from afm_trainer.data.pair_dataset import PAIR_COLUMNS, pair_conversations, read_pairs
@@ -76,16 +75,14 @@ def check_pair_lengths(tokenizer, files: list[str], what: str, max_length: int, 
         )
 
 
-def dpo(args: RecipeArgs) -> int:
-    demo = None
-    if not args.get("MODEL") and not args.get("TRAIN_FILES"):  # the embedded default (make demo-dpo)
-        from afm_trainer.demo.dpo import embedded_default
-
-        args, demo = embedded_default(args)
-    inputs_exist = not (demo and args.dry_run)  # a demo's dry run has made no pairs yet
+def train_dpo(args: RecipeArgs, inputs_exist: bool = True, tag: str = "dpo", extra_report=None) -> int:
+    """Check the pairs, train, and write OUT_DIR/report.md; ``inputs_exist=False`` (dry
+    runs of chains and demos) skips the checks of a model and pairs not made yet.
+    ``extra_report(config)`` returns more report lines (the demo's evaluation)."""
     launch = build_sft(
         args, inputs_exist, trainer="afm_trainer.recipes.dpo.trainer", config_dir=CONFIG_DIR, columns=PAIR_COLUMNS
     )
+    config = None
     if inputs_exist:
         from transformers import AutoTokenizer
 
@@ -97,20 +94,23 @@ def dpo(args: RecipeArgs) -> int:
         for key in ("TRAIN_FILES", "VAL_FILES"):
             if files := data_files(args.get(key)):
                 check_pair_lengths(tokenizer, files, key, *limits)
-    code = run(launch, "dpo", args.dry_run)
+    code = run(launch, tag, args.dry_run)
     if code != 0 or args.dry_run:
         return code
-    extra = []
-    if demo:
-        from afm_trainer.checkpoints import latest_complete
-        from afm_trainer.demo.dpo import BASELINE, evaluate_models, evaluation_lines, train_baseline
-
-        trained = os.path.join(latest_complete(args.out_dir), "huggingface")
-        models = {"start (SFT)": demo["start_model"], "after DPO": trained}
-        models[BASELINE] = train_baseline(args, config)
-        extra = evaluation_lines(evaluate_models(models, demo["world"], demo), demo)
-    write_report(args.out_dir, extra)
+    write_report(args.out_dir, extra_report(config) if extra_report else [])
     return 0
+
+
+def dpo(args: RecipeArgs) -> int:
+    if args.get("MODEL") or args.get("TRAIN_FILES"):
+        return train_dpo(args)
+    # the embedded default (make demo-dpo)
+    from afm_trainer.demo.dpo import embedded_default, evaluation_report
+
+    args, demo = embedded_default(args)
+    return train_dpo(
+        args, inputs_exist=not args.dry_run, extra_report=lambda config: evaluation_report(args, demo, config)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
