@@ -1,5 +1,7 @@
 # make demo      - install what is missing, then run the main job on the embedded default
 # make demo-rl   - GRPO from the demo's final model (after make demo): 20 steps on CPU
+# make demo-dpo  - preference training of the demo's final model (after make demo)
+# make demo-self-improve - seed 004's chain, phases A -> B -> C, from the demo's final model (after make demo)
 # make test      - install what is missing, then lint and run the whole test suite
 # make test-fast - the suite without end-to-end runs (pytest -m "not e2e"), a few minutes
 # make lint      - ruff's lint and format checks (make format rewrites the files)
@@ -17,9 +19,10 @@ EXTRAS ?= test
 DEMO_OUT ?= out/demo
 DEMO_RL_OUT ?= out/demo-rl
 DEMO_DPO_OUT ?= out/demo-dpo
+DEMO_SELF_IMPROVE_OUT ?= out/demo-self-improve
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-rl demo-dpo test test-fast lint format bench clean
+.PHONY: install demo demo-rl demo-dpo demo-self-improve test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -37,6 +40,9 @@ demo-rl: install
 
 demo-dpo: install
 	bash examples/demo/run_demo_dpo.sh $(DEMO_DPO_OUT) $(DEMO_OUT)
+
+demo-self-improve: install
+	bash examples/demo/run_demo_self_improve.sh $(DEMO_SELF_IMPROVE_OUT)
 
 test: install lint
 	$(PY) -m pytest -q --durations=15 tests

@@ -29,6 +29,8 @@ setup(
         "matplotlib",
         "tqdm",
         "bm25s",
+        # integrated gradients for the self-improvement report's draft attribution
+        "captum>=0.8",
         "httpx",
         "orjson",
         "pyyaml",

@@ -1,8 +1,9 @@
-"""The embedded defaults (what ``make demo`` and ``make demo-rl`` run): an example built
-on the recipes, not part of them. With no model and no data, a recipe hands its command
-line to ``progressive.run_embedded_default`` or ``grpo.embedded_default``, which build
-the demo world and a tiny model, set the recipe's inputs and run the recipe itself.
-Their settings are config/progressive.yaml and config/grpo.yaml beside this file (copy
+"""The embedded defaults (what ``make demo``, ``make demo-rl``, ``make demo-dpo`` and
+``make demo-self-improve`` run): examples built on the recipes, not part of them. With
+no model and no data, a recipe hands its command line to the demo module of the same
+name (``progressive``, ``grpo``, ``dpo``, ``self_improve``), which builds the demo world
+and a tiny model (or takes the progressive demo's final model), sets the recipe's inputs
+and runs the recipe itself. Their settings are config/NAME.yaml beside this file (copy
 one, change it, and pass DEMO_CONFIG=path/to/it.yaml).
 """
 
