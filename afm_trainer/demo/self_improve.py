@@ -63,6 +63,7 @@ def prepare(out_dir: str, settings: dict) -> dict:
     from afm_trainer.world.strategy_qa import make_strategy_questions, write_strategy_traces
 
     paths = embedded_paths(out_dir)
+    paths["model"] = start_model(paths, settings)  # refused before anything is written
     world, drafts = settings["world"], settings["drafts"]
     train_file = os.path.join(paths["traces"], "train.jsonl")
     heldout_file = os.path.join(paths["traces"], "heldout.jsonl")
@@ -85,7 +86,6 @@ def prepare(out_dir: str, settings: dict) -> dict:
             drafts["clarifier_useful"],
             settings["teacher"]["error"],
         )
-    paths["model"] = start_model(paths, settings)
     if not os.path.isfile(os.path.join(paths["model"], "config.json")):
         print("[prepare] building the tiny model (its tokenizer also learns the questions' words)", flush=True)
         domain = os.path.join(paths["root"], "tokenizer_domain.txt")

@@ -130,3 +130,33 @@ def test_sft_then_dpo_chain_resumes_after_a_kill_in_the_preference_stage(tmp_pat
         expected = [line.replace(str(out / stage / "global_step_LATEST" / "huggingface"), export) for line in expected]
     assert real == set(expected) and len(expected) == 3
     assert os.path.join(latest_complete(str(out / "phaseB_cot")), "huggingface") in expected[2]
+
+
+def test_the_self_improvement_demo_dry_run_builds_nothing_and_needs_its_start_model(tmp_path):
+    import yaml
+
+    from afm_trainer.demo import load_settings
+
+    settings = load_settings("self_improve")
+    missing = {**settings, "model": {**settings["model"], "start_from": str(tmp_path / "no_demo")}}
+    (tmp_path / "missing.yaml").write_text(yaml.safe_dump(missing))
+    result = run_recipe(1, tmp_path / "out", f"DEMO_CONFIG={tmp_path / 'missing.yaml'}", recipe="self_improve")
+    assert result.returncode == 2 and "run `make demo` first" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+    scratch = {**settings, "model": {**settings["model"], "start_from": None}}
+    (tmp_path / "scratch.yaml").write_text(yaml.safe_dump(scratch))
+    dry = run_recipe(
+        1, tmp_path / "out", f"DEMO_CONFIG={tmp_path / 'scratch.yaml'}", "DRY_RUN=1", recipe="self_improve"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert [line.split(" command:")[0] for line in stage_commands(dry.stdout)] == [
+        "[phase A]",
+        "[phase B]",
+        "[phase C]",
+        "[phase B (unbalanced)]",
+    ]
+    unbalanced = stage_commands(dry.stdout)[3]
+    assert "data_unbalanced/track_b/train.parquet" in unbalanced
+    assert str(tmp_path / "out" / "phaseA_direct" / "global_step_LATEST" / "huggingface") in unbalanced
+    assert not (tmp_path / "out").exists()
