@@ -24,8 +24,6 @@ import pyarrow.parquet as pq
 from afm_trainer.data.convert import convert
 from afm_trainer.data.parquet_io import check_output_dir, write_rows
 
-DATASETS = ("track_a", "track_b", "pairs")
-
 
 def write_without(source: str, target: str, fields: tuple[str, ...] = ("student_draft", "teacher_output")) -> None:
     """The records of a JSONL file without ``fields`` (track A: no student draft and no
@@ -61,8 +59,9 @@ def in_validation(record_id: str, val_ratio: float, seed: int) -> bool:
 def split_file(source: str, folder: str, id_column: str, val_ratio: float, seed: int) -> dict:
     table = pq.read_table(source)
     rows = table.to_pylist()
-    val = [r for r in rows if in_validation(r[id_column], val_ratio, seed)]
-    train = [r for r in rows if not in_validation(r[id_column], val_ratio, seed)]
+    train, val = [], []
+    for row in rows:
+        (val if in_validation(row[id_column], val_ratio, seed) else train).append(row)
     check_output_dir(folder)
     write_rows(train, table.schema, os.path.join(folder, "train.parquet"))
     write_rows(val, table.schema, os.path.join(folder, "val.parquet"))

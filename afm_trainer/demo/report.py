@@ -17,7 +17,7 @@ def _world(out_dir: str) -> str:
     return os.path.join(os.path.abspath(out_dir), "embedded", "world")
 
 
-def _write_json(path: str, data) -> None:
+def write_json(path: str, data) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(data, f, indent=2)
     os.replace(path + ".tmp", path)
@@ -41,7 +41,7 @@ def evaluate_stage(out_dir: str, stage: str, model_dir: str, settings: dict) -> 
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "predictions.jsonl"), "w") as f:
                 f.writelines(json.dumps(row) + "\n" for row in result.pop("predictions"))
-            _write_json(cached, result)
+            write_json(cached, result)
         with open(cached) as f:
             results[name] = json.load(f)
         print(f"[eval] {stage} {name}: accuracy {results[name]['accuracy']:.1%}", flush=True)
@@ -137,7 +137,7 @@ def write_report(out_dir: str, stage_results: dict[str, dict], settings: dict) -
     base = baselines(out_dir, names, settings["data"]["min_score"])
     easy = {name: easy_tier_accuracy(stage_results, base, name) for name in names}
     results = {"stages": stage_results} | {BASELINES[label]: by_suite for label, by_suite in base.items()}
-    _write_json(os.path.join(out_dir, "results.json"), results | {"easy_tiers": easy})
+    write_json(os.path.join(out_dir, "results.json"), results | {"easy_tiers": easy})
     lines = ["# afm-trainer progressive demo", "", "Held-out accuracy (greedy; verifiers of the demo world).", ""]
     for name in names:
         lines += suite_section(name, stage_results, base)

@@ -20,8 +20,10 @@ import json
 import os
 
 from afm_trainer.demo import load_settings
-from afm_trainer.recipes.chain.main import Chain, Stage, StageFailed, train_stages
+from afm_trainer.demo.report import write_json
+from afm_trainer.recipes.chain.main import Chain, StageFailed, parse_stage, train_stages
 from afm_trainer.recipes.common import RecipeArgs, write_markdown
+from afm_trainer.suites.base import read_jsonl
 
 # The prompt each phase is evaluated with: how it was trained. The others are ablations.
 TRAINED_CONDITION = {"phaseA_direct": "question"}
@@ -32,17 +34,6 @@ def embedded_paths(out_dir: str) -> dict:
     root = os.path.join(os.path.abspath(out_dir), "embedded")
     names = ("model", "traces", "data", "data_unbalanced")
     return {"root": root, **{name: os.path.join(root, name) for name in names}}
-
-
-def _write_json(path: str, data) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def start_model(paths: dict, settings: dict) -> str:
@@ -90,7 +81,7 @@ def prepare(out_dir: str, settings: dict) -> dict:
         print("[prepare] building the tiny model (its tokenizer also learns the questions' words)", flush=True)
         domain = os.path.join(paths["root"], "tokenizer_domain.txt")
         with open(domain, "w") as f:
-            for record in _read_jsonl(train_file):
+            for record in read_jsonl(train_file):
                 f.write("\n".join([record["question"], record["student_draft"], record["teacher_output"]]) + "\n")
         build_tiny_model(paths["model"], size=settings["model"]["size"], domain_file=domain)
     data = settings["data"]
@@ -98,13 +89,13 @@ def prepare(out_dir: str, settings: dict) -> dict:
         if not os.path.isfile(os.path.join(folder, "pairs", "val.parquet")):
             print(f"[prepare] the data pipeline (balance={balance}) -> {folder}", flush=True)
             report = write_self_improve_data(train_file, folder, min_score=data["min_score"], balance=balance)
-            _write_json(os.path.join(folder, "report.json"), report)
+            write_json(os.path.join(folder, "report.json"), report)
     return paths
 
 
 def demo_chain(chain: Chain, settings: dict) -> Chain:
     """The chain, plus phase B on the unbalanced data (from phase A)."""
-    extra = Stage(**{k: str(v) for k, v in settings["unbalanced_stage"].items()})
+    extra = parse_stage(settings["unbalanced_stage"], "unbalanced_stage", [s.key for s in chain.stages])
     return Chain(chain.name, [*chain.stages, extra], chain.embedded_default, chain.keys)
 
 
@@ -154,23 +145,24 @@ def evaluate_model(out_dir: str, stage: str, model_dir: str, items: list[dict], 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     budget = settings["evaluation"]["max_new_tokens"]
     result = {c: evaluate(model, tokenizer, items, c, budget) for c in CONDITIONS}
+    responses = result["draft"]["responses"]
+    for by_condition in result.values():  # the cache keeps a few examples, not every response
+        del by_condition["responses"]
     if stage not in TRAINED_CONDITION:
-        result["draft attribution"] = draft_attribution(model, tokenizer, items, settings["evaluation"])
+        result["draft attribution"] = draft_attribution(model, tokenizer, items, responses, settings["evaluation"])
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    _write_json(cached, result)
+    write_json(cached, result)
     return result
 
 
-def draft_attribution(model, tokenizer, items: list[dict], evaluation: dict) -> dict:
+def draft_attribution(model, tokenizer, items: list[dict], responses: list[str], evaluation: dict) -> dict:
     """Mean share of integrated-gradients attribution on the draft's tokens, explaining
-    the model's own greedy response to the question-and-draft prompt."""
+    the model's own greedy ``responses`` to the question-and-draft prompts."""
     from afm_trainer.eval.attribution import span_attribution_share
-    from afm_trainer.eval.lm import generate
     from afm_trainer.eval.self_improve import condition_prompts
 
     chosen = items[: evaluation["attribution_items"]]
     prompts = condition_prompts(chosen, "draft")
-    responses = generate(model, tokenizer, prompts, max_new_tokens=evaluation["max_new_tokens"])
     shares, deltas = [], []
     for item, prompt, response in zip(chosen, prompts, responses):
         content = prompt[-1]["content"]
@@ -208,8 +200,8 @@ def evaluate_all(out_dir: str, paths: dict, models: dict[str, str], settings: di
     from afm_trainer.eval.scoring import nearest_examples
     from afm_trainer.eval.self_improve import draft_answer_baseline, majority_baseline, score
 
-    train = _read_jsonl(os.path.join(paths["traces"], "train.jsonl"))
-    records = _read_jsonl(os.path.join(paths["traces"], "heldout.jsonl"))
+    train = read_jsonl(os.path.join(paths["traces"], "train.jsonl"))
+    records = read_jsonl(os.path.join(paths["traces"], "heldout.jsonl"))
     items = [{k: r[k] for k in ("id", "question", "answer", "student_draft", "clarifier_score")} for r in records]
     phases = {}
     for stage in PHASES:
@@ -304,7 +296,7 @@ def target_lines(results: dict) -> list[str]:
 
 
 def write_report(out_dir: str, results: dict, settings: dict) -> None:
-    _write_json(os.path.join(out_dir, "results.json"), results)
+    write_json(os.path.join(out_dir, "results.json"), results)
     labels = results["track_b_labels"]
     fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), reverse=True))  # noqa: E731
     lines = [

@@ -65,10 +65,11 @@ def score(items: list[dict], responses: list[str]) -> dict:
 
 
 def evaluate(model, tokenizer, items: list[dict], condition: str, max_new_tokens: int = 192) -> dict:
+    """``score`` of the model's greedy responses under a condition, with the responses."""
     from afm_trainer.eval.lm import generate
 
     responses = generate(model, tokenizer, condition_prompts(items, condition), max_new_tokens=max_new_tokens)
-    return {**score(items, responses), "examples": responses[:3]}
+    return {**score(items, responses), "examples": responses[:3], "responses": responses}
 
 
 def draft_answer_baseline(items: list[dict]) -> dict:

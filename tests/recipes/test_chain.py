@@ -160,3 +160,13 @@ def test_the_self_improvement_demo_dry_run_builds_nothing_and_needs_its_start_mo
     assert "data_unbalanced/track_b/train.parquet" in unbalanced
     assert str(tmp_path / "out" / "phaseA_direct" / "global_step_LATEST" / "huggingface") in unbalanced
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_with_start_null_starts_from_the_stage_before(tmp_path):
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(
+        "stages:\n"
+        "  - {key: A, name: a, folder: a, kind: sft, data: d, lr: 1, epochs: 1}\n"
+        "  - {key: B, name: b, folder: b, kind: sft, data: d, lr: 1, epochs: 1, start: null}\n"
+    )
+    assert load_chain(str(chain)).stages[1].start is None

@@ -68,6 +68,22 @@ class Chain:
     keys: dict[str, str] = field(default_factory=dict)  # the recipe arguments it takes
 
 
+def parse_stage(raw: dict, where: str, earlier: list[str]) -> Stage:
+    """One stage's settings, checked (``earlier``: the keys of the stages before it)."""
+    missing = [k for k in ("key", "name", "folder", "kind", "data", "lr", "epochs") if k not in raw]
+    if missing:
+        raise RecipeError(f"{where} has no {', '.join(missing)}")
+    unknown = set(raw) - set(Stage.__dataclass_fields__)
+    if unknown:
+        raise RecipeError(f"{where} has unknown settings {', '.join(sorted(unknown))}")
+    if raw["kind"] not in KINDS:
+        raise RecipeError(f"{where}: kind {raw['kind']!r} is not one of {', '.join(KINDS)}")
+    if raw.get("start") not in (None, "MODEL", *earlier):
+        raise RecipeError(f"{where}: start {raw['start']!r} is neither MODEL nor an earlier stage's key")
+    values = {k: v for k, v in raw.items() if v is not None}  # start: null is the stage before
+    return Stage(**{k: (tuple(v) if k == "overrides" else str(v)) for k, v in values.items()})
+
+
 def load_chain(spec: str) -> Chain:
     """A chain file (a path, or a name in config/), checked: one error line for a bad one."""
     path = spec if os.path.isfile(spec) else CONFIG_DIR / f"{spec}.yaml"
@@ -76,22 +92,9 @@ def load_chain(spec: str) -> Chain:
         raise RecipeError(f"chain {spec} is neither a file nor one of {known}")
     with open(path) as f:
         config = yaml.safe_load(f) or {}
-    stages, seen = [], set()
+    stages: list[Stage] = []
     for index, raw in enumerate(config.get("stages") or []):
-        where = f"chain {path}, stage {index + 1}"
-        missing = [k for k in ("key", "name", "folder", "kind", "data", "lr", "epochs") if k not in raw]
-        if missing:
-            raise RecipeError(f"{where} has no {', '.join(missing)}")
-        unknown = set(raw) - set(Stage.__dataclass_fields__)
-        if unknown:
-            raise RecipeError(f"{where} has unknown settings {', '.join(sorted(unknown))}")
-        if raw["kind"] not in KINDS:
-            raise RecipeError(f"{where}: kind {raw['kind']!r} is not one of {', '.join(KINDS)}")
-        if raw.get("start") not in (None, "MODEL", *seen):
-            raise RecipeError(f"{where}: start {raw['start']!r} is neither MODEL nor an earlier stage's key")
-        stage = Stage(**{k: (tuple(v) if k == "overrides" else str(v)) for k, v in raw.items()})
-        seen.add(stage.key)
-        stages.append(stage)
+        stages.append(parse_stage(raw, f"chain {path}, stage {index + 1}", [s.key for s in stages]))
     if not stages:
         raise RecipeError(f"chain {path} declares no stages")
     chain = Chain(Path(path).stem, stages, config.get("embedded_default"))
