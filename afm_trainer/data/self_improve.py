@@ -22,7 +22,7 @@ import os
 import pyarrow.parquet as pq
 
 from afm_trainer.data.convert import convert
-from afm_trainer.data.parquet_io import check_output_dir, write_rows
+from afm_trainer.data.parquet_io import InputError, check_output_dir, write_rows
 
 
 def write_without(source: str, target: str, fields: tuple[str, ...] = ("student_draft", "teacher_output")) -> None:
@@ -79,6 +79,8 @@ def write_self_improve_data(
     tokenizer: str | None = None,
 ) -> dict:
     """Run every step; returns each step's report (the converter's, with label balances)."""
+    if not os.path.isfile(traces):
+        raise InputError(f"input file not found: {traces}")
     work = os.path.join(out_dir, "work")
     os.makedirs(work, exist_ok=True)
     path = lambda name: os.path.join(work, name)  # noqa: E731

@@ -97,3 +97,19 @@ def test_cli_reports_counts(tmp_path, traces):
     )
     assert result.returncode == 0, result.stderr
     assert "track_b: 202 records in" in result.stdout and "labels after filtering" in result.stdout
+
+
+def test_a_missing_input_is_one_error_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            f"{REPO}/data_preprocess/make_self_improve_data.py",
+            "--input_file",
+            str(tmp_path / "none.jsonl"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and result.stderr.strip() == f"error: input file not found: {tmp_path / 'none.jsonl'}"
