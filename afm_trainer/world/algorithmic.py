@@ -44,6 +44,7 @@ class ProblemType:
     work: Callable  # x -> the teacher's reasoning, one short step after another
     code_spec: str  # what solve(x) takes and returns (the code suite's prompt)
     verify: Callable | None = None  # (task, text) -> bool; default: the normalised answer
+    show: Callable = str  # solve(x)'s value -> the answer as the prompt's notation writes it
 
 
 PROBLEM_TYPES: dict[str, ProblemType] = {}
@@ -62,9 +63,16 @@ def _letters(rng, n, alphabet="abcde"):
     return "".join(rng.choice(alphabet) for _ in range(n))
 
 
-# Letters spaced apart, so that each is one token for a small student.
+# Letters spaced apart, in prompts, reasoning and answers alike: a letter is then the same
+# single token wherever it appears, where inside a word the tokenizer merges it with its
+# neighbours ("vaew" is "va" "ew") and a small student would have to learn every spelling.
 def _spaced(text):
     return " ".join(text)
+
+
+def _same_letters(task, text):
+    """The reference's letters in order, spaced or not ("w e a v" and "weav" alike)."""
+    return normalise(text).replace(" ", "") == normalise(task.answer).replace(" ", "")
 
 
 # --- rpn ---
@@ -244,7 +252,15 @@ def _gen_fizzbuzz(rng, d):
 
 
 def _work_fizzbuzz(n):
-    return f"{n} mod 3 = {n % 3}. {n} mod 5 = {n % 5}. So {solve_fizzbuzz(n)}."
+    """Divisibility by the digits: 3 divides n when it divides n's digit sum, 5 when the
+    last digit is 0 or 5 (a small student knows sums and remainders of small numbers, not
+    of every n)."""
+    digits = str(n)
+    total = sum(map(int, digits))
+    by3 = f"Digits {'+'.join(digits)}={total}" if len(digits) > 1 else f"Digit {total}"
+    three = "3 divides" if total % 3 == 0 else "3 does not divide"
+    five = "5 divides" if digits[-1] in "05" else "5 does not divide"
+    return f"{by3}, {total} mod 3 = {total % 3}: {three}. Last digit {digits[-1]}: {five}. So {solve_fizzbuzz(n)}."
 
 
 register(
@@ -267,11 +283,11 @@ def solve_reverse_string(text):
 
 def _gen_reverse_string(rng, d):
     text = _letters(rng, d + 2, "abcdefghijklmnopqrstuvwxyz")
-    return text, f"Reverse the string: {text}"
+    return text, f"Reverse the string: {_spaced(text)}"
 
 
 def _work_reverse_string(text):
-    return f"Letters: {_spaced(text)}. Backwards: {_spaced(text[::-1])}."
+    return f"Backwards: {_spaced(text[::-1])}."
 
 
 register(
@@ -281,6 +297,8 @@ register(
         _gen_reverse_string,
         _work_reverse_string,
         "x is a string; return it reversed.",
+        verify=_same_letters,
+        show=_spaced,
     )
 )
 
@@ -295,7 +313,7 @@ def solve_is_palindrome(text):
 def _gen_is_palindrome(rng, d):
     half = _letters(rng, (d + 3) // 2)
     text = half + half[::-1][d % 2 :] if rng.random() < 0.5 else _letters(rng, d + 2)
-    return text, f"Is it a palindrome? {text}"
+    return text, f"Is it a palindrome? {_spaced(text)}"
 
 
 def _work_is_palindrome(text):
@@ -330,11 +348,12 @@ def _gen_fibonacci(rng, d):
 
 
 def _work_fibonacci(n):
-    a, b, values = 0, 1, []
-    for _ in range(n + 1):
-        values.append(a)
+    """Each term with its index, so the student sees when it has reached F(n)."""
+    a, b, terms = 0, 1, []
+    for i in range(n + 1):
+        terms.append(f"F({i})={a}")
         a, b = b, a + b
-    return "Sequence: " + " ".join(map(str, values)) + f". F({n})={values[-1]}."
+    return ". ".join(terms) + "."
 
 
 register(
@@ -373,7 +392,9 @@ def _gen_binary_search(rng, d):
 
 def _work_binary_search(x):
     values, target = x
-    lo, hi, steps = 0, len(values) - 1, []
+    lo, hi = 0, len(values) - 1
+    # each value with its index first: values[mid] is then read off, not counted out
+    steps = ["Indexed: " + " ".join(f"{i}:{v}" for i, v in enumerate(values))]
     while lo <= hi:
         mid = (lo + hi) // 2
         if values[mid] == target:
@@ -543,7 +564,8 @@ def make_task(seed: int, task_type: str, difficulty: int, index: int) -> Task:
     problem = PROBLEM_TYPES[task_type]
     rng = random.Random(f"{seed}:{task_type}:{difficulty}:{index}")
     x, prompt = problem.generate(rng, difficulty)
-    return Task(f"{task_type}-d{difficulty}-s{seed}-{index}", task_type, difficulty, prompt, str(problem.solve(x)), x)
+    answer = problem.show(problem.solve(x))
+    return Task(f"{task_type}-d{difficulty}-s{seed}-{index}", task_type, difficulty, prompt, answer, x)
 
 
 def generate_suite(

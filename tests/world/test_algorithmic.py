@@ -81,3 +81,25 @@ def test_worked_solutions_are_correct_steps_ending_in_the_answer():
     for task in generate_suite(11, 3):
         text = worked_solution(task)
         assert verify(task, _checked_steps(task, text)), (task, text)
+
+
+def test_letters_are_spaced_in_prompts_reasoning_and_answers():
+    """A letter is then one token wherever it appears (inside a word the tokenizer merges
+    it with its neighbours); a program's unspaced output is right as well."""
+    task = make_task(0, "reverse_string", 2, 0)
+    letters = task.x
+    assert task.prompt.endswith(" ".join(letters)) and task.answer == " ".join(reversed(letters))
+    assert worked_solution(task) == f"Backwards: {task.answer}."
+    assert verify(task, letters[::-1]) and verify(task, task.answer)
+    assert not verify(task, letters) and not verify(task, letters[::-1][:-1])
+    palindrome = make_task(0, "is_palindrome", 3, 0)
+    assert palindrome.prompt.endswith(" ".join(palindrome.x))
+
+
+def test_fizzbuzz_reasoning_uses_the_digit_sum_and_the_last_digit():
+    assert worked_solution(make_task(0, "fizzbuzz", 1, 0)).startswith("Digit")
+    task = next(t for t in generate_suite(0, 10, types=["fizzbuzz"], difficulties=[3]) if t.x > 9)
+    digits = str(task.x)
+    text = worked_solution(task)
+    assert f"Digits {digits[0]}+{digits[1]}={int(digits[0]) + int(digits[1])}" in text
+    assert f"Last digit {digits[-1]}" in text and text.endswith(f"So {task.answer}.")
