@@ -9,7 +9,9 @@ A prompt gives up to ``pairs_per_prompt`` pairs, one per distinct wrong answer, 
 a right answer taken in turn (a model that is mostly right has one right program and many
 different mistakes: each mistake is a lesson, the right answer may repeat); a prompt
 with no pair (all right, all wrong) goes to ``OUT.rejects.jsonl`` with its counts, so
-every prompt is accounted for in ``OUT.report.json``.
+every prompt is accounted for in ``OUT.report.json``. A sampled answer holding a reserved
+chat token (a model can sample ``<|reviewer|>``) is never pair text, which must not
+train as one: it takes no part in pairing and is counted.
 
 Sampling is the project's batched decoder (the CPU rollout's), each answer with its own
 seeded random stream: the same checkpoint, data and seed give the same pairs.
@@ -28,6 +30,7 @@ import torch
 from afm_trainer.data.pairs import PAIR_SCHEMA
 from afm_trainer.data.parquet_io import InputError, check_output_file, write_rows
 from afm_trainer.models.decoding import Request, decode_batch
+from afm_trainer.models.special_tokens import reserved_token_in
 from afm_trainer.suites import suite_for_source
 
 
@@ -95,15 +98,19 @@ def make_onpolicy_pairs(
         credits = list(pool.map(lambda job: credit_of(*job), jobs))
 
     pairs, outcomes, rejects = [], Counter(), []
+    reserved = sum(bool(reserved_token_in(a)) for group in answers for a in group)
     for i, (row, group) in enumerate(zip(rows, answers)):
         scores = credits[i * samples : (i + 1) * samples]
-        right = list(dict.fromkeys(a for a, c in zip(group, scores) if c >= 1.0))  # distinct answers, in order
-        wrong = list(dict.fromkeys(a for a, c in zip(group, scores) if c < 1.0))
+        usable = [(a, c) for a, c in zip(group, scores) if not reserved_token_in(a)]
+        right = list(dict.fromkeys(a for a, c in usable if c >= 1.0))  # distinct answers, in order
+        wrong = list(dict.fromkeys(a for a, c in usable if c < 1.0))
         row_id = (row.get("extra_info") or {}).get("id") or f"row {i}"
         if not right or not wrong:
             outcome = "all wrong" if not right else "all right"
             outcomes[outcome] += 1
             reason = f"{outcome}: {sum(c >= 1.0 for c in scores)} of {samples} answers right"
+            if len(usable) < samples:
+                reason += f" ({samples - len(usable)} held a reserved chat token)"
             rejects.append({"where": f"row {i}", "id": row_id, "reason": reason, "credits": scores})
             continue
         outcomes["paired"] += 1
@@ -130,6 +137,7 @@ def make_onpolicy_pairs(
         "temperature": temperature,
         "sampled_accuracy": sum(c >= 1.0 for c in credits) / len(credits),
         "prompts_by_outcome": dict(outcomes),
+        "answers_with_reserved_token": reserved,
         "pairs": len(pairs),
     }
     if not pairs:

@@ -14,6 +14,7 @@ from afm_trainer.data.onpolicy_pairs import make_onpolicy_pairs, sample_answers
 from afm_trainer.data.pairs import PAIR_SCHEMA, convert_pairs
 from afm_trainer.data.parquet_io import InputError
 from afm_trainer.data.rl_data import make_rl_data
+from afm_trainer.models.special_tokens import reserved_token_in
 from afm_trainer.suites import SUITES, RLDataRequest, Suite, register, rl_row
 from tests.conftest import REPO
 
@@ -68,11 +69,14 @@ def test_right_answers_are_paired_with_wrong_ones_and_every_prompt_counted(tmp_p
         assert pair["prompt"][0]["role"] == "user" and pair["source"].startswith("on-policy")
     # every distinct wrong answer of a prompt is a pair (up to pairs_per_prompt), even when
     # the prompt has a single right answer
+    # (an answer holding a reserved chat token takes no part: pair text never trains as one)
     answers = sample_answers_of(nano_model, even_rl_data, k=4, seed=1)
+    usable = [[a for a in group if not reserved_token_in(a)] for group in answers]
     expected = sum(
-        min(2, len({a for a in group if len(a) % 2})) for group in answers if any(len(a) % 2 == 0 for a in group)
+        min(2, len({a for a in group if len(a) % 2})) for group in usable if any(len(a) % 2 == 0 for a in group)
     )
     assert report["pairs"] == expected > outcomes["paired"]
+    assert report["answers_with_reserved_token"] == sum(len(g) - len(u) for g, u in zip(answers, usable))
     # the same checkpoint, data and seed give the same pairs
     again = make_onpolicy_pairs(nano_model, even_rl_data, str(tmp_path / "again.parquet"), samples=4, seed=1)
     assert pq.read_table(tmp_path / "again.parquet").equals(table)
