@@ -65,7 +65,11 @@ def prepare(out_dir: str, settings: dict) -> dict:
     if not os.path.isfile(os.path.join(paths["world"], "manifest.json")):
         print("[prepare] writing the demo world", flush=True)
         make_world(
-            paths["world"], n_train=world["n_train"], n_heldout=world["n_heldout"], algo_per_cell=world["algo_per_cell"]
+            paths["world"],
+            n_train=world["n_train"],
+            n_heldout=world["n_heldout"],
+            algo_per_cell=world["algo_per_cell"],
+            types_without_programs=world.get("types_without_programs", []),
         )
     if not os.path.isfile(os.path.join(paths["model"], "config.json")):
         print("[prepare] building the tiny model (its tokenizer also learns the world's corpus)", flush=True)

@@ -71,6 +71,45 @@ def baselines(out_dir: str, suite_names: list[str], min_score: float | None = No
     return out
 
 
+def types_without_programs(out_dir: str) -> list[str]:
+    """The problem types the world wrote no agent chain for: no training example holds
+    their programs (make_world's ``types_without_programs``)."""
+    with open(os.path.join(_world(out_dir), "manifest.json")) as f:
+        return json.load(f).get("types_without_programs", [])
+
+
+def program_split(stage_results: dict[str, dict], base: dict, unseen: list[str]) -> dict[str, dict[str, float]]:
+    """Code accuracy on the items whose program no training example holds, and on the
+    others (recall of a trained program), per stage and for the nearest-example baseline
+    (types hold equal numbers of items: the mean of types is that of items)."""
+
+    def split(by_group: dict[str, float]) -> dict[str, float]:
+        groups = {"not in training": [g for g in by_group if g in unseen]}
+        groups["in training (recall)"] = [g for g in by_group if g not in unseen]
+        return {k: sum(by_group[g] for g in gs) / len(gs) for k, gs in groups.items() if gs}
+
+    out = {stage: split(r["code"]["by_group"]) for stage, r in stage_results.items()}
+    out["nearest training example"] = split(base["nearest training example"]["code"]["by_group"])
+    return out
+
+
+def program_section(split: dict[str, dict[str, float]], unseen: list[str]) -> list[str]:
+    columns = list(split)
+    lines = [
+        "### code: programs in and not in the training set",
+        "",
+        f"Every training program of a type is the same reference program, so on the types trained, held-out "
+        f"accuracy measures recall of it. No training example holds a program for {', '.join(unseen)}: "
+        "those items measure writing a program not seen.",
+        "",
+        "| programs | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for row in ("not in training", "in training (recall)"):
+        lines.append(f"| {row} | " + " | ".join(f"{split[c].get(row, 0.0):.1%}" for c in columns) + " |")
+    return lines + [""]
+
+
 def easy_tier_accuracy(stage_results: dict[str, dict], base: dict, suite_name: str) -> dict[str, float]:
     """Mean accuracy over the suite's easy tiers for every stage and baseline (tiers hold
     equal or nearly equal numbers of items: the mean of tiers is that of items)."""
@@ -137,10 +176,15 @@ def write_report(out_dir: str, stage_results: dict[str, dict], settings: dict) -
     base = baselines(out_dir, names, settings["data"]["min_score"])
     easy = {name: easy_tier_accuracy(stage_results, base, name) for name in names}
     results = {"stages": stage_results} | {BASELINES[label]: by_suite for label, by_suite in base.items()}
+    unseen = types_without_programs(out_dir) if "code" in names else []
+    if unseen:
+        results["code_programs"] = program_split(stage_results, base, unseen)
     write_json(os.path.join(out_dir, "results.json"), results | {"easy_tiers": easy})
     lines = ["# afm-trainer progressive demo", "", "Held-out accuracy (greedy; verifiers of the demo world).", ""]
     for name in names:
         lines += suite_section(name, stage_results, base)
+        if name == "code" and unseen:
+            lines += program_section(results["code_programs"], unseen)
     write_markdown(out_dir, lines)
     plot_losses(out_dir)
     plot_accuracy(out_dir, stage_results, base, names)

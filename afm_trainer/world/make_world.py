@@ -2,6 +2,7 @@
 
     python -m afm_trainer.world.make_world --out DIR [--n_train 600] [--n_heldout 200] [--seed 42]
         [--heldout_seed 999] [--wrong 0.05] [--malformed 0.03] [--yes_ratio 0.5] [--algo_per_cell N]
+        [--types_without_programs fibonacci,two_sum]
 
 DIR/corpus.jsonl                       the QA world's documents (serve it with search_server)
 DIR/traces/search_agent.jsonl          multi-hop QA traces with real search results
@@ -11,6 +12,9 @@ DIR/heldout/algorithmic.jsonl          held-out algorithmic tasks (prompt, answe
 DIR/heldout/qa.jsonl                   held-out multi-hop questions (question, answer, hops)
 DIR/manifest.json                      seeds, counts, noise
 Held-out instances come from another seed and are removed from the training pools.
+The agent chains are the world's only programs; ``types_without_programs`` leaves some
+problem types out of them, so the code suite's items of those types ask for programs
+that no training example contains (generalisation, where the other types test recall).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from dataclasses import asdict
 
 from afm_trainer.tools.search import SearchIndex
-from afm_trainer.world.algorithmic import DIFFICULTIES, generate_suite
+from afm_trainer.world.algorithmic import DIFFICULTIES, TYPES, generate_suite
 from afm_trainer.world.qa_world import build_world, make_questions, questions_to_jsonl, save_world
 from afm_trainer.world.teacher import Noise, agent_chain_record, balance_yes_no, search_agent_record, teacher_cot_record
 
@@ -50,7 +54,11 @@ def make_world(
     yes_ratio: float | None = 0.5,
     world_seed: int = 0,
     algo_per_cell: int | dict[int, int] | None = None,
+    types_without_programs: list[str] | tuple[str, ...] = (),
 ) -> dict:
+    unknown = sorted(set(types_without_programs) - set(TYPES))
+    if unknown:
+        raise ValueError(f"types_without_programs: unknown problem types {unknown}; choose from {TYPES}")
     started = time.time()
     for folder in ("traces", "heldout"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
@@ -99,7 +107,7 @@ def make_world(
         ),
         "agent_chain": _write_jsonl(
             os.path.join(out, "traces", "agent_chain.jsonl"),
-            (agent_chain_record(t, rng, noise.draw(rng)) for t in algo_train),
+            (agent_chain_record(t, rng, noise.draw(rng)) for t in algo_train if t.type not in types_without_programs),
         ),
         "teacher_cot": _write_jsonl(
             os.path.join(out, "traces", "teacher_cot.jsonl"),
@@ -114,6 +122,7 @@ def make_world(
         "world_seed": world_seed,
         "noise": asdict(noise),
         "yes_ratio": yes_ratio,
+        "types_without_programs": sorted(types_without_programs),
         "counts": counts,
         "seconds": round(time.time() - started, 1),
     }
@@ -138,9 +147,17 @@ def main(argv=None) -> int:
     parser.add_argument("--wrong", type=float, default=0.05, help="fraction of records with a wrong answer")
     parser.add_argument("--malformed", type=float, default=0.03, help="fraction of malformed records")
     parser.add_argument("--yes_ratio", type=float, default=0.5, help="share of 'yes' among yes/no tasks")
+    parser.add_argument(
+        "--types_without_programs",
+        default="",
+        help="comma-separated problem types with no agent chains: the code suite's items of them are unseen programs",
+    )
     args = parser.parse_args(argv)
     if args.seed == args.heldout_seed:
         parser.error("--seed and --heldout_seed must differ")
+    without_programs = [t for t in args.types_without_programs.split(",") if t]
+    if set(without_programs) - set(TYPES):
+        parser.error(f"--types_without_programs: unknown types {sorted(set(without_programs) - set(TYPES))}")
     manifest = make_world(
         args.out,
         args.n_train,
@@ -150,6 +167,7 @@ def main(argv=None) -> int:
         Noise(args.wrong, args.malformed),
         args.yes_ratio,
         algo_per_cell=args.algo_per_cell,
+        types_without_programs=without_programs,
     )
     print(json.dumps(manifest["counts"]), f"in {manifest['seconds']} s -> {args.out}")
     return 0

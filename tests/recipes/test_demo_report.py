@@ -11,6 +11,7 @@ from afm_trainer.demo import load_settings, report
 from afm_trainer.demo import progressive as demo
 from afm_trainer.eval.scoring import summarise
 from afm_trainer.suites import get_suite
+from afm_trainer.world.algorithmic import TYPES
 
 SETTINGS = load_settings("progressive")
 SUITE_DATA = {name: (get_suite(name).heldout_file, get_suite(name).group_key) for name in SETTINGS["eval"]["suites"]}
@@ -52,7 +53,9 @@ def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_
 
     out = tmp_path / "demo"
     paths = demo.embedded_paths(str(out))
-    make_world(paths["world"], n_train=30, n_heldout=110)
+    make_world(paths["world"], n_train=30, n_heldout=110, types_without_programs=["fibonacci", "two_sum"])
+    chains = [json.loads(line) for line in open(os.path.join(paths["world"], "traces", "agent_chain.jsonl"))]
+    assert {c["type"] for c in chains} == set(TYPES) - {"fibonacci", "two_sum"}
     heldout = {
         s: [json.loads(line) for line in open(os.path.join(paths["world"], "heldout", data))]
         for s, (data, _) in SUITE_DATA.items()
@@ -95,8 +98,19 @@ def test_report_compares_every_stage_with_the_majority_answer_by_difficulty(tmp_
             assert (sentence in section) == beaten, (label, suite)
     assert "The nearest training example baseline" in text.split("## code by")[1].split("###")[0]
     # every training program is a reference program, which passes wherever its type's spec is
-    # nearest; a training answer is right only where another instance shares it
-    assert nearest["code"]["overall"] > 0.9 > nearest["algorithmic"]["overall"]
+    # nearest; a training answer is right only where another instance shares it; and no
+    # program of a type the world wrote no chain for can be reused
+    by_type = nearest["code"]["by_group"]
+    assert by_type["fibonacci"] == by_type["two_sum"] == 0.0
+    assert min(v for t, v in by_type.items() if t not in ("fibonacci", "two_sum")) > 0.8
+    assert nearest["code"]["overall"] > nearest["algorithmic"]["overall"]
+    programs = results["code_programs"]
+    assert programs["nearest training example"]["not in training"] == 0.0
+    assert programs["nearest training example"]["in training (recall)"] > 0.9
+    assert programs["untrained"] == {"not in training": 0.0, "in training (recall)": 0.0}
+    section = text.split("### code: programs in and not in the training set")[1].split("##")[0]
+    assert "No training example holds a program for fibonacci, two_sum" in section
+    assert "| not in training | 0.0% | 10.0% | 0.0% |" in section  # phase 1 is right on 1 item of 10 per type
     lines = {
         line.get_label(): line.get_linestyle() for line in figures["accuracy_by_difficulty.png"].axes[0].get_lines()
     }
@@ -174,3 +188,13 @@ def test_dpo_demo_compares_dpo_with_sft_on_the_chosen_answers_item_by_item():
     assert "after DPO minus start: +18.8%" in lines and "the baseline is better" in lines
     results[BASELINE] = model(after)
     assert "+0.0% (standard error 0.0%): within two standard errors" in "\n".join(evaluation_lines(results, settings))
+
+
+def test_a_world_without_programs_of_unknown_types_is_refused(tmp_path):
+    import pytest
+
+    from afm_trainer.world.make_world import make_world
+
+    with pytest.raises(ValueError, match="unknown problem types"):
+        make_world(str(tmp_path), n_train=20, n_heldout=110, types_without_programs=["fibonaci"])
+    assert not os.listdir(tmp_path)  # refused before writing anything
