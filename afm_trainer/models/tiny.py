@@ -4,9 +4,8 @@
 
 Nothing can be downloaded on the machines this project is tested on, so the whole
 pipeline runs on a model it builds itself: random weights, a byte-level BPE tokenizer
-trained here with `tokenizers` so that every digit and punctuation symbol has one spelling
-wherever it appears (``symbol_pre_tokenizer``), a ChatML chat template, and the project's
-role and trace tokens as single tokens.
+trained here with `tokenizers`, a ChatML chat template, digits split one per token
+(arithmetic stays learnable), and the project's role and trace tokens as single tokens.
 The folder it writes loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and with
 verl, under ``HF_HUB_OFFLINE=1``.
 """
@@ -73,34 +72,16 @@ def _tokenizer_corpus(seed: int, n_synthetic: int = 4000) -> list[str]:
     return texts
 
 
-def symbol_pre_tokenizer():
-    """The BPE's training pre-tokenizer: digits and punctuation split off one by one, so
-    the vocabulary holds no merge of a symbol with a space or another symbol.
-
-    That is what gives a symbol one spelling: transformers loads a Qwen2 tokenizer with
-    Qwen2's own pre-tokenizer (built from the vocabulary and merges, whatever
-    tokenizer.json says), which keeps " +" and "=-" as single pieces; without merges for
-    them they stay two tokens, so the "+" of "3 2 +" is the "+" of "3+2" and the "-" of
-    "cur=-5" that of "5-2". A student copying its input then copies one token, not one of
-    several spellings it would have to learn. Words keep their merges ("Ġthe")."""
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Punctuation("isolated"),
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-
-
 def build_tokenizer(vocab_size: int = 4096, seed: int = 0, corpus: list[str] | None = None):
     """Train a byte-level BPE tokenizer and wrap it as a HF fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = symbol_pre_tokenizer()
+    # Digits are split before the byte-level step, so "1234" is always 4 tokens.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

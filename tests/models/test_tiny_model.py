@@ -33,39 +33,6 @@ def test_digits_are_one_token_each(tokenizer):
     assert len(tokenizer.encode("1234567890", add_special_tokens=False)) == 10
 
 
-@pytest.mark.parametrize(
-    ("symbol", "contexts"),
-    [
-        ("+", ["3+2", "3 2 +", "(+)"]),  # an RPN operator after a space is the infix one
-        ("-", ["5-2", "cur=-5", "x = -1", "[-3, 4]"]),  # "=-" and "[-" are not tokens
-        ("*", ["2*3", "2 * 3"]),
-        ("[", ["[1, 2]", "in [1, 2]"]),
-        (":", ["lo=0: 3", "(:( ):-", "Indexed: 0:2"]),
-        ("7", ["17", " 7", "=7"]),
-    ],
-)
-def test_a_symbol_has_one_spelling_wherever_it_appears(tokenizer, symbol, contexts):
-    """A small student copies symbols from its input into its reasoning and answer: each
-    must be the same token in every context of the tokenizer as loaded (transformers
-    rebuilds a Qwen2 tokenizer's pre-tokenizer), or it has to learn every spelling."""
-    for text in contexts:
-        pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(text, add_special_tokens=False))
-        assert symbol in pieces, (text, pieces)
-        assert not [p for p in pieces if symbol in p and p != symbol], (text, pieces)
-
-
-def test_spaced_letters_are_spelled_alike_in_prompt_and_reasoning(tokenizer):
-    prompt = tokenizer.encode("Reverse the string: v a e w", add_special_tokens=False)
-    reasoning = tokenizer.encode("Backwards: w e a v.", add_special_tokens=False)
-    assert prompt[-4:] == reasoning[-5:-1][::-1]
-
-
-def test_words_keep_their_merges(tokenizer):
-    """Only single symbols are split off: prose costs about what a plain byte-level BPE makes of it."""
-    pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(" the answer is", add_special_tokens=False))
-    assert len(pieces) <= 4, pieces
-
-
 def test_pad_and_eos_are_set_and_distinct(tokenizer):
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
