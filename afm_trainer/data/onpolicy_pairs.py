@@ -97,11 +97,11 @@ def make_onpolicy_pairs(
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # code answers run in the sandbox
         credits = list(pool.map(lambda job: credit_of(*job), jobs))
 
-    pairs, outcomes, rejects = [], Counter(), []
-    reserved = sum(bool(reserved_token_in(a)) for group in answers for a in group)
+    pairs, outcomes, rejects, reserved = [], Counter(), [], 0
     for i, (row, group) in enumerate(zip(rows, answers)):
         scores = credits[i * samples : (i + 1) * samples]
         usable = [(a, c) for a, c in zip(group, scores) if not reserved_token_in(a)]
+        reserved += samples - len(usable)
         right = list(dict.fromkeys(a for a, c in usable if c >= 1.0))  # distinct answers, in order
         wrong = list(dict.fromkeys(a for a, c in usable if c < 1.0))
         row_id = (row.get("extra_info") or {}).get("id") or f"row {i}"

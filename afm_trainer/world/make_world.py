@@ -155,20 +155,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.seed == args.heldout_seed:
         parser.error("--seed and --heldout_seed must differ")
-    without_programs = [t for t in args.types_without_programs.split(",") if t]
-    if set(without_programs) - set(TYPES):
-        parser.error(f"--types_without_programs: unknown types {sorted(set(without_programs) - set(TYPES))}")
-    manifest = make_world(
-        args.out,
-        args.n_train,
-        args.n_heldout,
-        args.seed,
-        args.heldout_seed,
-        Noise(args.wrong, args.malformed),
-        args.yes_ratio,
-        algo_per_cell=args.algo_per_cell,
-        types_without_programs=without_programs,
-    )
+    try:  # make_world refuses unknown problem types before it writes anything
+        manifest = make_world(
+            args.out,
+            args.n_train,
+            args.n_heldout,
+            args.seed,
+            args.heldout_seed,
+            Noise(args.wrong, args.malformed),
+            args.yes_ratio,
+            algo_per_cell=args.algo_per_cell,
+            types_without_programs=[t for t in args.types_without_programs.split(",") if t],
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     print(json.dumps(manifest["counts"]), f"in {manifest['seconds']} s -> {args.out}")
     return 0
 
