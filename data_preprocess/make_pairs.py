@@ -94,6 +94,10 @@ def on_policy_pairs(args) -> int:
         f"({report['sampled_accuracy']:.1%} right): {outcomes}; {report['pairs']} pairs written to "
         f"{args.output_file} (prompts without a pair: {args.output_file}.rejects.jsonl)"
     )
+    if report["answers_with_reserved_token"]:
+        print(
+            f"{report['answers_with_reserved_token']} sampled answers held a reserved chat token: not used as pair text"
+        )
     return 0
 
 
