@@ -188,13 +188,3 @@ def test_dpo_demo_compares_dpo_with_sft_on_the_chosen_answers_item_by_item():
     assert "after DPO minus start: +18.8%" in lines and "the baseline is better" in lines
     results[BASELINE] = model(after)
     assert "+0.0% (standard error 0.0%): within two standard errors" in "\n".join(evaluation_lines(results, settings))
-
-
-def test_a_world_without_programs_of_unknown_types_is_refused(tmp_path):
-    import pytest
-
-    from afm_trainer.world.make_world import make_world
-
-    with pytest.raises(ValueError, match="unknown problem types"):
-        make_world(str(tmp_path), n_train=20, n_heldout=110, types_without_programs=["fibonaci"])
-    assert not os.listdir(tmp_path)  # refused before writing anything

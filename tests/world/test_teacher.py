@@ -108,3 +108,11 @@ def test_make_world_writes_every_format_and_disjoint_held_out_sets(tmp_path):
         assert report["records_in"] == manifest["counts"][fmt]
         assert 0 < report["records_rejected"] < report["records_in"] * 0.4  # the noise, filtered and reported
         assert report["records_converted"] > report["records_in"] * 0.6
+
+
+def test_a_world_without_programs_of_unknown_types_is_refused(tmp_path):
+    from afm_trainer.world.make_world import make_world
+
+    with pytest.raises(ValueError, match="unknown problem types"):
+        make_world(str(tmp_path), n_train=20, n_heldout=110, types_without_programs=["fibonaci"])
+    assert not list(tmp_path.iterdir())  # refused before writing anything
