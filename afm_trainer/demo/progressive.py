@@ -4,10 +4,13 @@
 everything under ``OUT_DIR/embedded/``: the tiny model, the demo world's trajectories
 (afm_trainer.world.make_world), the search-agent data pipeline with extractive summaries,
 the algorithmic teacher traces and the Coder turns of the agent chains for phase 1, and
-replay samples for phases 2 and 3. It then runs the progressive recipe, evaluates the
-untrained model and each phase's final model on the held-out suites, and writes
-``OUT_DIR/report.md``, ``results.json`` and PNG plots (afm_trainer.demo.report). Every
-step is skipped when its output is already complete, so a re-run resumes.
+replay samples for phases 2 and 3. When the settings name a ``reasoning_stage`` (off by
+default), it runs first, as phase 0, on the teacher's worked solutions of many fresh easy
+algorithmic tasks (``world.worked_solutions_per_cell``): a model that starts from
+nothing carries out worked steps only after tens of thousands of them. The demo then
+evaluates the untrained model and each phase's final model on the held-out suites, and
+writes ``OUT_DIR/report.md``, ``results.json`` and PNG plots (afm_trainer.demo.report).
+Every step is skipped when its output is already complete, so a re-run resumes.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ import random
 from collections import defaultdict
 
 from afm_trainer.demo import load_settings
-from afm_trainer.recipes.chain.main import Chain, StageFailed, train_stages
+from afm_trainer.recipes.chain.main import Chain, StageFailed, parse_stage, train_stages
 from afm_trainer.recipes.common import RecipeArgs, RecipeError
 
 
 def embedded_paths(out_dir: str) -> dict:
     root = os.path.join(os.path.abspath(out_dir), "embedded")
-    names = ("model", "world", "data", "algorithmic", "code", "replay")
+    names = ("model", "world", "worked_solutions", "data", "algorithmic", "code", "replay")
     return {"root": root, **{name: os.path.join(root, name) for name in names}}
 
 
@@ -34,6 +37,7 @@ def run_embedded_default(args: RecipeArgs, chain: Chain) -> int:
     settings = load_settings("progressive", args.get("DEMO_CONFIG"))
     paths = embedded_paths(args.out_dir) if args.dry_run else prepare(args.out_dir, settings)
     args.keys = {**embedded_keys(paths, settings), **args.keys}
+    chain = with_reasoning_stage(chain, settings)
     evaluate = not args.dry_run  # a dry run of the demo has built nothing yet
     stages = (
         {"untrained": report.evaluate_stage(args.out_dir, "untrained", paths["model"], settings)} if evaluate else {}
@@ -51,6 +55,14 @@ def run_embedded_default(args: RecipeArgs, chain: Chain) -> int:
     return 0
 
 
+def with_reasoning_stage(chain: Chain, settings: dict) -> Chain:
+    """The chain with the settings' ``reasoning_stage`` (if any) first, phase 1 starting from it."""
+    if not settings.get("reasoning_stage"):
+        return chain
+    stage = parse_stage(settings["reasoning_stage"], "the demo settings' reasoning_stage", [])
+    return Chain(chain.name, [stage, *chain.stages], chain.embedded_default, chain.keys)
+
+
 def prepare(out_dir: str, settings: dict) -> dict:
     """Build model, world and training sets (each skipped when already complete)."""
     from afm_trainer.data.convert import convert
@@ -61,6 +73,8 @@ def prepare(out_dir: str, settings: dict) -> dict:
 
     paths = embedded_paths(out_dir)
     world, data = settings["world"], settings["data"]
+    if settings.get("reasoning_stage") and not world.get("worked_solutions_per_cell"):
+        raise RecipeError("the demo settings' reasoning_stage needs world.worked_solutions_per_cell")
     traces = os.path.join(paths["world"], "traces")
     if not os.path.isfile(os.path.join(paths["world"], "manifest.json")):
         print("[prepare] writing the demo world", flush=True)
@@ -70,6 +84,7 @@ def prepare(out_dir: str, settings: dict) -> dict:
             n_heldout=world["n_heldout"],
             algo_per_cell=world["algo_per_cell"],
             types_without_programs=world.get("types_without_programs", []),
+            worked_solutions_per_cell=world.get("worked_solutions_per_cell"),
         )
     if not os.path.isfile(os.path.join(paths["model"], "config.json")):
         print("[prepare] building the tiny model (its tokenizer also learns the world's corpus)", flush=True)
@@ -82,14 +97,19 @@ def prepare(out_dir: str, settings: dict) -> dict:
     if not os.path.isfile(os.path.join(paths["data"], "summary_prefix", "val.parquet")):
         print("[prepare] running the search-agent data pipeline", flush=True)
         run_pipeline(os.path.join(traces, "search_agent.jsonl"), paths["data"], min_score=data["min_score"])
-    algo_train = os.path.join(paths["algorithmic"], "train.parquet")
-    if not os.path.isfile(algo_train):
-        print("[prepare] converting the algorithmic teacher traces", flush=True)
-        no_drafts = os.path.join(paths["algorithmic"], "teacher_cot_no_drafts.jsonl")
-        # evaluation asks the bare question, so training must too (seed 004)
-        write_without(os.path.join(traces, "teacher_cot.jsonl"), no_drafts, fields=("student_draft",))
-        # Held-out tasks come from another seed already, so every converted row is training data.
-        convert(no_drafts, algo_train, "teacher_cot", "multiturn", min_score=data["min_score"])
+    algorithmic_sets = [("teacher_cot", paths["algorithmic"])]
+    if settings.get("reasoning_stage"):
+        algorithmic_sets.append(("worked_solutions", paths["worked_solutions"]))
+    for name, folder in algorithmic_sets:
+        train = os.path.join(folder, "train.parquet")
+        if not os.path.isfile(train):
+            print(f"[prepare] converting the algorithmic teacher traces ({name})", flush=True)
+            os.makedirs(folder, exist_ok=True)
+            no_drafts = os.path.join(folder, f"{name}_no_drafts.jsonl")
+            # evaluation asks the bare question, so training must too (seed 004)
+            write_without(os.path.join(traces, f"{name}.jsonl"), no_drafts, fields=("student_draft",))
+            # Held-out tasks are excluded by the world, so every converted row is training data.
+            convert(no_drafts, train, "teacher_cot", "multiturn", min_score=data["min_score"])
     code_train = os.path.join(paths["code"], "train.parquet")
     if not os.path.isfile(code_train):
         print("[prepare] converting the Coder turns of the agent-chain traces", flush=True)
@@ -164,6 +184,9 @@ def embedded_keys(paths: dict, settings: dict) -> dict:
     if not settings.get("recipe"):
         raise RecipeError("the demo settings have no `recipe:` section")
     keys = {"MODEL": paths["model"], "DATA_DIR": paths["data"], **{k: str(v) for k, v in settings["recipe"].items()}}
+    if settings.get("reasoning_stage"):
+        stage_key = settings["reasoning_stage"]["key"]
+        keys[f"{stage_key}_TRAIN_FILES"] = os.path.join(paths["worked_solutions"], "train.parquet")
     phase1 = list(phase1_sets(paths).values())
     replay = [os.path.join(paths["replay"], f"{name}.parquet") for name in phase1_sets(paths)]
     own = {

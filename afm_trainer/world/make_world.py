@@ -2,12 +2,13 @@
 
     python -m afm_trainer.world.make_world --out DIR [--n_train 600] [--n_heldout 200] [--seed 42]
         [--heldout_seed 999] [--wrong 0.05] [--malformed 0.03] [--yes_ratio 0.5] [--algo_per_cell N]
-        [--types_without_programs fibonacci,two_sum]
+        [--types_without_programs fibonacci,two_sum] [--worked_solutions_per_cell N]
 
 DIR/corpus.jsonl                       the QA world's documents (serve it with search_server)
 DIR/traces/search_agent.jsonl          multi-hop QA traces with real search results
 DIR/traces/agent_chain.jsonl           Planner -> Coder -> Reviewer (sandbox-checked)
 DIR/traces/teacher_cot.jsonl           question, answer, student draft, teacher reasoning
+DIR/traces/worked_solutions.jsonl      more teacher_cot records, of fresh tasks (when asked for)
 DIR/heldout/algorithmic.jsonl          held-out algorithmic tasks (prompt, answer, type, difficulty, x)
 DIR/heldout/qa.jsonl                   held-out multi-hop questions (question, answer, hops)
 DIR/manifest.json                      seeds, counts, noise
@@ -44,6 +45,17 @@ def _write_jsonl(path: str, records) -> int:
     return count
 
 
+def algorithmic_tasks(seed: int, per_cell: int | dict[int, int], exclude: set[str]) -> list:
+    """``per_cell`` tasks of every (type, difficulty), or ``{difficulty: count}``."""
+    per_difficulty = per_cell if isinstance(per_cell, dict) else {d: per_cell for d in DIFFICULTIES}
+    return [
+        t
+        for d, n in sorted(per_difficulty.items())
+        if n > 0
+        for t in generate_suite(seed, n, difficulties=[d], exclude=exclude)
+    ]
+
+
 def make_world(
     out: str,
     n_train: int = 600,
@@ -55,6 +67,7 @@ def make_world(
     world_seed: int = 0,
     algo_per_cell: int | dict[int, int] | None = None,
     types_without_programs: list[str] | tuple[str, ...] = (),
+    worked_solutions_per_cell: int | dict[int, int] | None = None,
 ) -> dict:
     unknown = sorted(set(types_without_programs) - set(TYPES))
     if unknown:
@@ -73,17 +86,10 @@ def make_world(
 
     cells = 11 * 10  # types x difficulties
     algo_heldout = generate_suite(heldout_seed, max(1, n_heldout // cells))
+    held_prompts = {t.prompt for t in algo_heldout}
     # algo_per_cell may weight difficulties ({1: 30, ..., 10: 2}): a curriculum that spends
     # a small model's training on the tiers it can learn (seed 001).
-    per_cell = algo_per_cell or max(1, -(-n_train // cells))
-    per_difficulty = per_cell if isinstance(per_cell, dict) else {d: per_cell for d in DIFFICULTIES}
-    held_prompts = {t.prompt for t in algo_heldout}
-    algo_train = [
-        t
-        for d, n in sorted(per_difficulty.items())
-        if n > 0
-        for t in generate_suite(seed, n, difficulties=[d], exclude=held_prompts)
-    ]
+    algo_train = algorithmic_tasks(seed, algo_per_cell or max(1, -(-n_train // cells)), held_prompts)
     algo_train = balance_yes_no(algo_train, yes_ratio, rng)
     _write_jsonl(
         os.path.join(out, "heldout", "algorithmic.jsonl"),
@@ -116,6 +122,13 @@ def make_world(
         "heldout_algorithmic": len(algo_heldout),
         "heldout_qa": len(qa_heldout),
     }
+    if worked_solutions_per_cell:
+        # seed + 1: tasks other than algo_train's; the held-out ones stay excluded
+        worked = algorithmic_tasks(seed + 1, worked_solutions_per_cell, held_prompts)
+        counts["worked_solutions"] = _write_jsonl(
+            os.path.join(out, "traces", "worked_solutions.jsonl"),
+            (teacher_cot_record(t, rng, noise.draw(rng)) for t in balance_yes_no(worked, yes_ratio, rng)),
+        )
     manifest = {
         "seed": seed,
         "heldout_seed": heldout_seed,
@@ -142,6 +155,12 @@ def main(argv=None) -> int:
         default=None,
         help="algorithmic training tasks per (type, difficulty); default n_train / 110",
     )
+    parser.add_argument(
+        "--worked_solutions_per_cell",
+        type=int,
+        default=None,
+        help="also write traces/worked_solutions.jsonl: teacher reasoning for this many fresh tasks per (type, difficulty)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--heldout_seed", type=int, default=999)
     parser.add_argument("--wrong", type=float, default=0.05, help="fraction of records with a wrong answer")
@@ -166,6 +185,7 @@ def main(argv=None) -> int:
             args.yes_ratio,
             algo_per_cell=args.algo_per_cell,
             types_without_programs=[t for t in args.types_without_programs.split(",") if t],
+            worked_solutions_per_cell=args.worked_solutions_per_cell,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -6,10 +6,13 @@ import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+import yaml
 
-from afm_trainer.demo import load_settings, report
+from afm_trainer.demo import CONFIG_DIR, load_settings, report
 from afm_trainer.demo import progressive as demo
 from afm_trainer.eval.scoring import summarise
+from afm_trainer.recipes.common import RecipeError
 from afm_trainer.suites import get_suite
 from afm_trainer.world.algorithmic import TYPES
 
@@ -143,6 +146,40 @@ def test_later_phases_train_on_their_own_set_plus_replay_of_phase_one(tmp_path):
         files = keys[f"PHASE{phase}_TRAIN_FILES"].split(",")
         assert files[0] == os.path.join(paths["data"], own, "train.parquet")
         assert files[1:] == [os.path.join(paths["replay"], f"{name}.parquet") for name in sources]
+
+
+def phase0_settings() -> dict:
+    """The demo's settings with phase 0 turned on as the settings file's comment says."""
+    text = open(os.path.join(CONFIG_DIR, "progressive.yaml")).read()
+    block = text.split("use these two settings:\n")[1].split("\nreasoning_stage: null")[0]
+    extra = yaml.safe_load("\n".join(line[3:] for line in block.splitlines()))
+    return {**SETTINGS, "reasoning_stage": extra["reasoning_stage"], "world": {**SETTINGS["world"], **extra["world"]}}
+
+
+def test_phase0_is_off_by_default_and_when_on_comes_first_with_phase1_starting_from_it(tmp_path):
+    from afm_trainer.recipes.chain.main import load_chain
+    from tests.conftest import run_recipe
+
+    chain = load_chain("progressive")
+    assert demo.with_reasoning_stage(chain, SETTINGS) is chain
+    assert "PHASE0_TRAIN_FILES" not in demo.embedded_keys(demo.embedded_paths(str(tmp_path)), SETTINGS)
+    settings = phase0_settings()
+    stages = demo.with_reasoning_stage(chain, settings).stages
+    assert [s.key for s in stages] == ["PHASE0", "PHASE1", "PHASE2", "PHASE3"] and stages[1].start is None
+    config = tmp_path / "phase0.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    out = tmp_path / "out"
+    dry = run_recipe("1", str(out), f"DEMO_CONFIG={config}", "DRY_RUN=1", recipe="train_progressive")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    commands = [line for line in dry.stdout.splitlines() if " command: " in line]
+    assert [c.split("]")[0] for c in commands] == ["[phase 0", "[phase 1", "[phase 2", "[phase 3"]
+    assert f"data.train_files={out}/embedded/worked_solutions/train.parquet" in commands[0]
+    assert f"model.path={out}/phase0_worked_solutions/global_step_LATEST/huggingface" in commands[1]
+    assert not out.exists()  # a dry run builds nothing
+    # phase 0 without its data is one error line, before anything is written
+    with pytest.raises(RecipeError, match="needs world.worked_solutions_per_cell"):
+        demo.prepare(str(out), {**settings, "world": SETTINGS["world"]})
+    assert not out.exists()
 
 
 def test_coder_turns_become_code_examples_and_every_trace_is_accounted_for(tmp_path):

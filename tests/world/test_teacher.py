@@ -89,6 +89,8 @@ def test_make_world_writes_every_format_and_disjoint_held_out_sets(tmp_path):
             "0.1",
             "--malformed",
             "0.1",
+            "--worked_solutions_per_cell",
+            "3",
         ],
         capture_output=True,
         text=True,
@@ -101,9 +103,19 @@ def test_make_world_writes_every_format_and_disjoint_held_out_sets(tmp_path):
     train_prompts = {json.loads(line).get("task") for line in open(out / "traces" / "agent_chain.jsonl")}
     train_questions = {json.loads(line).get("question") for line in open(out / "traces" / "search_agent.jsonl")}
     assert not heldout_prompts & train_prompts and not heldout_questions & train_questions
-    for fmt in ("search_agent", "agent_chain", "teacher_cot"):
+    # the worked solutions are other tasks than teacher_cot's, and none of them held out
+    worked = [json.loads(line) for line in open(out / "traces" / "worked_solutions.jsonl")]
+    teacher_questions = {json.loads(line).get("question") for line in open(out / "traces" / "teacher_cot.jsonl")}
+    assert len(worked) > 11 * 10 * 3 * 0.8
+    assert len({w.get("question") for w in worked} - teacher_questions) > len(worked) * 0.6
+    assert not heldout_prompts & {w.get("question") for w in worked}
+    for fmt in ("search_agent", "agent_chain", "teacher_cot", "worked_solutions"):
         report = convert(
-            str(out / "traces" / f"{fmt}.jsonl"), str(tmp_path / f"{fmt}.parquet"), fmt, "stepwise", min_score=0.5
+            str(out / "traces" / f"{fmt}.jsonl"),
+            str(tmp_path / f"{fmt}.parquet"),
+            "teacher_cot" if fmt == "worked_solutions" else fmt,
+            "stepwise",
+            min_score=0.5,
         )
         assert report["records_in"] == manifest["counts"][fmt]
         assert 0 < report["records_rejected"] < report["records_in"] * 0.4  # the noise, filtered and reported
