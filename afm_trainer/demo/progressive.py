@@ -35,9 +35,9 @@ def run_embedded_default(args: RecipeArgs, chain: Chain) -> int:
     from afm_trainer.demo import report
 
     settings = load_settings("progressive", args.get("DEMO_CONFIG"))
+    chain = with_reasoning_stage(chain, settings)  # a bad stage is refused before the minutes of preparing
     paths = embedded_paths(args.out_dir) if args.dry_run else prepare(args.out_dir, settings)
     args.keys = {**embedded_keys(paths, settings), **args.keys}
-    chain = with_reasoning_stage(chain, settings)
     evaluate = not args.dry_run  # a dry run of the demo has built nothing yet
     stages = (
         {"untrained": report.evaluate_stage(args.out_dir, "untrained", paths["model"], settings)} if evaluate else {}
