@@ -4,10 +4,11 @@
 everything under ``OUT_DIR/embedded/``: the tiny model, the demo world's trajectories
 (afm_trainer.world.make_world), the search-agent data pipeline with extractive summaries,
 the algorithmic teacher traces and the Coder turns of the agent chains for phase 1, and
-replay samples for phases 2 and 3. When the settings name a ``reasoning_stage`` (off by
-default), it runs first, as phase 0, on the teacher's worked solutions of many fresh easy
-algorithmic tasks (``world.worked_solutions_per_cell``): a model that starts from
-nothing carries out worked steps only after tens of thousands of them. The demo then
+replay samples for phases 2 and 3. When the settings name a ``reasoning_stage``, it runs
+first, as phase 0, on the teacher's worked solutions of many fresh easy algorithmic
+tasks (``world.worked_solutions_per_cell``) beside phase 1's sets: a model that starts
+from nothing carries out worked steps only after tens of thousands of them; phases 2
+and 3 then replay worked solutions too. The demo then
 evaluates the untrained model and each phase's final model on the held-out suites, and
 writes ``OUT_DIR/report.md``, ``results.json`` and PNG plots (afm_trainer.demo.report).
 Every step is skipped when its output is already complete, so a re-run resumes.
@@ -60,6 +61,12 @@ def with_reasoning_stage(chain: Chain, settings: dict) -> Chain:
     if not settings.get("reasoning_stage"):
         return chain
     stage = parse_stage(settings["reasoning_stage"], "the demo settings' reasoning_stage", [])
+    data = settings["data"]
+    if "phase1_sets_in_reasoning_stage" not in data or "worked_solutions" not in data["replay_rows"]:
+        raise RecipeError(
+            "the demo settings' reasoning_stage needs data.phase1_sets_in_reasoning_stage and "
+            "data.replay_rows.worked_solutions (afm_trainer/demo/config/progressive.yaml has both)"
+        )
     return Chain(chain.name, [stage, *chain.stages], chain.embedded_default, chain.keys)
 
 
@@ -119,9 +126,10 @@ def prepare(out_dir: str, settings: dict) -> dict:
         sampled, total = write_coder_turns(os.path.join(traces, "agent_chain.jsonl"), coder_turns, per_type)
         print(f"[prepare] {sampled} of {total} agent-chain traces sampled ({per_type} per task type)", flush=True)
         convert(coder_turns, code_train, "teacher_cot", "multiturn", min_score=data["min_score"])
-    if not os.path.isfile(os.path.join(paths["replay"], "code.parquet")):
+    sources = replay_sources(paths, settings)
+    if not all(os.path.isfile(os.path.join(paths["replay"], f"{name}.parquet")) for name in sources):
         print("[prepare] sampling the replay sets of phases 2 and 3", flush=True)
-        write_replay(phase1_sets(paths), paths["replay"], data["replay_rows"])
+        write_replay(sources, paths["replay"], data["replay_rows"])
     return paths
 
 
@@ -164,6 +172,15 @@ def phase1_sets(paths: dict) -> dict[str, str]:
     }
 
 
+def replay_sources(paths: dict, settings: dict) -> dict[str, str]:
+    """The sets phases 2 and 3 replay samples of: phase 1's, and phase 0's worked
+    solutions when that stage runs (the summary phases otherwise undo what it taught)."""
+    sources = phase1_sets(paths)
+    if settings.get("reasoning_stage"):
+        sources["worked_solutions"] = os.path.join(paths["worked_solutions"], "train.parquet")
+    return sources
+
+
 def write_replay(sources: dict[str, str], folder: str, rows_per_set: dict[str, int]) -> None:
     """Samples of phase 1's sets that phases 2 and 3 train on beside their own, so a later
     phase does not erase what the earlier one taught."""
@@ -184,11 +201,13 @@ def embedded_keys(paths: dict, settings: dict) -> dict:
     if not settings.get("recipe"):
         raise RecipeError("the demo settings have no `recipe:` section")
     keys = {"MODEL": paths["model"], "DATA_DIR": paths["data"], **{k: str(v) for k, v in settings["recipe"].items()}}
-    if settings.get("reasoning_stage"):
-        stage_key = settings["reasoning_stage"]["key"]
-        keys[f"{stage_key}_TRAIN_FILES"] = os.path.join(paths["worked_solutions"], "train.parquet")
     phase1 = list(phase1_sets(paths).values())
-    replay = [os.path.join(paths["replay"], f"{name}.parquet") for name in phase1_sets(paths)]
+    if settings.get("reasoning_stage"):
+        # phase 1's sets listed again and again: verl's dataset concatenates the files it is given
+        repeats = settings["data"]["phase1_sets_in_reasoning_stage"]
+        worked = os.path.join(paths["worked_solutions"], "train.parquet")
+        keys[f"{settings['reasoning_stage']['key']}_TRAIN_FILES"] = ",".join([worked] + phase1 * repeats)
+    replay = [os.path.join(paths["replay"], f"{name}.parquet") for name in replay_sources(paths, settings)]
     own = {
         1: phase1,
         2: [os.path.join(paths["data"], "summary_only", "train.parquet")],

@@ -173,9 +173,21 @@ def test_phase0_is_off_by_default_and_when_on_comes_first_with_phase1_starting_f
     assert dry.returncode == 0, dry.stderr[-2000:]
     commands = [line for line in dry.stdout.splitlines() if " command: " in line]
     assert [c.split("]")[0] for c in commands] == ["[phase 0", "[phase 1", "[phase 2", "[phase 3"]
-    assert f"data.train_files={out}/embedded/worked_solutions/train.parquet" in commands[0]
+    # phase 0 trains on the worked solutions and on phase 1's sets, repeated; phases 2 and 3
+    # replay worked solutions beside phase 1's sets
+    paths = demo.embedded_paths(str(out))
+    repeats = settings["data"]["phase1_sets_in_reasoning_stage"]
+    worked = os.path.join(paths["worked_solutions"], "train.parquet")
+    phase0 = [worked] + list(demo.phase1_sets(paths).values()) * repeats
+    assert repeats > 0 and f"data.train_files=[{','.join(phase0)}]" in commands[0]
+    replay_worked = os.path.join(paths["replay"], "worked_solutions.parquet")
+    assert all(replay_worked in command for command in commands[2:]) and replay_worked not in commands[1]
     assert f"model.path={out}/phase0_worked_solutions/global_step_LATEST/huggingface" in commands[1]
     assert not out.exists()  # a dry run builds nothing
+    # settings copied before phase 0 mixed in phase 1's sets: one error line, not a KeyError
+    older = {**settings, "data": {k: v for k, v in settings["data"].items() if k != "phase1_sets_in_reasoning_stage"}}
+    with pytest.raises(RecipeError, match="needs data.phase1_sets_in_reasoning_stage"):
+        demo.with_reasoning_stage(chain, older)
     # phase 0 without its data is one error line, before anything is written
     with pytest.raises(RecipeError, match="needs world.worked_solutions_per_cell"):
         demo.prepare(str(out), {**settings, "world": SETTINGS["world"]})
