@@ -1,6 +1,7 @@
 """scripts/: the user utilities, run as a user runs them (from another folder)."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -219,3 +220,37 @@ def test_latest_checkpoint_follows_the_tracker_not_the_folders(tmp_path):
     assert result.stdout.strip() == os.path.join("run", "global_step_20")
     empty = run_script("latest_checkpoint.sh", tmp_path / "nothing", cwd=tmp_path)
     assert empty.returncode == 1 and "no complete checkpoint" in empty.stderr and empty.stdout == ""
+
+
+def test_unseen_algorithmic_items_share_no_prompt_with_the_world_and_report_the_majority(tmp_path):
+    """The larger held-out set for the easy tiers: no prompt of any trace (worked solutions
+    included) or held-out item, and the majority answer on it as the demo computes it."""
+    from afm_trainer.eval.scoring import majority_baseline
+    from afm_trainer.world.algorithmic import generate_suite, normalise
+    from afm_trainer.world.make_world import make_world
+
+    world = tmp_path / "world"
+    make_world(str(world), n_train=150, n_heldout=110, worked_solutions_per_cell={1: 10, 2: 10, 3: 10})
+    read = lambda path: [json.loads(line) for line in open(path)]  # noqa: E731
+    used = {item["prompt"] for item in read(world / "heldout" / "algorithmic.jsonl")}
+    for name in ("teacher_cot", "worked_solutions", "agent_chain"):
+        used |= {str(r.get("question", r.get("task"))) for r in read(world / "traces" / f"{name}.jsonl")}
+    # without the exclusion the same draw would repeat the world's prompts, so the test can fail
+    assert {t.prompt for t in generate_suite(777, 12, difficulties=[1, 2, 3])} & used
+
+    out = tmp_path / "unseen.jsonl"
+    result = run_script("unseen_algorithmic_items.py", world, out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    items = read(out)
+    assert len(items) > 11 * 3 * 6 and not {item["prompt"] for item in items} & used
+    assert {item["difficulty"] for item in items} == {1, 2, 3}
+    answers = {}
+    for r in read(world / "traces" / "teacher_cot.jsonl"):
+        if r.get("answer") is not None and (r.get("score") or 0) >= 0.5:
+            answers.setdefault(r["type"], []).append(str(r["answer"]))
+    rows = [{**item, "gold": normalise(str(item["answer"]))} for item in items]
+    majority = majority_baseline(answers, rows, "type")["overall"]
+    assert f"majority answer: {majority:.1%}" in result.stdout and 0 < majority < 1
+
+    bad = run_script("unseen_algorithmic_items.py", tmp_path, out, cwd=tmp_path)
+    assert bad.returncode == 2 and "is not a world folder" in bad.stderr
