@@ -6,7 +6,7 @@ A world's held-out suite has one item per (type, difficulty): 33 easy items deci
 comparison with the majority answer by a few items. This writes a larger set in the
 held-out format (evaluate it with ``python -m afm_trainer.eval --suite algorithmic --data
 OUT.jsonl``) and prints the majority answer's accuracy on it: the most frequent training
-answer of the item's type, from the world's teacher traces. Cells whose prompts the world
+answer of the item's type, from the world's teacher traces, as the demo's report has it. Cells whose prompts the world
 has used up (Fibonacci's and fizzbuzz's easy ones) yield fewer items or none.
 """
 
@@ -16,8 +16,10 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 
 from afm_trainer.eval.scoring import majority_baseline
+from afm_trainer.suites import get_suite
 from afm_trainer.suites.base import read_jsonl
 from afm_trainer.world.algorithmic import generate_suite, normalise
 
@@ -50,14 +52,11 @@ def main(argv=None) -> int:
     with open(args.out + ".tmp", "w") as f:
         f.writelines(json.dumps(item) + "\n" for item in items)
     os.replace(args.out + ".tmp", args.out)
-    answers: dict[str, list[str]] = {}
-    for record in read_jsonl(os.path.join(args.world, "traces", "teacher_cot.jsonl")):
-        if record.get("answer") is not None and (record.get("score") or 0) >= 0.5:  # as the demo's training data
-            answers.setdefault(str(record.get("type")), []).append(str(record["answer"]))
+    suite = get_suite("algorithmic")  # the majority answer as the demo's report computes it
     rows = [{**item, "gold": normalise(str(item["answer"]))} for item in items]
-    majority = majority_baseline(answers, rows, "type")["overall"]
-    by_type = {t: sum(item["type"] == t for item in items) for t in sorted({item["type"] for item in items})}
-    print(f"wrote {len(items)} items to {args.out} ({', '.join(f'{t} {n}' for t, n in by_type.items())})")
+    majority = majority_baseline(suite.training_answers(args.world), rows, suite.group_key)["overall"]
+    by_type = sorted(Counter(item["type"] for item in items).items())
+    print(f"wrote {len(items)} items to {args.out} ({', '.join(f'{t} {n}' for t, n in by_type)})")
     print(f"majority answer: {majority:.1%}")
     return 0
 

@@ -226,6 +226,7 @@ def test_unseen_algorithmic_items_share_no_prompt_with_the_world_and_report_the_
     """The larger held-out set for the easy tiers: no prompt of any trace (worked solutions
     included) or held-out item, and the majority answer on it as the demo computes it."""
     from afm_trainer.eval.scoring import majority_baseline
+    from afm_trainer.suites.algorithmic import answers_by_type
     from afm_trainer.world.algorithmic import generate_suite, normalise
     from afm_trainer.world.make_world import make_world
 
@@ -244,12 +245,8 @@ def test_unseen_algorithmic_items_share_no_prompt_with_the_world_and_report_the_
     items = read(out)
     assert len(items) > 11 * 3 * 6 and not {item["prompt"] for item in items} & used
     assert {item["difficulty"] for item in items} == {1, 2, 3}
-    answers = {}
-    for r in read(world / "traces" / "teacher_cot.jsonl"):
-        if r.get("answer") is not None and (r.get("score") or 0) >= 0.5:
-            answers.setdefault(r["type"], []).append(str(r["answer"]))
     rows = [{**item, "gold": normalise(str(item["answer"]))} for item in items]
-    majority = majority_baseline(answers, rows, "type")["overall"]
+    majority = majority_baseline(answers_by_type(str(world)), rows, "type")["overall"]
     assert f"majority answer: {majority:.1%}" in result.stdout and 0 < majority < 1
 
     bad = run_script("unseen_algorithmic_items.py", tmp_path, out, cwd=tmp_path)
