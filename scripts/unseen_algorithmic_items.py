@@ -6,14 +6,14 @@ A world's held-out suite has one item per (type, difficulty): 33 easy items deci
 comparison with the majority answer by a few items. This writes a larger set in the
 held-out format (evaluate it with ``python -m afm_trainer.eval --suite algorithmic --data
 OUT.jsonl``) and prints the majority answer's accuracy on it: the most frequent training
-answer of the item's type, from the world's teacher traces, as the demo's report has it. Cells whose prompts the world
-has used up (Fibonacci's and fizzbuzz's easy ones) yield fewer items or none.
+answer of the item's type, from the world's teacher traces, as the demo's report has it.
+Cells whose prompts the world has used up (Fibonacci's and fizzbuzz's easy ones) yield
+fewer items or none.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -22,6 +22,7 @@ from afm_trainer.eval.scoring import majority_baseline
 from afm_trainer.suites import get_suite
 from afm_trainer.suites.base import read_jsonl
 from afm_trainer.world.algorithmic import generate_suite, normalise
+from afm_trainer.world.make_world import write_jsonl
 
 
 def unseen_items(world: str, per_cell: int, difficulties: list[int], seed: int) -> list[dict]:
@@ -49,9 +50,7 @@ def main(argv=None) -> int:
         print(f"error: {args.world} is not a world folder (no heldout/algorithmic.jsonl)", file=sys.stderr)
         return 2
     items = unseen_items(args.world, args.per_cell, [int(d) for d in args.difficulties.split(",")], args.seed)
-    with open(args.out + ".tmp", "w") as f:
-        f.writelines(json.dumps(item) + "\n" for item in items)
-    os.replace(args.out + ".tmp", args.out)
+    write_jsonl(args.out, items)
     suite = get_suite("algorithmic")  # the majority answer as the demo's report computes it
     rows = [{**item, "gold": normalise(str(item["answer"]))} for item in items]
     majority = majority_baseline(suite.training_answers(args.world), rows, suite.group_key)["overall"]

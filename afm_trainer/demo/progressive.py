@@ -182,8 +182,8 @@ def replay_sources(paths: dict, settings: dict) -> dict[str, str]:
 
 
 def write_replay(sources: dict[str, str], folder: str, rows_per_set: dict[str, int]) -> None:
-    """Samples of phase 1's sets that phases 2 and 3 train on beside their own, so a later
-    phase does not erase what the earlier one taught."""
+    """Samples of ``sources`` (``replay_sources``) that phases 2 and 3 train on beside
+    their own, so a later phase does not erase what an earlier one taught."""
     import pyarrow.parquet as pq
 
     os.makedirs(folder, exist_ok=True)

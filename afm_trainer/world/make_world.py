@@ -35,7 +35,8 @@ from afm_trainer.world.teacher import Noise, agent_chain_record, balance_yes_no,
 DEFAULT_NOISE = Noise(wrong=0.05, malformed=0.03)
 
 
-def _write_jsonl(path: str, records) -> int:
+def write_jsonl(path: str, records) -> int:
+    """``records`` as JSONL at ``path``, written whole or not at all; returns how many."""
     count = 0
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         for record in records:
@@ -91,7 +92,7 @@ def make_world(
     # a small model's training on the tiers it can learn (seed 001).
     algo_train = algorithmic_tasks(seed, algo_per_cell or max(1, -(-n_train // cells)), held_prompts)
     algo_train = balance_yes_no(algo_train, yes_ratio, rng)
-    _write_jsonl(
+    write_jsonl(
         os.path.join(out, "heldout", "algorithmic.jsonl"),
         (
             {
@@ -107,15 +108,15 @@ def make_world(
     )
 
     counts = {
-        "search_agent": _write_jsonl(
+        "search_agent": write_jsonl(
             os.path.join(out, "traces", "search_agent.jsonl"),
             (search_agent_record(q, index, rng, noise.draw(rng)) for q in qa_train),
         ),
-        "agent_chain": _write_jsonl(
+        "agent_chain": write_jsonl(
             os.path.join(out, "traces", "agent_chain.jsonl"),
             (agent_chain_record(t, rng, noise.draw(rng)) for t in algo_train if t.type not in types_without_programs),
         ),
-        "teacher_cot": _write_jsonl(
+        "teacher_cot": write_jsonl(
             os.path.join(out, "traces", "teacher_cot.jsonl"),
             (teacher_cot_record(t, rng, noise.draw(rng)) for t in algo_train),
         ),
@@ -125,7 +126,7 @@ def make_world(
     if worked_solutions_per_cell:
         # seed + 1: tasks other than algo_train's; the held-out ones stay excluded
         worked = algorithmic_tasks(seed + 1, worked_solutions_per_cell, held_prompts)
-        counts["worked_solutions"] = _write_jsonl(
+        counts["worked_solutions"] = write_jsonl(
             os.path.join(out, "traces", "worked_solutions.jsonl"),
             (teacher_cot_record(t, rng, noise.draw(rng)) for t in balance_yes_no(worked, yes_ratio, rng)),
         )
