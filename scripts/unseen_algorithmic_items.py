@@ -21,7 +21,7 @@ from collections import Counter
 from afm_trainer.eval.scoring import majority_baseline
 from afm_trainer.suites import get_suite
 from afm_trainer.suites.base import read_jsonl
-from afm_trainer.world.algorithmic import generate_suite, normalise
+from afm_trainer.world.algorithmic import DIFFICULTIES, generate_suite, normalise
 from afm_trainer.world.make_world import write_jsonl
 
 
@@ -38,18 +38,31 @@ def unseen_items(world: str, per_cell: int, difficulties: list[int], seed: int) 
     ]
 
 
+def difficulty_list(text: str) -> list[int]:
+    """Parse "1,2,3" into [1, 2, 3]; anything else is one argparse error line."""
+    try:
+        difficulties = [int(d) for d in text.split(",")]
+    except ValueError:
+        difficulties = []
+    if not difficulties or not set(difficulties) <= set(DIFFICULTIES):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give difficulties {DIFFICULTIES[0]}-{DIFFICULTIES[-1]} separated by commas"
+        )
+    return difficulties
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("world", help="a world folder (afm_trainer.world.make_world; the demo's: OUT/embedded/world)")
     parser.add_argument("out", help="the JSONL to write")
     parser.add_argument("--per_cell", type=int, default=12)
-    parser.add_argument("--difficulties", default="1,2,3")
+    parser.add_argument("--difficulties", type=difficulty_list, default="1,2,3")
     parser.add_argument("--seed", type=int, default=777, help="task seed (the world's are 42 and 999)")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.world, "heldout", "algorithmic.jsonl")):
         print(f"error: {args.world} is not a world folder (no heldout/algorithmic.jsonl)", file=sys.stderr)
         return 2
-    items = unseen_items(args.world, args.per_cell, [int(d) for d in args.difficulties.split(",")], args.seed)
+    items = unseen_items(args.world, args.per_cell, args.difficulties, args.seed)
     write_jsonl(args.out, items)
     suite = get_suite("algorithmic")  # the majority answer as the demo's report computes it
     rows = [{**item, "gold": normalise(str(item["answer"]))} for item in items]

@@ -251,3 +251,6 @@ def test_unseen_algorithmic_items_share_no_prompt_with_the_world_and_report_the_
 
     bad = run_script("unseen_algorithmic_items.py", tmp_path, out, cwd=tmp_path)
     assert bad.returncode == 2 and "is not a world folder" in bad.stderr
+    for difficulties in ("1,x", "0,11"):
+        bad = run_script("unseen_algorithmic_items.py", world, out, "--difficulties", difficulties, cwd=tmp_path)
+        assert bad.returncode == 2 and "give difficulties 1-10 separated by commas" in bad.stderr
