@@ -2,6 +2,7 @@
 # make demo-rl   - GRPO from the demo's final model (after make demo): 20 steps on CPU
 # make demo-dpo  - preference training of the demo's final model (after make demo)
 # make demo-self-improve - seed 004's chain, phases A -> B -> C, from the demo's final model (after make demo)
+# make demo-afm  - seed 001: one model for the whole agent chain vs a model per role, compared
 # make test      - install what is missing, then lint and run the whole test suite
 # make test-fast - the suite without end-to-end runs (pytest -m "not e2e"), a few minutes
 # make lint      - ruff's lint and format checks (make format rewrites the files)
@@ -20,9 +21,10 @@ DEMO_OUT ?= out/demo
 DEMO_RL_OUT ?= out/demo-rl
 DEMO_DPO_OUT ?= out/demo-dpo
 DEMO_SELF_IMPROVE_OUT ?= out/demo-self-improve
+DEMO_AFM_OUT ?= out/demo-afm
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-rl demo-dpo demo-self-improve test test-fast lint format bench clean
+.PHONY: install demo demo-rl demo-dpo demo-self-improve demo-afm test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -43,6 +45,9 @@ demo-dpo: install
 
 demo-self-improve: install
 	bash examples/demo/run_demo_self_improve.sh $(DEMO_SELF_IMPROVE_OUT)
+
+demo-afm: install
+	bash examples/demo/run_demo_afm.sh $(DEMO_AFM_OUT)
 
 test: install lint
 	$(PY) -m pytest -q --durations=15 tests

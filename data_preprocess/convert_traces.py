@@ -1,13 +1,15 @@
 """Convert agent trajectories to verl SFT parquet.
 
-    python data_preprocess/convert_traces.py --format FMT --mode {multiturn,stepwise} \
+    python data_preprocess/convert_traces.py --format FMT --mode {multiturn,stepwise,one_call} \
         --input_file IN --output_file OUT.parquet [--tokenizer PATH] [--min_score X] \
-        [--balance {none,downsample,upsample}] [--dedup] [--seed 0]
+        [--balance {none,downsample,upsample}] [--dedup] [--seed 0] [--role coder]
 
 FMT: search_agent, agent_chain, teacher_cot, messages (see afm_trainer/traces/formats.py).
 Input: JSONL, a JSON array or parquet (by extension and first character). Writes
 OUT.parquet (`messages` with a per-message `train` flag), OUT.parquet.rejects.jsonl and
-OUT.parquet.report.json. Rejected records do not fail the run (exit 0, counted) unless none is
+OUT.parquet.report.json. Agent chains: --mode one_call trains one model on every agent's
+turns as one message (the whole chain in one call); --role trains one agent's turns only
+(one model of a multi-agent system). Rejected records do not fail the run (exit 0, counted) unless none is
 left (exit 1, with the reasons counted); an unreadable
 input file does (exit 1, one error line).
 """
@@ -16,13 +18,14 @@ import argparse
 import sys
 
 from afm_trainer.data.convert import InputError, convert
-from afm_trainer.traces.formats import FORMATS
+from afm_trainer.models.special_tokens import ROLE_TOKENS
+from afm_trainer.traces.formats import FORMATS, MODES
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Convert agent trajectories to verl SFT parquet.")
     parser.add_argument("--format", required=True, choices=sorted(FORMATS))
-    parser.add_argument("--mode", default="multiturn", choices=["multiturn", "stepwise"])
+    parser.add_argument("--mode", default="multiturn", choices=MODES)
     parser.add_argument("--input_file", required=True)
     parser.add_argument("--output_file", required=True)
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer for token-length percentiles")
@@ -30,6 +33,12 @@ def main(argv=None) -> int:
     parser.add_argument("--balance", default="none", choices=["none", "downsample", "upsample"])
     parser.add_argument("--dedup", action="store_true", help="reject exact duplicate trajectories")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--role",
+        choices=[t[2:-2] for t in ROLE_TOKENS],
+        default=None,
+        help="agent_chain: train only this agent's turns (the others are context)",
+    )
     args = parser.parse_args(argv)
     try:
         report = convert(
@@ -42,6 +51,7 @@ def main(argv=None) -> int:
             args.balance,
             args.dedup,
             args.seed,
+            role=f"<|{args.role}|>" if args.role else None,
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly, write_rows
-from afm_trainer.models.special_tokens import first_of, special_tokens_of
-from afm_trainer.traces.formats import FORMATS, TraceError, preference_pair, to_samples
+from afm_trainer.models.special_tokens import ROLE_TOKENS, first_of, special_tokens_of
+from afm_trainer.traces.formats import FORMATS, MODES, TraceError, preference_pair, to_samples
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
 SCHEMA = pa.schema(
@@ -200,10 +200,18 @@ def convert(
     balance: str = "none",
     dedup: bool = False,
     seed: int = 0,
+    role: str | None = None,
 ) -> dict:
-    """Convert one trajectory file; returns the report (also written beside the output)."""
+    """Convert one trajectory file; returns the report (also written beside the output).
+    ``mode`` and ``role``: as ``afm_trainer.traces.formats.to_samples`` takes them."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    if role is not None and (fmt != "agent_chain" or role not in ROLE_TOKENS or mode == "one_call"):
+        raise InputError(
+            f"role {role!r}: a role is one of {', '.join(ROLE_TOKENS)}, for agent_chain data in multiturn or stepwise mode"
+        )
     check_output_file(output_file)
     parse = FORMATS[fmt]
     tokenizer = None
@@ -229,6 +237,7 @@ def convert(
                 continue
             try:
                 trajectory = parse(record)
+                to_samples(trajectory, mode, role)  # one_call refuses tool turns between model turns
             except TraceError as exc:
                 yield location, record, str(exc)
                 continue
@@ -290,7 +299,7 @@ def convert(
                     continue
                 if fmt == "teacher_cot" and (pair := preference_pair(trajectory)):
                     pairs.append({**pair, "pair_id": trajectory.id or location, "source": "teacher_cot", "weight": 1.0})
-                samples = to_samples(trajectory, mode)
+                samples = to_samples(trajectory, mode, role)
                 for copy in range(copies):
                     trajectory_id = trajectory.id or location
                     for step, messages in enumerate(samples):
@@ -328,6 +337,7 @@ def convert(
         "input_file": input_file,
         "format": fmt,
         "mode": mode,
+        "role": role,
         "records_in": records_in,
         "records_converted": records_in - sum(rejects_by_reason.values()),
         "records_rejected": sum(rejects_by_reason.values()),

@@ -84,6 +84,21 @@ def generate(
     """Greedy completions (decoded, special tokens dropped) for chat prompts, stopping at
     the end of the turn or at any of `stop_ids`; sampled ones with a temperature (prompt
     i from the stream seeded ``seed * 1_000_003 + i``, whatever the batching)."""
+    completions = generate_counted(model, tokenizer, prompts, max_new_tokens, batch_size, stop_ids, temperature, seed)
+    return [text for text, _, _ in completions]
+
+
+def generate_counted(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    stop_ids: list[int] | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[tuple[str, int, int]]:
+    """``generate``'s completions with what each cost: (text, prompt tokens, generated tokens)."""
     model.eval()
     stop_ids = [tokenizer.eos_token_id] + list(stop_ids or [])
     outputs = []
@@ -100,7 +115,9 @@ def generate(
             new_tokens = greedy_decode(
                 model, batch["input_ids"], batch["attention_mask"], max_new_tokens, stop_ids, temperature, seeds
             )
-            outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            outputs += [(text, n, len(ids)) for text, n, ids in zip(decoded, lengths, new_tokens)]
     finally:
         tokenizer.padding_side = old_side
     return outputs

@@ -292,22 +292,46 @@ FORMATS = {
 }
 
 
-def to_samples(trajectory: Trajectory, mode: str) -> list[list[dict]]:
+MODES = ("multiturn", "stepwise", "one_call")
+
+
+def to_samples(trajectory: Trajectory, mode: str, role: str | None = None) -> list[list[dict]]:
     """Conversations with a per-message ``train`` flag (True only on trained turns).
 
     multiturn: the whole trajectory, every assistant turn trained.
     stepwise: one conversation per assistant turn (a decision point), ending at it;
     only that turn is trained, earlier ones are context, so no turn is trained twice.
+    one_call: the model turns joined into one assistant message (role tokens mark where
+    each agent speaks): what a model that plays a whole agent chain in one call trains
+    on; a trajectory with tool or user turns between them has no such form (TraceError).
     Tool and user turns (observations) are never trained.
+    ``role`` (a role token such as ``<|coder|>``): only the turns that agent spoke are
+    trained, the others are context, and nothing after its last turn is kept (the
+    data of one agent of a multi-agent system).
     """
     prompt = [{**m, "train": False} for m in trajectory.prompt]
+    turns = trajectory.turns
+    if role is not None:
+        if role not in ROLE_TOKENS:
+            raise ValueError(f"unknown role {role!r} (known: {', '.join(ROLE_TOKENS)})")
+        spoken = [j for j, t in enumerate(turns) if t["role"] == "assistant" and t["content"].startswith(role)]
+        if not spoken:
+            return []
+        turns = turns[: spoken[-1] + 1]
+    trained = lambda t: t["role"] == "assistant" and (role is None or t["content"].startswith(role))  # noqa: E731
     if mode == "multiturn":
-        return [prompt + [{**t, "train": t["role"] == "assistant"} for t in trajectory.turns]]
+        return [prompt + [{**t, "train": trained(t)} for t in turns]]
     if mode == "stepwise":
         samples = []
-        for j, turn in enumerate(trajectory.turns):
-            if turn["role"] == "assistant":
-                context = [{**t, "train": False} for t in trajectory.turns[:j]]
+        for j, turn in enumerate(turns):
+            if trained(turn):
+                context = [{**t, "train": False} for t in turns[:j]]
                 samples.append(prompt + context + [{**turn, "train": True}])
         return samples
-    raise ValueError(f"unknown mode {mode!r} (multiturn or stepwise)")
+    if mode == "one_call":
+        if role is not None:
+            raise ValueError("one_call trains every agent's turns: it takes no role")
+        if any(t["role"] != "assistant" for t in turns):
+            raise TraceError("has tool or user turns between the model's turns: no one-call form (use multiturn)")
+        return [prompt + [{"role": "assistant", "content": "\n".join(t["content"] for t in turns), "train": True}]]
+    raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")

@@ -2,11 +2,11 @@
 
     python -m afm_trainer.world.make_world --out DIR [--n_train 600] [--n_heldout 200] [--seed 42]
         [--heldout_seed 999] [--wrong 0.05] [--malformed 0.03] [--yes_ratio 0.5] [--algo_per_cell N]
-        [--types_without_programs fibonacci,two_sum] [--worked_solutions_per_cell N]
+        [--types_without_programs fibonacci,two_sum] [--worked_solutions_per_cell N] [--chain_retry 0.2]
 
 DIR/corpus.jsonl                       the QA world's documents (serve it with search_server)
 DIR/traces/search_agent.jsonl          multi-hop QA traces with real search results
-DIR/traces/agent_chain.jsonl           Planner -> Coder -> Reviewer (sandbox-checked)
+DIR/traces/agent_chain.jsonl           Planner -> Coder -> Reviewer (sandbox-checked; a rejection sends the Coder back)
 DIR/traces/teacher_cot.jsonl           question, answer, student draft, teacher reasoning
 DIR/traces/worked_solutions.jsonl      more teacher_cot records, of fresh tasks (when asked for)
 DIR/heldout/algorithmic.jsonl          held-out algorithmic tasks (prompt, answer, type, difficulty, x)
@@ -69,6 +69,7 @@ def make_world(
     algo_per_cell: int | dict[int, int] | None = None,
     types_without_programs: list[str] | tuple[str, ...] = (),
     worked_solutions_per_cell: int | dict[int, int] | None = None,
+    chain_retry: float = 0.0,
 ) -> dict:
     unknown = sorted(set(types_without_programs) - set(TYPES))
     if unknown:
@@ -114,7 +115,11 @@ def make_world(
         ),
         "agent_chain": write_jsonl(
             os.path.join(out, "traces", "agent_chain.jsonl"),
-            (agent_chain_record(t, rng, noise.draw(rng)) for t in algo_train if t.type not in types_without_programs),
+            (
+                agent_chain_record(t, rng, noise.draw(rng), chain_retry)
+                for t in algo_train
+                if t.type not in types_without_programs
+            ),
         ),
         "teacher_cot": write_jsonl(
             os.path.join(out, "traces", "teacher_cot.jsonl"),
@@ -136,6 +141,7 @@ def make_world(
         "world_seed": world_seed,
         "noise": asdict(noise),
         "yes_ratio": yes_ratio,
+        "chain_retry": chain_retry,
         "types_without_programs": sorted(types_without_programs),
         "counts": counts,
         "seconds": round(time.time() - started, 1),
@@ -166,6 +172,12 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout_seed", type=int, default=999)
     parser.add_argument("--wrong", type=float, default=0.05, help="fraction of records with a wrong answer")
     parser.add_argument("--malformed", type=float, default=0.03, help="fraction of malformed records")
+    parser.add_argument(
+        "--chain_retry",
+        type=float,
+        default=0.0,
+        help="share of agent chains whose first program the Reviewer rejects before the right one",
+    )
     parser.add_argument("--yes_ratio", type=float, default=0.5, help="share of 'yes' among yes/no tasks")
     parser.add_argument(
         "--types_without_programs",
@@ -187,6 +199,7 @@ def main(argv=None) -> int:
             algo_per_cell=args.algo_per_cell,
             types_without_programs=[t for t in args.types_without_programs.split(",") if t],
             worked_solutions_per_cell=args.worked_solutions_per_cell,
+            chain_retry=args.chain_retry,
         )
     except ValueError as exc:
         parser.error(str(exc))

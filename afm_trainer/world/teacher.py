@@ -3,8 +3,9 @@ really acting in the demo world (real search results, real sandbox runs).
 
 - ``search_agent_record``: reasoning, a search per fact on the question's path, the
   real BM25 results, and the answer (seed 002's format);
-- ``agent_chain_record``: Planner plan, Coder solution, Reviewer that runs the solution
-  in the sandbox on test cases and reports what happened (seed 001's format);
+- ``agent_chain_record``: Planner plan, Coder solution, Reviewer verdict, decided by
+  running the solution in the sandbox on test cases; a rejected program is rewritten
+  (seed 001's format);
 - ``teacher_cot_record``: question, answer, a student draft (right or wrong) and the
   teacher's step-by-step reasoning (seed 004's format).
 
@@ -111,24 +112,46 @@ def review(task: Task, code: str, n_tests: int = 3) -> tuple[bool, str]:
     return passed == len(cases), f"Ran {len(cases)} tests in the sandbox: {passed} passed."
 
 
-def agent_chain_record(task: Task, rng: random.Random, kind: str = "clean") -> dict:
-    """The chain, with the task's type, difficulty and input ``x`` (what the Reviewer ran
-    the code on) beside it, so its Coder turn can become a code-suite example."""
+BUG = ("return", "return 1 + 0 *")  # a plausible bug: the result no longer depends on the work
+
+
+def reviewer_verdict(task: Task, passed: bool) -> str:
+    """The Reviewer's turn: a verdict on the code as written (seed 001's Reviewer reads the
+    code; it runs nothing), so a model that plays every role can give it in the same call
+    that wrote the code. The teacher decides it by running the code in the sandbox."""
+    kind = task.type.replace("_", " ")
+    if passed:
+        return f"The code solves the {kind} problem. Approved."
+    return f"The code does not solve the {kind} problem: its return value is wrong. Rejected."
+
+
+def agent_chain_record(task: Task, rng: random.Random, kind: str = "clean", retry: float = 0.0) -> dict:
+    """The chain, with the task's type, difficulty and input ``x`` (what its program is run
+    on) beside it, so its Coder turn can become a code-suite example and the chain's
+    answer is the approved program's output on ``x``.
+
+    kind "wrong": the Reviewer approves a buggy program (a teacher error; score 0).
+    ``retry``: the share of chains whose Coder first writes a buggy program, which the
+    Reviewer rejects, and then the right one (drawn from the task's id, not from ``rng``,
+    so the other records of a world do not change with it)."""
     code = solution_source(task.type)
-    if kind == "wrong":  # a plausible bug the Reviewer really catches
-        code = code.replace("return", "return 1 + 0 *", 1) if "return" in code else code
+    buggy = code.replace(*BUG, 1)
+    if kind == "wrong":
+        code = buggy
     plan = f"Plan: read the input, solve the {task.type.replace('_', ' ')} problem step by step, check it on tests, answer."
-    passed, report = review(task, code)
+    passed, _ = review(task, code)
     answer = task.answer if passed else _corrupt(task.answer, rng, lambda a: verify(task, a))
-    reviewer = f"{report} {'Approved.' if passed else 'Rejected.'} <answer>{answer}</answer>"
+    steps = [{"agent": "Planner", "output": plan}]
+    retried = kind != "wrong" and random.Random(zlib.crc32(task.task_id.encode())).random() < retry
+    if retried and not review(task, buggy)[0]:  # the bug must really fail the tests
+        steps += [{"agent": "Coder", "output": buggy}, {"agent": "Reviewer", "output": reviewer_verdict(task, False)}]
+    # A "wrong" chain's Reviewer approves its buggy program whatever the tests said (the
+    # teacher's error; the record scores 0 when they failed).
+    steps += [{"agent": "Coder", "output": code}, {"agent": "Reviewer", "output": reviewer_verdict(task, True)}]
     record = {
         "id": task.task_id,
         "task": task.prompt,
-        "trajectory": [
-            {"agent": "Planner", "output": plan},
-            {"agent": "Coder", "output": code},
-            {"agent": "Reviewer", "output": reviewer},
-        ],
+        "trajectory": steps,
         "answer": answer,
         "score": 1.0 if passed else 0.0,
         "type": task.type,

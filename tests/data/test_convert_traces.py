@@ -48,6 +48,56 @@ def write_jsonl(path, records):
     return str(path)
 
 
+RETRY_CHAIN = {
+    "id": "r1",
+    "task": "Write add(a, b).",
+    "trajectory": [
+        {"agent": "Planner", "output": "Return a + b."},
+        {"agent": "Coder", "output": "def add(a, b):\n    return a - b"},
+        {"agent": "Reviewer", "output": "Wrong sign. Rejected."},
+        {"agent": "Coder", "output": "def add(a, b):\n    return a + b"},
+        {"agent": "Reviewer", "output": "Approved."},
+    ],
+}
+
+
+def test_agent_chain_one_call_is_the_whole_chain_in_one_trained_turn(tmp_path):
+    report = convert(
+        write_jsonl(tmp_path / "c.jsonl", [RETRY_CHAIN, SEARCH]), str(tmp_path / "c.parquet"), "agent_chain", "one_call"
+    )
+    (conversation,) = pd.read_parquet(tmp_path / "c.parquet")["messages"]
+    assert [(m["role"], m["train"]) for m in conversation] == [("user", False), ("assistant", True)]
+    turns = [t["agent"] for t in RETRY_CHAIN["trajectory"]]
+    said = conversation[1]["content"].split("\n<|")
+    assert [s.split("|>")[0].strip("<|").capitalize() for s in said] == turns
+    assert report["records_rejected"] == 1  # the search trace is not a chain
+
+
+def test_one_call_refuses_a_trajectory_with_tool_turns(tmp_path):
+    src = write_jsonl(tmp_path / "s.jsonl", [SEARCH, RETRY_CHAIN])
+    with pytest.raises(InputError, match="could be converted: 1 has tool or user turns"):
+        convert(src, str(tmp_path / "s.parquet"), "search_agent", "one_call")
+    (reject,) = [json.loads(line) for line in open(tmp_path / "s.parquet.rejects.jsonl")][:1]
+    assert reject["where"] == "line 1" and "no one-call form" in reject["reason"]
+
+
+@pytest.mark.parametrize(
+    "role, trained, kept", [("<|planner|>", [1], 2), ("<|coder|>", [2, 4], 5), ("<|reviewer|>", [3, 5], 6)]
+)
+def test_agent_chain_role_trains_that_agents_turns_with_the_earlier_ones_as_context(tmp_path, role, trained, kept):
+    convert(write_jsonl(tmp_path / "c.jsonl", [RETRY_CHAIN]), str(tmp_path / "c.parquet"), "agent_chain", role=role)
+    (conversation,) = pd.read_parquet(tmp_path / "c.parquet")["messages"]
+    assert len(conversation) == kept  # nothing after the agent's last turn
+    assert [i for i, m in enumerate(conversation) if m["train"]] == trained
+    assert all(conversation[i]["content"].startswith(role) for i in trained)
+
+
+def test_a_role_is_refused_outside_agent_chains(tmp_path):
+    src = write_jsonl(tmp_path / "s.jsonl", [SEARCH])
+    with pytest.raises(InputError, match="role"):
+        convert(src, str(tmp_path / "s.parquet"), "search_agent", role="<|coder|>")
+
+
 def test_search_agent_multiturn_and_stepwise(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [SEARCH])
     convert(src, str(tmp_path / "mt.parquet"), "search_agent", "multiturn")

@@ -76,7 +76,7 @@ def strategy_data(tmp_path_factory):
 
 
 def stage_commands(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("[phase ") and " command: " in line]
+    return [line for line in output.splitlines() if line.startswith("[") and "] command: " in line]
 
 
 @pytest.mark.e2e
@@ -159,6 +159,25 @@ def test_the_self_improvement_demo_dry_run_builds_nothing_and_needs_its_start_mo
     unbalanced = stage_commands(dry.stdout)[3]
     assert "data_unbalanced/track_b/train.parquet" in unbalanced
     assert str(tmp_path / "out" / "phaseA_direct" / "global_step_LATEST" / "huggingface") in unbalanced
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_afm_demo_dry_run_trains_four_models_from_one_start_and_builds_nothing(tmp_path):
+    chain = load_chain("afm")
+    assert [(s.key, s.data, s.start) for s in chain.stages] == [
+        ("AFM", "afm", "MODEL"),
+        ("PLANNER", "planner", "MODEL"),
+        ("CODER", "coder", "MODEL"),
+        ("REVIEWER", "reviewer", "MODEL"),
+    ]
+    dry = run_recipe(1, tmp_path / "out", "DRY_RUN=1", recipe="train_afm")
+    assert dry.returncode == 0, dry.stderr
+    commands = stage_commands(dry.stdout)
+    assert [line.split(" command:")[0] for line in commands] == ["[AFM]", "[planner]", "[coder]", "[reviewer]"]
+    model = str(tmp_path / "out" / "embedded" / "model")
+    for line, data in zip(commands, ("afm", "planner", "coder", "reviewer")):
+        assert f"model.path={model} " in line and f"embedded/data/{data}/train.parquet" in line
+        assert "optim.lr=2e-3" in line and "trainer.total_epochs=4" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -16,6 +16,7 @@ from afm_trainer.world.teacher import (
     Noise,
     agent_chain_record,
     balance_yes_no,
+    review,
     search_agent_record,
     teacher_cot_record,
 )
@@ -42,17 +43,44 @@ def test_clean_agent_chains_pass_review_and_their_answers_verify():
     tasks = generate_suite(11, 1)
     for task in tasks:
         record = agent_chain_record(task, random.Random(0))
-        reviewer = record["trajectory"][2]["output"]
-        assert "3 passed" in reviewer and "Approved" in reviewer, reviewer
+        assert record["trajectory"][2]["output"].endswith("Approved.")
         assert verify(task, record["answer"])
         assert [s["agent"] for s in record["trajectory"]] == ["Planner", "Coder", "Reviewer"]
+        assert review(task, record["trajectory"][1]["output"])[0]
 
 
-def test_wrong_agent_chains_are_caught_by_the_sandbox_review():
+def test_wrong_agent_chains_approve_a_program_the_sandbox_fails_and_score_zero():
     task = generate_suite(11, 1, types=["fibonacci"], difficulties=[5])[0]
     record = agent_chain_record(task, random.Random(0), kind="wrong")
-    assert "Rejected" in record["trajectory"][2]["output"] and record["score"] == 0.0
+    coder, reviewer = record["trajectory"][1]["output"], record["trajectory"][2]["output"]
+    assert reviewer.endswith("Approved.") and record["score"] == 0.0
+    assert not review(task, coder)[0]
     assert not verify(task, record["answer"])
+
+
+def test_a_retried_chain_rewrites_a_program_the_sandbox_really_fails():
+    tasks = generate_suite(11, 2)
+    records = [agent_chain_record(t, random.Random(0), retry=1.0) for t in tasks]
+    retried = [(t, r) for t, r in zip(tasks, records) if len(r["trajectory"]) == 5]
+    assert len(retried) > len(tasks) / 2
+    for task, record in retried:
+        agents = [s["agent"] for s in record["trajectory"]]
+        assert agents == ["Planner", "Coder", "Reviewer", "Coder", "Reviewer"]
+        first, rejection, second, approval = (s["output"] for s in record["trajectory"][1:])
+        assert rejection.endswith("Rejected.") and approval.endswith("Approved.")
+        assert not review(task, first)[0] and review(task, second)[0]
+        assert record["score"] == 1.0 and verify(task, record["answer"])
+    # chains the bug does not break are not retried (fizzbuzz's bug only hits multiples of 15)
+    assert all(len(r["trajectory"]) == 3 for t, r in zip(tasks, records) if (t, r) not in retried)
+
+
+def test_the_retry_share_leaves_the_other_records_of_a_world_unchanged():
+    tasks = generate_suite(11, 1)
+    rng_a, rng_b = random.Random(5), random.Random(5)
+    for t in tasks:
+        agent_chain_record(t, rng_a, "wrong")
+        agent_chain_record(t, rng_b, "wrong", retry=1.0)
+    assert rng_a.random() == rng_b.random()
 
 
 def test_teacher_cot_answers_verify_and_perturbed_ones_fail():
