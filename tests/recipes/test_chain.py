@@ -58,6 +58,9 @@ def test_dpo_overrides_reach_preference_stages_only():
     dpo = Stage("C", "c", "c", "dpo", "d", "1", "1")
     assert reaches("optim.lr=1", sft) and reaches("optim.lr=1", dpo)
     assert not reaches("dpo.beta=0.2", sft) and reaches("dpo.beta=0.2", dpo)
+    distill = Stage("D", "d", "d", "distill", "d", "1", "1")
+    assert reaches("distill.beta=0.5", distill) and not reaches("distill.beta=0.5", sft)
+    assert not reaches("dpo.beta=0.2", distill) and not reaches("distill.beta=0.5", dpo)
     assert not reaches("+dpo.new=1", sft)
 
 

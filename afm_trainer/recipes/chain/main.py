@@ -5,7 +5,8 @@
     bash recipes/self_improve.sh NPROC OUT_DIR ...        (CHAIN=self_improve)
 
 CHAIN is a YAML file, or the name of one in ``config/`` beside this file. Each stage
-names its kind (``sft``: afm_trainer.recipes.sft; ``dpo``: afm_trainer.recipes.dpo),
+names its kind (``sft``: afm_trainer.recipes.sft; ``dpo``: afm_trainer.recipes.dpo;
+``distill``: afm_trainer.recipes.distill),
 its data (a ``DATA_DIR`` subfolder with ``train.parquet``/``val.parquet`` or their
 shards), its learning rate, epochs and Hydra overrides, and where it starts: ``MODEL``,
 or the latest *complete* checkpoint of an earlier stage (by verl's tracker file, never
@@ -18,7 +19,7 @@ and resumes an unfinished one from its last checkpoint. ``DRY_RUN=1`` prints the
 command of every stage, ``[phase 2] command: ...``, the line a real run prints before
 running it; a model an earlier stage has not produced yet appears as
 ``DIR/global_step_LATEST/huggingface``. Hydra overrides on the command line reach every
-stage, except ``dpo.*`` ones, which reach the preference stages only.
+stage, except ``dpo.*`` and ``distill.*`` ones, which reach the stages of that kind only.
 
 With no MODEL and no data, a chain that names an ``embedded_default`` runs it (``make
 demo``, ``make demo-self-improve``).
@@ -44,7 +45,7 @@ from afm_trainer.recipes.sft.main import build_sft
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 COMPLETE_MARKER = "PHASE_COMPLETE"
 PLACEHOLDER_STEP = "global_step_LATEST"  # in dry runs, for a checkpoint not written yet
-KINDS = ("sft", "dpo")
+KINDS = ("sft", "dpo", "distill")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Stage:
     key: str  # prefix of the stage's recipe arguments: PHASE1 -> PHASE1_LR
     name: str  # in log lines: "[phase 1] command: ..."
     folder: str  # OUT_DIR/folder
-    kind: str  # sft | dpo
+    kind: str  # sft | dpo | distill
     data: str  # the DATA_DIR subfolder
     lr: str
     epochs: str
@@ -130,8 +131,10 @@ def stage_files(args: RecipeArgs, stage: Stage) -> tuple[str, str]:
 
 
 def reaches(override: str, stage: Stage) -> bool:
-    """Whether a command-line Hydra override applies to the stage (dpo.* only to preference stages)."""
-    return stage.kind == "dpo" or not override.lstrip("+~").startswith("dpo.")
+    """Whether a command-line Hydra override applies to the stage (dpo.* only to preference
+    stages, distill.* only to distillation stages)."""
+    group = override.lstrip("+~").split(".")[0]
+    return group not in ("dpo", "distill") or group == stage.kind
 
 
 def stage_args(args: RecipeArgs, stage: Stage, model: str) -> RecipeArgs:
@@ -160,6 +163,10 @@ def final_model(stage_out: str) -> tuple[str, bool]:
 
 
 def run_stage(this: RecipeArgs, stage: Stage, inputs_exist: bool) -> int:
+    if stage.kind == "distill":
+        from afm_trainer.recipes.distill.main import build_distill
+
+        return run(build_distill(this, inputs_exist=inputs_exist), stage.name, this.dry_run)
     if stage.kind == "dpo":
         from afm_trainer.recipes.dpo.main import train_dpo
 
