@@ -12,11 +12,14 @@ from afm_trainer.models.decoding import Request, decode_batch
 
 
 def _prompt_and_full_ids(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Token ids of the conversation up to the last assistant turn, and of all of it."""
+    """Token ids of the conversation up to the last assistant turn, and of all of it up to
+    that turn's end-of-turn token (the template's newline after it is never trained)."""
     prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
     full = tokenizer.apply_chat_template(messages, tokenize=True)
     as_ids = lambda x: list(x["input_ids"] if hasattr(x, "keys") else x)  # noqa: E731
-    return as_ids(prompt), as_ids(full)
+    prompt, full = as_ids(prompt), as_ids(full)
+    ends = [i for i in range(len(prompt), len(full)) if full[i] == tokenizer.eos_token_id]
+    return prompt, full[: ends[-1] + 1] if ends else full
 
 
 @torch.no_grad()

@@ -1,0 +1,32 @@
+"""The evaluation's loss scores the tokens training trains, no more."""
+
+import pandas as pd
+import pytest
+import torch
+
+from afm_trainer.data.sft_dataset import AgentSFTDataset
+from afm_trainer.eval.lm import _prompt_and_full_ids, assistant_loss
+
+
+def test_assistant_loss_scores_exactly_the_tokens_the_sft_dataset_trains(tmp_path, nano_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    conversation = [
+        {"role": "user", "content": "FizzBuzz of 10?"},
+        {"role": "assistant", "content": "<|planner|>Plan.\n<|coder|>def solve(n):\n    return n\n"},
+    ]
+    pd.DataFrame({"messages": [[{**m, "train": m["role"] == "assistant"} for m in conversation]]}).to_parquet(
+        tmp_path / "c.parquet"
+    )
+    config = {"pad_mode": "no_padding", "truncation": "right", "max_length": 512, "messages_key": "messages"}
+    item = AgentSFTDataset(str(tmp_path / "c.parquet"), tokenizer, config)[0]
+    prompt, full = _prompt_and_full_ids(tokenizer, conversation)
+    assert full == item["input_ids"].tolist()[: len(full)]
+    trained = item["loss_mask"].nonzero().flatten().tolist()
+    assert list(range(len(prompt), len(full))) == trained  # the turn and its end-of-turn token, not the newline after
+
+    model = AutoModelForCausalLM.from_pretrained(nano_model).eval()
+    logits = model(input_ids=torch.tensor([full])).logits[0, :-1].float()
+    direct = torch.nn.functional.cross_entropy(logits[len(prompt) - 1 :], torch.tensor(full[len(prompt) :]))
+    assert assistant_loss(model, tokenizer, [conversation]) == pytest.approx(direct.item(), rel=1e-5)
