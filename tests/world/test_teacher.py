@@ -59,7 +59,7 @@ def test_wrong_agent_chains_approve_a_program_the_sandbox_fails_and_score_zero()
 
 
 def test_a_retried_chain_rewrites_a_program_the_sandbox_really_fails():
-    tasks = generate_suite(11, 2)
+    tasks = generate_suite(11, 1, difficulties=[2, 3])
     records = [agent_chain_record(t, random.Random(0), retry=1.0) for t in tasks]
     retried = [(t, r) for t, r in zip(tasks, records) if len(r["trajectory"]) == 5]
     assert len(retried) > len(tasks) / 2
