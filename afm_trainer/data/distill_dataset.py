@@ -99,6 +99,10 @@ class DistillSFTDataset(AgentSFTDataset):
     data.custom_cls.name=DistillSFTDataset`` (the distillation recipe's config does);
     ``data.distill_temperature`` must equal the temperature the data was made at."""
 
+    def __init__(self, parquet_files, tokenizer, config, processor=None, max_samples: int = -1):
+        self.config_temperature = (config or {}).get("distill_temperature")
+        super().__init__(parquet_files, tokenizer, config, processor=processor, max_samples=max_samples)
+
     def _read_files_and_process(self):
         super()._read_files_and_process()
         missing = [c for c in TEACHER_COLUMNS if c not in self.dataframe.columns]
@@ -106,10 +110,11 @@ class DistillSFTDataset(AgentSFTDataset):
             raise ValueError(
                 f"the data has no {', '.join(missing)}: add the teacher's top-k with data_preprocess/add_teacher_topk.py"
             )
+        self.teacher = self.dataframe[list(TEACHER_COLUMNS)].to_dict("records")
 
     def __getitem__(self, item):
         res = super().__getitem__(item)
-        row = self.dataframe.iloc[item]
+        row = self.teacher[item]
         k, n = int(row["teacher_k"]), len(res["input_ids"])
         if int(row["teacher_input_crc"]) != token_crc(res["input_ids"]) or len(row["teacher_topk_ids"]) != n * k:
             raise ValueError(
@@ -125,7 +130,3 @@ class DistillSFTDataset(AgentSFTDataset):
         res["teacher_topk_ids"] = torch.as_tensor(row["teacher_topk_ids"], dtype=torch.long).view(n, k)
         res["teacher_topk_log_probs"] = torch.as_tensor(row["teacher_topk_log_probs"], dtype=torch.float32).view(n, k)
         return res
-
-    def __init__(self, parquet_files, tokenizer, config, processor=None, max_samples: int = -1):
-        self.config_temperature = (config or {}).get("distill_temperature")
-        super().__init__(parquet_files, tokenizer, config, processor=processor, max_samples=max_samples)

@@ -150,17 +150,16 @@ def compare(paths: dict, models: dict[str, str], settings: dict) -> dict:
 
 
 def by_difficulty(rows: list[dict]) -> dict[str, float]:
-    out: dict[str, list[bool]] = {}
-    for r in rows:
-        out.setdefault(str(r["difficulty"]), []).append(r["correct"])
-    return {d: round(sum(v) / len(v), 4) for d, v in sorted(out.items(), key=lambda kv: int(kv[0]))}
+    from afm_trainer.eval.scoring import summarise
+
+    return summarise(rows, "type")["by_difficulty"]
 
 
 def nearest_chain_baseline(paths: dict, items: list[dict]) -> dict:
     """Each held-out task answered by the last program of the training chain whose task
     is nearest it (BM25), run as the systems' programs are: recall of the training set."""
     from afm_trainer.eval.agent_chain import CODER, score_chain
-    from afm_trainer.eval.scoring import nearest_examples
+    from afm_trainer.eval.scoring import nearest_examples, summarise
     from afm_trainer.suites.base import kept
 
     chains = [
@@ -171,10 +170,8 @@ def nearest_chain_baseline(paths: dict, items: list[dict]) -> dict:
     programs = [[s.get("output") for s in c["trajectory"] if s.get("agent") == "Coder"][-1] for c in chains]
     nearest = nearest_examples([c["task"] for c in chains], [it["prompt"] for it in items])
     rows = [score_chain(it, [] if i is None else [(CODER, programs[i] or "")]) for it, i in zip(items, nearest)]
-    return {
-        "accuracy": round(sum(r["correct"] for r in rows) / max(len(rows), 1), 4),
-        "by_difficulty": by_difficulty(rows),
-    }
+    scored = summarise(rows, "type")
+    return {"accuracy": scored["accuracy"], "by_difficulty": scored["by_difficulty"]}
 
 
 def write_report(out_dir: str, results: dict) -> None:

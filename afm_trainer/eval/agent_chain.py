@@ -11,6 +11,7 @@ What each costs is counted per task: model calls, prompt and generated tokens.
 
 from __future__ import annotations
 
+import itertools
 import re
 import statistics
 import time
@@ -104,18 +105,15 @@ def run_mas(
     history = {it["id"]: [{"role": "user", "content": it["prompt"]}] for it in items}
     cost = {it["id"]: {"calls": 0, "prompt_tokens": 0, "generated_tokens": 0} for it in items}
 
-    calls = iter(range(1, 1000))
+    calls = itertools.count(1)
 
     def turn(role: str, ids: list[str]) -> list[str]:
         replies = agents[role].call([history[i] for i in ids], batch_size, temperature, seed * 1000 + next(calls))
         for i, (text, prompt_tokens, generated) in zip(ids, replies):
-            history[i] = history[i] + [{"role": "assistant", "content": text}]
-            c = cost[i]
-            c["calls"], c["prompt_tokens"], c["generated_tokens"] = (
-                c["calls"] + 1,
-                c["prompt_tokens"] + prompt_tokens,
-                c["generated_tokens"] + generated,
-            )
+            history[i] = history[i] + [{"role": "assistant", "content": text}]  # a new list: a call keeps its own
+            cost[i]["calls"] += 1
+            cost[i]["prompt_tokens"] += prompt_tokens
+            cost[i]["generated_tokens"] += generated
         return [text for text, _, _ in replies]
 
     pending = [it["id"] for it in items]

@@ -24,6 +24,14 @@ class AgentSFTTrainer(SFTTrainer):
             self.ckpt_handler.train_dataloader = self.train_dataloader
 
 
+def metric_sum(values) -> float:
+    """The total of a loss function's metric over micro-batches and ranks (verl hands it
+    back as nested lists)."""
+    if isinstance(values, list | tuple):
+        return sum(metric_sum(v) for v in values)
+    return float(values)
+
+
 def run(trainer_class, config) -> None:
     initialize_global_process_group()
     trainer_class(config=config).fit()

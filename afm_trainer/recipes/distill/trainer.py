@@ -19,7 +19,7 @@ import torch
 from verl.utils import tensordict_utils as tu
 
 from afm_trainer.recipes.distill.losses import DIVERGENCES, student_topk_log_probs, token_divergence
-from afm_trainer.verl_ext.sft_trainer import AgentSFTTrainer, run
+from afm_trainer.verl_ext.sft_trainer import AgentSFTTrainer, metric_sum, run
 
 
 def settings_of(config) -> dict:
@@ -48,17 +48,11 @@ def distill_loss(model_output=None, data=None, dp_group=None, student_logits=Non
     return loss, metrics
 
 
-def _flat(values) -> list[float]:
-    if isinstance(values, list | tuple):
-        return [x for v in values for x in _flat(v)]
-    return [float(values)]
-
-
 def token_means(metrics: dict) -> dict:
     """The loss's per-micro-batch sums (over micro-batches and ranks) -> per-token means."""
-    tokens = sum(_flat(metrics.pop("sum/tokens")))
+    tokens = metric_sum(metrics.pop("sum/tokens"))
     return {
-        f"distill/{key[4:]}": sum(_flat(metrics.pop(key))) / max(tokens, 1)
+        f"distill/{key[4:]}": metric_sum(metrics.pop(key)) / max(tokens, 1)
         for key in list(metrics)
         if key.startswith("sum/")
     }

@@ -45,7 +45,7 @@ from afm_trainer.recipes.dpo.losses import (
     pair_metrics,
 )
 from afm_trainer.recipes.dpo.reference import METADATA_KEY, mismatch, model_identity, reference_file, stored_identity
-from afm_trainer.verl_ext.sft_trainer import AgentSFTTrainer, run
+from afm_trainer.verl_ext.sft_trainer import AgentSFTTrainer, metric_sum, run
 
 SETTING_KEYS = ("loss_type", "beta", "label_smoothing", "nll_coef", "dr_dpo_beta", "drop_top_fraction")
 
@@ -128,23 +128,17 @@ def preference_loss(model_output, data, dp_group=None):
     return loss * dp_size, metrics
 
 
-def _flat(values) -> list[float]:
-    if isinstance(values, list | tuple):
-        return [x for v in values for x in _flat(v)]
-    return [float(values)]
-
-
 def summed_metrics(metrics: dict) -> dict:
     """Micro-batch and rank metric sums (nested lists) -> per-pair means."""
-    pairs = sum(_flat(metrics["pairs"]))
+    pairs = metric_sum(metrics["pairs"])
     out = {
-        "dpo/kept_fraction": sum(_flat(metrics["kept_pairs"])) / pairs,
+        "dpo/kept_fraction": metric_sum(metrics["kept_pairs"]) / pairs,
         # the batch that dr_dpo, sigmoid_centred and drop_top_fraction couple pairs over
-        "dpo/pairs_per_micro_batch": pairs / sum(_flat(metrics["micro_batches"])),
+        "dpo/pairs_per_micro_batch": pairs / metric_sum(metrics["micro_batches"]),
     }
     for key, values in metrics.items():
         if key.startswith("sum/"):
-            out[f"dpo/{key[4:]}"] = sum(_flat(values)) / pairs
+            out[f"dpo/{key[4:]}"] = metric_sum(values) / pairs
     return out
 
 
