@@ -63,6 +63,8 @@ def add_teacher_topk(
 
     if not os.path.isfile(input_file):
         raise InputError(f"input file not found: {input_file}")
+    if not os.path.isfile(os.path.join(teacher, "config.json")):
+        raise InputError(f"teacher {teacher} is not a Hugging Face model folder (no config.json)")
     if k < 1 or temperature <= 0:
         raise InputError(f"k must be >= 1 and temperature > 0 (got k={k}, temperature={temperature})")
     tokenizer = AutoTokenizer.from_pretrained(teacher)

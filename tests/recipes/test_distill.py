@@ -117,6 +117,31 @@ def test_teacher_data_is_stored_per_token_and_refused_for_other_tokens(teacher_d
         hotter[0]
 
 
+def test_a_missing_teacher_or_input_is_one_error_line(tmp_path, starter_data):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for args, message in (
+        (["--input_file", starter_data[1], "--teacher", str(tmp_path / "nope")], "is not a Hugging Face model folder"),
+        (["--input_file", str(tmp_path / "none.parquet"), "--teacher", str(tmp_path)], "input file not found"),
+    ):
+        result = subprocess.run(
+            [
+                sys.executable,
+                f"{REPO}/data_preprocess/add_teacher_topk.py",
+                "--output_file",
+                str(tmp_path / "o.parquet"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and message in result.stderr
+
+
 @pytest.mark.e2e
 def test_distillation_trains_on_two_gloo_ranks_with_the_teacher_aligned_to_the_tokens(
     tmp_path, teacher_data, nano_model
