@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly, write_rows
 from afm_trainer.models.special_tokens import ROLE_TOKENS, first_of, special_tokens_of
-from afm_trainer.traces.formats import FORMATS, MODES, TraceError, preference_pair, to_samples
+from afm_trainer.traces.formats import FORMATS, MODES, TraceError, difficulty_of, preference_pair, to_samples
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
 SCHEMA = pa.schema(
@@ -35,6 +35,8 @@ SCHEMA = pa.schema(
         ("step", pa.int32()),
         ("answer", pa.string()),
         ("source_format", pa.string()),
+        ("score", pa.float64()),  # the record's, if any: filtering and curriculum keys
+        ("difficulty", pa.float64()),
     ]
 )
 
@@ -50,7 +52,7 @@ class SampleBuffer:
 
     def __init__(self):
         self.offsets, self.roles, self.contents, self.trains = [0], [], [], []
-        self.columns = {"trajectory_id": [], "step": [], "answer": [], "source_format": []}
+        self.columns = {name: [] for name in SCHEMA.names if name != "messages"}
 
     def __len__(self):
         return len(self.offsets) - 1
@@ -237,6 +239,7 @@ def convert(
                 continue
             try:
                 trajectory = parse(record)
+                trajectory.meta["difficulty"] = difficulty_of(record)
                 to_samples(trajectory, mode, role)  # one_call refuses tool turns between model turns
             except TraceError as exc:
                 yield location, record, str(exc)
@@ -309,6 +312,8 @@ def convert(
                             step=step,
                             answer=trajectory.answer,
                             source_format=fmt,
+                            score=trajectory.score,
+                            difficulty=trajectory.meta["difficulty"],
                         )
                         if tokenizer is not None:
                             token_lengths.append(

@@ -88,6 +88,16 @@ def _score(record: dict) -> float | None:
     return float(score)
 
 
+def difficulty_of(record: dict) -> float | None:
+    """A record's optional ``difficulty`` (any number; larger is harder), a curriculum key."""
+    difficulty = record.get("difficulty")
+    if difficulty is None:
+        return None
+    if isinstance(difficulty, bool) or not isinstance(difficulty, int | float) or difficulty != difficulty:
+        raise TraceError(f"'difficulty' must be a number, got {difficulty!r}")
+    return float(difficulty)
+
+
 def _id(record: dict) -> str | None:
     return None if record.get("id") is None else str(record["id"])
 

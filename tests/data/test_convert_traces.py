@@ -73,6 +73,18 @@ def test_agent_chain_one_call_is_the_whole_chain_in_one_trained_turn(tmp_path):
     assert report["records_rejected"] == 1  # the search trace is not a chain
 
 
+def test_score_and_difficulty_are_kept_as_columns_and_a_bad_difficulty_is_a_reject(tmp_path):
+    records = [{**CHAIN, "id": "a", "score": 1, "difficulty": 3}, {**CHAIN, "id": "b"}, {**CHAIN, "difficulty": "hard"}]
+    report = convert(write_jsonl(tmp_path / "c.jsonl", records), str(tmp_path / "c.parquet"), "agent_chain", "one_call")
+    rows = pd.read_parquet(tmp_path / "c.parquet").to_dict("records")
+    assert [(r["trajectory_id"], r["score"], r["difficulty"]) for r in rows][0] == ("a", 1.0, 3.0)
+    assert pd.isna(rows[1]["score"]) and pd.isna(rows[1]["difficulty"])
+    with open(tmp_path / "c.parquet.rejects.jsonl") as f:
+        (reject,) = map(json.loads, f)
+    assert (reject["where"], reject["reason"]) == ("line 3", "'difficulty' must be a number, got 'hard'")
+    assert report["records_rejected"] == 1
+
+
 def test_one_call_refuses_a_trajectory_with_tool_turns(tmp_path):
     src = write_jsonl(tmp_path / "s.jsonl", [SEARCH, RETRY_CHAIN])
     with pytest.raises(InputError, match="could be converted: 1 has tool or user turns"):

@@ -1,5 +1,6 @@
 """recipes/train_sft.sh end to end on CPU: verl's SFT trainer, FSDP2, gloo ranks."""
 
+import json
 import os
 import subprocess
 import sys
@@ -150,3 +151,38 @@ def test_lora_run_exports_a_merged_loadable_model(tmp_path, nano_model, starter_
     tokenizer = AutoTokenizer.from_pretrained(export)
     val = [[dict(m) for m in msgs] for msgs in pd.read_parquet(starter_data[1])["messages"]]
     assert assistant_loss(model, tokenizer, val) < assistant_loss(start, tokenizer, val)
+
+
+def test_curriculum_trains_in_the_written_order_and_resumes_in_place(tmp_path, nano_model, starter_data):
+    """Easy (short) first, in 3 stages: every step's trained tokens, as verl counts them,
+    are the tokens of the rows data_order.jsonl lists for it, before and after a kill."""
+    out = tmp_path / "curriculum"
+    args = [*data_args(starter_data, nano_model), *COMMON, "data.curriculum.key=length"]
+    recipe = ["bash", os.path.join(REPO, "recipes", "train_sft.sh"), "2", str(out)]
+    child = subprocess.Popen(
+        recipe + args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"},
+    )
+    for line in child.stdout:
+        if "Updated checkpoint tracker" in line:
+            kill_tree(child.pid)
+            break
+    child.wait()
+    killed_at = tracked_step(str(out))
+    assert killed_at is not None and killed_at < 12, f"run was not interrupted mid-way (tracker: {killed_at})"
+    result = run_recipe(2, out, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    with open(out / "data_order.jsonl") as f:
+        order = [json.loads(line) for line in f]
+    assert [o["step"] for o in order] == list(range(1, 13))
+    lengths = [k for o in order for k in o["length"]]
+    stages = [lengths[len(lengths) * s // 3 : len(lengths) * (s + 1) // 3] for s in range(3)]
+    assert max(stages[0]) <= min(stages[1]) and max(stages[1]) <= min(stages[2])
+    assert len({r for o in order for r in o["rows"]}) == 192  # one epoch: every row once
+    metrics = read_metrics(str(out))  # the resumed run's steps overwrite the killed run's
+    assert sorted(metrics) == list(range(1, 13))
+    assert [metrics[s]["train/global_tokens"] for s in range(1, 13)] == [sum(o["length"]) for o in order]
