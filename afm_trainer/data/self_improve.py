@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import pyarrow.parquet as pq
 
@@ -49,9 +50,10 @@ def write_without(source: str, target: str, fields: tuple[str, ...] = ("student_
 
 
 def in_validation(record_id: str, val_ratio: float, seed: int) -> bool:
-    """Whether a record is validation data: by a hash of its id (an upsampled copy's
-    ``#copyN`` suffix dropped), independent of which other records were kept."""
-    base = record_id.split("#copy")[0]
+    """Whether a record is validation data: by a hash of its id (the ``#copyN`` suffix
+    of an upsampled copy and the ``#augN`` of an augmentation dropped, so both stay on
+    their source's side), independent of which other records were kept."""
+    base = re.sub(r"#(copy|aug)\d+$", "", record_id)
     digest = hashlib.sha256(f"{seed}:{base}".encode()).hexdigest()
     return int(digest[:8], 16) / 16**8 < val_ratio
 
