@@ -39,6 +39,23 @@ def run_recipe(*args, recipe="train_sft", env=None, timeout=300):
     )
 
 
+def kill_at_first_checkpoint(argv: list[str]) -> None:
+    """Run a recipe command and kill it, every process at once, right after its first
+    checkpoint: a crash or preemption mid-run."""
+    child = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"},
+    )
+    for line in child.stdout:
+        if "Updated checkpoint tracker" in line:
+            kill_tree(child.pid)
+            break
+    child.wait()
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants at once, as a crash or preemption would
     (torchrun starts its workers in sessions of their own, so a process group is not enough)."""

@@ -2,8 +2,6 @@
 
 import os
 import random
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +11,7 @@ from afm_trainer.checkpoints import tracked_step
 from afm_trainer.data.pairs import PAIR_SCHEMA
 from afm_trainer.metrics import read_metrics
 from afm_trainer.recipes.dpo.reference import mismatch, model_identity
-from tests.conftest import REPO, kill_tree, run_recipe
+from tests.conftest import REPO, kill_at_first_checkpoint, run_recipe
 
 DPO = os.path.join(REPO, "recipes", "train_dpo.sh")
 
@@ -117,18 +115,7 @@ def test_a_run_killed_mid_schedule_resumes_where_it_stopped(tmp_path, learning_r
     full, pairs = learning_run
     reference = read_metrics(str(full))
     out = tmp_path / "killed"
-    child = subprocess.Popen(
-        ["bash", DPO, "1", str(out), f"MODEL={nano_model}", f"TRAIN_FILES={pairs}", *LEARN],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"},
-    )
-    for line in child.stdout:  # a crash right after the first checkpoint (step 4)
-        if "Updated checkpoint tracker" in line:
-            kill_tree(child.pid)
-            break
-    child.wait()
+    kill_at_first_checkpoint(["bash", DPO, "1", str(out), f"MODEL={nano_model}", f"TRAIN_FILES={pairs}", *LEARN])
     killed_at = tracked_step(str(out))
     assert killed_at is not None and killed_at < 12, f"run was not interrupted mid-way (tracker: {killed_at})"
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from afm_trainer.checkpoints import latest_complete, tracked_step
 from afm_trainer.eval.lm import assistant_loss
 from afm_trainer.metrics import read_metrics
-from tests.conftest import REPO, kill_tree, run_recipe
+from tests.conftest import REPO, kill_at_first_checkpoint, run_recipe
 
 pytestmark = pytest.mark.e2e  # every test here trains with torchrun
 
@@ -98,18 +98,7 @@ def test_resume_after_kill_continues_step_count_and_lr_schedule(tmp_path, full_r
     reference = read_metrics(str(full_run[0]))
     out = tmp_path / "killed"
     recipe = ["bash", os.path.join(REPO, "recipes", "train_sft.sh"), "2", str(out)]
-    child = subprocess.Popen(
-        recipe + data_args(starter_data, nano_model) + COMMON,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"},
-    )
-    for line in child.stdout:  # a crash right after the first checkpoint: every process dies
-        if "Updated checkpoint tracker" in line:
-            kill_tree(child.pid)
-            break
-    child.wait()
+    kill_at_first_checkpoint(recipe + data_args(starter_data, nano_model) + COMMON)
     killed_at = tracked_step(str(out))
     assert killed_at is not None and killed_at < 12, f"run was not interrupted mid-way (tracker: {killed_at})"
 
@@ -159,18 +148,7 @@ def test_curriculum_trains_in_the_written_order_and_resumes_in_place(tmp_path, n
     out = tmp_path / "curriculum"
     args = [*data_args(starter_data, nano_model), *COMMON, "data.curriculum.key=length"]
     recipe = ["bash", os.path.join(REPO, "recipes", "train_sft.sh"), "2", str(out)]
-    child = subprocess.Popen(
-        recipe + args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"},
-    )
-    for line in child.stdout:
-        if "Updated checkpoint tracker" in line:
-            kill_tree(child.pid)
-            break
-    child.wait()
+    kill_at_first_checkpoint(recipe + args)
     killed_at = tracked_step(str(out))
     assert killed_at is not None and killed_at < 12, f"run was not interrupted mid-way (tracker: {killed_at})"
     result = run_recipe(2, out, *args)

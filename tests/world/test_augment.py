@@ -13,13 +13,7 @@ from afm_trainer.world.algorithmic import PROBLEM_TYPES, generate_suite, make_ta
 from afm_trainer.world.augment import augment_chains
 from afm_trainer.world.teacher import agent_chain_record
 from tests.conftest import REPO
-
-
-def write_jsonl(path, records):
-    with open(path, "w") as f:
-        for r in records:
-            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-    return str(path)
+from tests.data.test_convert_traces import write_jsonl
 
 
 @pytest.fixture(scope="module")
