@@ -35,7 +35,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from distill_vs_ce import train  # noqa: E402
+from distill_vs_ce import scores, train  # noqa: E402
 
 ROWS = ("base", "+ filtering", "+ role tokens", "+ curriculum", "+ augmentation", "+ distillation")
 ROLE_NAMES = {"<|planner|>": "Planner: ", "<|coder|>": "Coder: ", "<|reviewer|>": "Reviewer: "}
@@ -84,32 +84,19 @@ def chain_data(work: str, name: str, chains: str, min_score: float | None, plain
 
 
 def evaluate(model_dir: str, items: list[dict], val_file: str, settings: dict, plain: bool) -> dict:
-    import pandas as pd
-
     from afm_trainer.demo.afm import load_agent
-    from afm_trainer.eval.agent_chain import score_chain, split_turns
-    from afm_trainer.eval.lm import assistant_loss
+    from afm_trainer.eval.agent_chain import Agent
+
+    class PlainRoleAgent(Agent):
+        """Its turns read back with role tokens, so both kinds of chain are scored alike."""
+
+        def call(self, *args, **kwargs):
+            return [(role_tokens_of(text), p, g) for text, p, g in super().call(*args, **kwargs)]
 
     agent = load_agent(model_dir, settings["evaluation"]["max_new_tokens"]["afm"])
-    conversations = [
-        [{"role": m["role"], "content": m["content"]} for m in messages]
-        for messages in pd.read_parquet(val_file)["messages"]
-    ]
-
-    def accuracy(temperature: float, seed: int) -> float:
-        prompts = [[{"role": "user", "content": it["prompt"]}] for it in items]
-        replies = agent.call(prompts, settings["evaluation"]["batch_size"], temperature, seed)
-        scored = [
-            score_chain(it, split_turns(role_tokens_of(text) if plain else text))
-            for it, (text, _, _) in zip(items, replies)
-        ]
-        return sum(r["correct"] for r in scored) / len(scored)
-
-    return {
-        "val_ce": round(assistant_loss(agent.model, agent.tokenizer, conversations), 4),
-        "greedy": accuracy(0.0, 0),
-        "sampled": [accuracy(1.0, seed) for seed in (0, 1)],
-    }
+    if plain:
+        agent = PlainRoleAgent(agent.model, agent.tokenizer, agent.max_new_tokens)
+    return scores(agent, val_file, items)
 
 
 def teacher_model(args, paths: dict, data: str, work: str) -> str:

@@ -42,14 +42,13 @@ def train(recipe: str, out: str, args: list[str]) -> str:
     return model
 
 
-def scores(model_dir: str, val_file: str, items: list[dict], settings: dict) -> dict:
+def scores(agent, val_file: str, items: list[dict]) -> dict:
+    """An AFM's validation CE per token, and its held-out accuracy greedy and sampled."""
     import pandas as pd
 
-    from afm_trainer.demo.afm import load_agent
     from afm_trainer.eval.agent_chain import run_afm, summary
     from afm_trainer.eval.lm import assistant_loss
 
-    agent = load_agent(model_dir, settings["evaluation"]["max_new_tokens"]["afm"])
     conversations = [
         [{"role": m["role"], "content": m["content"]} for m in messages]
         for messages in pd.read_parquet(val_file)["messages"]
@@ -74,7 +73,7 @@ def main() -> int:
 
     from afm_trainer.data.distill_dataset import add_teacher_topk
     from afm_trainer.demo import load_settings
-    from afm_trainer.demo.afm import embedded_paths, heldout_items
+    from afm_trainer.demo.afm import embedded_paths, heldout_items, load_agent
 
     paths = embedded_paths(args.out)
     data = os.path.join(paths["data"], "afm")
@@ -111,8 +110,10 @@ def main() -> int:
         ),
     }
     settings, items = load_settings("afm"), heldout_items(paths)
+    budget = settings["evaluation"]["max_new_tokens"]["afm"]
     results = {
-        name: scores(model, os.path.join(data, "val.parquet"), items, settings) for name, model in models.items()
+        name: scores(load_agent(model, budget), os.path.join(data, "val.parquet"), items)
+        for name, model in models.items()
     }
     print(f"{'':34s} {'val CE/token':>12s} {'greedy':>8s} {'sampled (2 runs)':>18s}")
     for name, r in results.items():

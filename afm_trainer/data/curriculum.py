@@ -68,8 +68,8 @@ class CurriculumSampler(DistributedSampler):
     def order(self, epoch: int) -> list[int]:
         """The epoch's rows in training order (all ranks together)."""
         rng = random.Random(f"{self.seed}:{epoch}")
-        rows = sorted(rng.sample(range(len(self.keys)), self.total_size))  # the epoch's whole batches
-        rows.sort(key=lambda i: self.keys[i])  # stable: equal keys keep row order before the shuffle
+        rows = rng.sample(range(len(self.keys)), self.total_size)  # the epoch's whole batches
+        rows.sort(key=lambda i: (self.keys[i], i))
         ordered = []
         for stage in range(self.stages):
             group = rows[len(rows) * stage // self.stages : len(rows) * (stage + 1) // self.stages]

@@ -40,8 +40,12 @@ def held_out_prompts(path: str | None) -> set[str]:
         return set()
     if not os.path.isfile(path):
         raise InputError(f"--exclude file not found: {path}")
-    with open(path) as f:
-        return {json.loads(line)["prompt"] for line in f if line.strip()}
+    prompts = set()
+    for location, record in read_records(path):
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise InputError(f"--exclude {path}, {location}: not a task with a 'prompt'")
+        prompts.add(record["prompt"])
+    return prompts
 
 
 def why_not_augmentable(record) -> str | None:

@@ -91,3 +91,12 @@ def test_cli_reports_counts_and_a_missing_input_is_one_line(tmp_path, sources):
         text=True,
     )
     assert missing.returncode == 1 and missing.stderr == "error: input file not found: /no/c.jsonl\n"
+
+
+def test_a_broken_exclude_file_is_one_error_naming_its_line(tmp_path, sources):
+    from afm_trainer.data.parquet_io import InputError
+
+    exclude = write_jsonl(tmp_path / "heldout.jsonl", [{"prompt": "a"}, {"question": "b"}])
+    with pytest.raises(InputError, match=r"heldout.jsonl, line 2: not a task with a 'prompt'"):
+        augment_chains(write_jsonl(tmp_path / "c.jsonl", sources[:1]), str(tmp_path / "o.jsonl"), exclude=exclude)
+    assert not (tmp_path / "o.jsonl").exists()
