@@ -31,8 +31,9 @@ What running verl's trainers on CPU needs, and where each piece lives:
 7. Without flash-attn's cross-entropy kernel, verl computes token log-probs with one
    ``logsumexp`` per row of the logits. On the packed path (``use_remove_padding``) a row
    is a token, so every micro-batch became thousands of tiny autograd nodes. Chunks of
-   rows keep the memory bound the loop
-   was written for, with a few nodes instead                -> ``_patch_token_logprobs``
+   rows keep the memory bound the loop was written for, with a few nodes instead, and
+   one fused backward (softmax minus one-hot, as cross-entropy's)
+                                                            -> ``_patch_token_logprobs``
 """
 
 from __future__ import annotations
@@ -128,14 +129,37 @@ def _patch_value_model_loading() -> None:
 LOGPROB_CHUNK_ELEMENTS = 2**24  # logits per logsumexp call: 64 MB of fp32
 
 
+class _TokenLogProbs(torch.autograd.Function):
+    """log_softmax(logits)[labels] over rows of logits, chunk by chunk.
+
+    The backward writes d/dlogits = grad * (onehot(label) - softmax) straight into one
+    tensor of the logits' shape, as a fused cross-entropy does; autograd through
+    gather + logsumexp + split would build three such tensors and add them."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        chunk = max(1, LOGPROB_CHUNK_ELEMENTS // rows.shape[-1])
+        logsumexp = torch.cat([torch.logsumexp(part, dim=-1) for part in rows.split(chunk)])
+        ctx.save_for_backward(rows, labels, logsumexp)
+        ctx.chunk = chunk
+        return rows.gather(-1, labels[:, None])[:, 0] - logsumexp
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, labels, logsumexp = ctx.saved_tensors
+        grad_rows = torch.empty_like(rows)
+        for start in range(0, rows.shape[0], ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            torch.exp(rows[part] - logsumexp[part, None], out=grad_rows[part])  # softmax
+            grad_rows[part].mul_(-grad[part, None])
+        grad_rows.scatter_add_(-1, labels[:, None], grad[:, None])
+        return grad_rows, None
+
+
 def chunked_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[labels] with logsumexp over chunks of rows (float32/64)."""
-    vocab = logits.shape[-1]
-    label_logits = torch.gather(logits, dim=-1, index=labels.unsqueeze(-1)).squeeze(-1)
-    rows = logits.reshape(-1, vocab)
-    chunk = max(1, LOGPROB_CHUNK_ELEMENTS // vocab)
-    logsumexp = torch.cat([torch.logsumexp(part, dim=-1) for part in rows.split(chunk)])
-    return label_logits - logsumexp.view(label_logits.shape)
+    """log_softmax(logits)[labels] for float32/64 logits of any shape (..., vocab)."""
+    rows = logits.reshape(-1, logits.shape[-1])
+    return _TokenLogProbs.apply(rows, labels.reshape(-1)).view(labels.shape)
 
 
 def _patch_token_logprobs() -> None:

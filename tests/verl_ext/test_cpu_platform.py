@@ -128,8 +128,9 @@ def test_token_logprobs_match_verl_and_are_patched_in_on_cpu(monkeypatch):
         expected = logprobs_from_logits_naive(logits, labels)
         assert chunked.shape == expected.shape
         torch.testing.assert_close(chunked, expected)
-        (grad,) = torch.autograd.grad(chunked.sum(), logits)
-        (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+        weights = torch.randn(shape[:-1], dtype=torch.float64)  # a loss weighs tokens differently
+        (grad,) = torch.autograd.grad((chunked * weights).sum(), logits)
+        (expected_grad,) = torch.autograd.grad((expected * weights).sum(), logits)
         torch.testing.assert_close(grad, expected_grad)
 
     # verl's trainers reach it through logprobs_from_logits once the platform is selected.
