@@ -3,10 +3,13 @@
 # make demo-dpo  - preference training of the demo's final model (after make demo)
 # make demo-self-improve - seed 004's chain, phases A -> B -> C, from the demo's final model (after make demo)
 # make demo-afm  - seed 001: one model for the whole agent chain vs a model per role, compared
-# make test      - install what is missing, then lint and run the whole test suite
-# make test-fast - the suite without end-to-end runs (pytest -m "not e2e"), a few minutes
+# make test      - install what is missing, lint, then the tests without end-to-end runs
+#                  (pytest -m "not e2e", on 2 workers), a few minutes
+# make test-e2e  - the end-to-end runs (torchrun, Ray, whole recipes; pytest -m e2e)
+# make test-all  - both: what CI runs
 # make lint      - ruff's lint and format checks (make format rewrites the files)
-# make bench     - run the benchmarks (slow; each prints ratios against a peer run beside it)
+# make bench     - run the benchmarks (slow, ~1 h; each prints ratios against a peer run
+#                  beside it; bench_scaling.py writes its plots to .bench/scaling)
 #
 # Everything goes into .venv (created when missing). torch is installed first and
 # pinned: torch==2.13.0 is a CPU wheel on this kind of machine, while an unpinned torch
@@ -24,7 +27,7 @@ DEMO_SELF_IMPROVE_OUT ?= out/demo-self-improve
 DEMO_AFM_OUT ?= out/demo-afm
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-rl demo-dpo demo-self-improve demo-afm test test-fast lint format bench clean
+.PHONY: install demo demo-rl demo-dpo demo-self-improve demo-afm test test-e2e test-all lint format bench clean
 
 install: $(STAMP)
 
@@ -49,11 +52,15 @@ demo-self-improve: install
 demo-afm: install
 	bash examples/demo/run_demo_afm.sh $(DEMO_AFM_OUT)
 
+# The unit tests are single-threaded: two workers use both cores. The end-to-end runs
+# start torchrun ranks or Ray and use the cores themselves, so they run one at a time.
 test: install lint
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 -m "not e2e" --durations=10 tests
 
-test-fast: install
-	$(PY) -m pytest -q -m "not e2e" tests
+test-e2e: install
+	$(PY) -m pytest -q -m e2e --durations=10 tests
+
+test-all: test test-e2e
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -65,10 +72,11 @@ format: install
 
 bench: install
 	$(PY) benchmarks/bench_sft.py
-	$(PY) benchmarks/bench_convert.py
-	$(PY) benchmarks/bench_sandbox.py
 	$(PY) benchmarks/bench_rollout.py
 	$(PY) benchmarks/bench_dpo.py
+	$(PY) benchmarks/bench_convert.py
+	$(PY) benchmarks/bench_sandbox.py
+	$(PY) benchmarks/bench_scaling.py
 
 clean:
 	rm -rf out .pytest_cache

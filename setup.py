@@ -39,7 +39,7 @@ setup(
     ],
     extras_require={
         "gpu": ["vllm", "flash-attn"],
-        "test": ["pytest", "pytest-timeout", "ruff==0.17.5"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff==0.17.5"],
     },
     entry_points={
         # verl imports every "verl.plugins" entry point in every process (torchrun
