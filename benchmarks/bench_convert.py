@@ -84,36 +84,35 @@ def run_measured(argv: list[str]) -> tuple[float, float]:
     return float(seconds), float(peak)
 
 
+def convert_ours(traces: str, out: str) -> tuple[float, float]:
+    """(seconds, peak MB) of data_preprocess/convert_traces.py, stepwise, in a fresh process."""
+    script = os.path.join(REPO, "data_preprocess", "convert_traces.py")
+    args = ["--format", "search_agent", "--mode", "stepwise", "--input_file", traces, "--output_file", out]
+    return run_measured([sys.executable, script, *args])
+
+
+def convert_plain(traces: str, out: str) -> tuple[float, float]:
+    """(seconds, peak MB) of the read-all converter (PLAIN), in a fresh process."""
+    os.makedirs(WORK, exist_ok=True)
+    script = os.path.join(WORK, "plain_convert.py")
+    with open(script, "w") as f:
+        f.write(PLAIN)
+    return run_measured([sys.executable, script, traces, out])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args()
     os.makedirs(WORK, exist_ok=True)
-    plain = os.path.join(WORK, "plain_convert.py")
-    with open(plain, "w") as f:
-        f.write(PLAIN)
-    ours = os.path.join(REPO, "data_preprocess", "convert_traces.py")
     print("| traces | converter | seconds | traces/s | peak MB |\n|---|---|---|---|---|")
     summary = []
     for n in args.sizes:
         traces = os.path.join(WORK, f"traces_{n}.jsonl")
         if not os.path.exists(traces):
             make_traces(traces, n)
-        t_ours, m_ours = run_measured(
-            [
-                sys.executable,
-                ours,
-                "--format",
-                "search_agent",
-                "--mode",
-                "stepwise",
-                "--input_file",
-                traces,
-                "--output_file",
-                os.path.join(WORK, f"ours_{n}.parquet"),
-            ]
-        )
-        t_plain, m_plain = run_measured([sys.executable, plain, traces, os.path.join(WORK, f"plain_{n}.parquet")])
+        t_ours, m_ours = convert_ours(traces, os.path.join(WORK, f"ours_{n}.parquet"))
+        t_plain, m_plain = convert_plain(traces, os.path.join(WORK, f"plain_{n}.parquet"))
         print(f"| {n:,} | afm-trainer | {t_ours:.1f} | {n / t_ours:,.0f} | {m_ours:.0f} |")
         print(
             f"| {n:,} | read-all converter (written for this benchmark) | {t_plain:.1f} | {n / t_plain:,.0f} | {m_plain:.0f} |"

@@ -30,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_convert import PLAIN, make_traces, run_measured  # noqa: E402
+from bench_convert import convert_ours, convert_plain, make_traces  # noqa: E402
 from bench_sft import REPO, WORK, bench_afm, bench_plain, make_data, run_recipe, tiny_model  # noqa: E402
 
 SFT_LENGTHS, SFT_BATCHES = [256, 512, 1024, 2048], [4, 8, 16, 32]
@@ -55,9 +55,6 @@ def scale_sft(steps: int = 6, warmup: int = 2) -> list[dict]:
 def scale_convert() -> list[dict]:
     work = os.path.join(WORK, "convert")
     os.makedirs(work, exist_ok=True)
-    plain = os.path.join(work, "plain_convert.py")
-    with open(plain, "w") as f:
-        f.write(PLAIN)
     rows = []
     for n in TRACE_COUNTS:
         traces = os.path.join(work, f"traces_{n}.jsonl")
@@ -65,25 +62,10 @@ def scale_convert() -> list[dict]:
             print(f"convert: writing {n:,} traces...", flush=True)
             make_traces(traces, n)
         print(f"convert: {n:,} traces...", flush=True)
-        seconds, peak = run_measured(
-            [
-                sys.executable,
-                os.path.join(REPO, "data_preprocess", "convert_traces.py"),
-                "--format",
-                "search_agent",
-                "--mode",
-                "stepwise",
-                "--input_file",
-                traces,
-                "--output_file",
-                os.path.join(work, f"ours_{n}.parquet"),
-            ]
-        )
+        seconds, peak = convert_ours(traces, os.path.join(work, f"ours_{n}.parquet"))
         row = {"traces": n, "seconds": seconds, "peak_mb": peak}
         if n <= PLAIN_UP_TO:
-            row["plain_seconds"], row["plain_peak_mb"] = run_measured(
-                [sys.executable, plain, traces, os.path.join(work, f"plain_{n}.parquet")]
-            )
+            row["plain_seconds"], row["plain_peak_mb"] = convert_plain(traces, os.path.join(work, f"plain_{n}.parquet"))
         rows.append(row)
     return rows
 
