@@ -175,6 +175,12 @@ def scale_grpo(steps: int = 5) -> list[dict]:
     return rows
 
 
+def save(fig, title: str, path: str) -> None:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def plot(results: dict, out: str) -> None:
     import matplotlib
 
@@ -192,9 +198,7 @@ def plot(results: dict, out: str) -> None:
             ax.set_xlabel(f"{key} ({fixed} {fixed_value})")
             ax.set_ylabel("trained tokens/s")
             ax.legend()
-        fig.suptitle("SFT throughput")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "sft_scaling.png"), dpi=100)
+        save(fig, "SFT throughput", os.path.join(out, "sft_scaling.png"))
     if "convert" in results:
         rows = results["convert"]
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -206,9 +210,7 @@ def plot(results: dict, out: str) -> None:
             ax.set_xlabel("traces")
             ax.set_ylabel(label)
             ax.legend()
-        fig.suptitle("Trace conversion (stepwise)")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "convert_scaling.png"), dpi=100)
+        save(fig, "Trace conversion (stepwise)", os.path.join(out, "convert_scaling.png"))
     if "rollout" in results:
         rows = results["rollout"]
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -225,9 +227,7 @@ def plot(results: dict, out: str) -> None:
             ax.set_xscale("log", base=2)
             ax.set_ylabel("generated tokens/s")
             ax.legend()
-        fig.suptitle("Rollout throughput (fp32)")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "rollout_scaling.png"), dpi=100)
+        save(fig, "Rollout throughput (fp32)", os.path.join(out, "rollout_scaling.png"))
     if "grpo" in results:
         rows = results["grpo"]
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -239,9 +239,7 @@ def plot(results: dict, out: str) -> None:
         ax.set_xlabel("GRPO step")
         ax.set_ylabel("seconds")
         ax.legend(fontsize=8)
-        ax.set_title("GRPO step time by phase")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "grpo_step_split.png"), dpi=100)
+        save(fig, "GRPO step time by phase", os.path.join(out, "grpo_step_split.png"))
 
 
 def print_tables(results: dict) -> None:
