@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 
+from afm_trainer.models.attention import NAME as ATTENTION
 from afm_trainer.suites import EvalRun, Suite, get_suite
 from afm_trainer.suites.base import read_jsonl
 from afm_trainer.world.algorithmic import normalise
@@ -55,7 +56,8 @@ def evaluate_suite(
 
     suite = get_suite(suite_name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    # The rollout's attention: decoding reads the cache once per key/value head, not per query head.
+    model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation=ATTENTION).eval()
     run = EvalRun(model, tokenizer, max_new_tokens or suite.max_new_tokens, corpus, max_searches)
     items = read_jsonl(data)
     rows = suite.evaluate(run, items[:limit] if limit else items)

@@ -162,10 +162,10 @@ def run_search_agent(
     for _ in range(max_searches + 1):
         if not active:
             break
-        # Batches of 16: later turns carry long tool results, and wider left-padded
+        # Batches of 32: later turns carry long tool results, and wider left-padded
         # batches decode slower.
         batch = [conversations[i] for i in active]
-        new = generate(model, tokenizer, batch, max_new_tokens, batch_size=16, stop_ids=stop_ids)
+        new = generate(model, tokenizer, batch, max_new_tokens, batch_size=32, stop_ids=stop_ids)
         still = []
         for i, text in zip(active, new):
             transcripts[i] += text
