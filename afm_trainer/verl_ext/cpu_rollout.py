@@ -9,6 +9,8 @@ cannot run on a CPU machine. This module adds one through verl's own registries
   server gathers what arrives within a few milliseconds into one batch and decodes it
   (``afm_trainer/models/decoding.py``), honouring each request's temperature, top-k,
   top-p, max tokens, stop tokens and seed (``rollout.seed`` unless the request carries its own).
+  With ``rollout.custom.engine=vllm`` (the recipes' ``ROLLOUT=vllm`` without GPUs) vLLM's
+  CPU build decodes instead, in a process of its own (``vllm_cpu.py``).
 - ``HFRolloutReplica``: verl's ``RolloutReplica`` for it (one server per replica).
 - ``HFRolloutAdapter``: the ``BaseRollout`` that lives in the FSDP worker. After every
   training step verl hands it the actor's full parameters; every rank drains them (the
@@ -70,12 +72,28 @@ class HFRolloutServer:
         # that left-padded prompts need, and decoding steps without copying the cache per head.
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
+        self.max_model_len = config.max_model_len or config.prompt_length + config.response_length
+        self.vllm = None
+        if custom.get("engine", "hf") == "vllm":  # vLLM's CPU build decodes; the model above only checks weights
+            from afm_trainer.verl_ext.vllm_cpu import VLLMEngine
+
+            self.vllm = VLLMEngine(
+                custom["vllm_python"],
+                path,
+                str(dtype).removeprefix("torch."),
+                self.max_model_len,
+                config.max_num_seqs,
+                config.seed,
+                config.logprobs_mode,
+                threads=torch.get_num_threads(),
+            )
+        elif custom.get("engine", "hf") != "hf":
+            raise ValueError(f"rollout.custom.engine must be hf or vllm, got {custom['engine']!r}")
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {
             tokenizer.eos_token_id
         }
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.max_model_len = config.max_model_len or config.prompt_length + config.response_length
         self.queue: list[Request] = []
         self.wake = asyncio.Event()
         self.engine_lock = asyncio.Lock()  # a weight update never lands mid-batch
@@ -161,9 +179,12 @@ class HFRolloutServer:
                 continue
             async with self.engine_lock:
                 try:
-                    results = await asyncio.to_thread(
-                        decode_batch, self.model, batch, self.pad_id, lambda: self.aborting
-                    )
+                    if self.vllm is not None:
+                        results = await asyncio.to_thread(self.vllm.generate, batch)
+                    else:
+                        results = await asyncio.to_thread(
+                            decode_batch, self.model, batch, self.pad_id, lambda: self.aborting
+                        )
                 except Exception as exc:  # a failed batch fails its requests, not the server
                     for r in batch:
                         r.future.set_exception(exc)
@@ -191,6 +212,8 @@ class HFRolloutServer:
                 )
             if tied:
                 self.model.tie_weights()
+            if self.vllm is not None:
+                await asyncio.to_thread(self.vllm.load, state_dict)
             return {"loaded": len(state_dict)}
 
     # --- control methods verl's replica calls; CPU memory needs no paging ---

