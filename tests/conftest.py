@@ -78,3 +78,14 @@ def kill_tree(pid: int) -> None:
     for process in tree:
         process.send_signal(signal.SIGKILL)
     psutil.wait_procs(tree, timeout=30)
+
+
+def chat_prompt_ids(tokenizer) -> list[list[int]]:
+    """Three chat prompts of different lengths (left padding must not change answers), as token ids."""
+    texts = ["Compute: 1+2", "Reverse the string: abcdef please", "hi"]
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)[
+            "input_ids"
+        ]
+        for t in texts
+    ]

@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+from tests.conftest import chat_prompt_ids
+
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(nano_model):
@@ -42,22 +44,12 @@ def _request(prompt_ids, max_tokens=12, temperature=1.0, seed=0, stop_ids=(), to
     )
 
 
-def _prompts(tokenizer):
-    texts = ["Compute: 1+2", "Reverse the string: abcdef please", "hi"]
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)[
-            "input_ids"
-        ]
-        for t in texts
-    ]
-
-
 def test_greedy_batch_matches_hf_generate_row_by_row(model_and_tokenizer, reference_model):
     from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query decoding is covered
-    prompts = _prompts(tokenizer)  # different lengths: left padding must not change anything
+    prompts = chat_prompt_ids(tokenizer)  # different lengths: left padding must not change anything
     outputs = decode_batch(model, [_request(p, temperature=0) for p in prompts], tokenizer.pad_token_id)
     for prompt, out in zip(prompts, outputs):
         reference = reference_model.generate(
@@ -75,7 +67,7 @@ def test_log_probs_are_the_models_own(model_and_tokenizer):
     from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
-    prompt = _prompts(tokenizer)[0]
+    prompt = chat_prompt_ids(tokenizer)[0]
     out = decode_batch(model, [_request(prompt, temperature=0.7, seed=3)], tokenizer.pad_token_id)[0]
     full = torch.tensor([prompt + out["token_ids"]])
     with torch.no_grad():
@@ -88,7 +80,7 @@ def test_seeds_are_honoured_and_stop_tokens_end_a_row(model_and_tokenizer):
     from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
-    prompt = _prompts(tokenizer)[1]
+    prompt = chat_prompt_ids(tokenizer)[1]
     run = lambda seed: decode_batch(model, [_request(prompt, max_tokens=20, seed=seed)], tokenizer.pad_token_id)[0][
         "token_ids"
     ]  # noqa: E731
@@ -106,7 +98,7 @@ def test_a_row_decodes_the_same_whether_its_batch_mates_finish_early_or_not(mode
     from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
-    prompts = _prompts(tokenizer)
+    prompts = chat_prompt_ids(tokenizer)
     requests = lambda: [_request(p, max_tokens=n, seed=i) for i, (p, n) in enumerate(zip(prompts, [3, 16, 9]))]  # noqa: E731
     together = decode_batch(model, requests(), tokenizer.pad_token_id)
     alone = [decode_batch(model, [r], tokenizer.pad_token_id)[0] for r in requests()]
@@ -131,7 +123,7 @@ def test_top_k_one_is_greedy(model_and_tokenizer):
     from afm_trainer.models.decoding import decode_batch
 
     model, tokenizer = model_and_tokenizer
-    prompt = _prompts(tokenizer)[0]
+    prompt = chat_prompt_ids(tokenizer)[0]
     greedy = decode_batch(model, [_request(prompt, temperature=0)], tokenizer.pad_token_id)[0]["token_ids"]
     sampled = decode_batch(model, [_request(prompt, temperature=1.5, top_k=1, seed=9)], tokenizer.pad_token_id)[0][
         "token_ids"

