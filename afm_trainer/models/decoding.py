@@ -4,8 +4,8 @@ evaluation's greedy answers (``eval/lm.py``).
 
 A finished row leaves the batch and the cache; the cache is written in place
 (``GrowingKVLayer``); grouped-query models decode without copying the cache per head
-when loaded with ``attn_implementation="sdpa_varlen"`` (``models/attention.py``). ``benchmarks/bench_rollout.py`` times it against
-transformers' ``generate``.
+when loaded with ``attn_implementation="sdpa_varlen"`` (``models/attention.py``).
+``benchmarks/bench_rollout.py`` times it against transformers' ``generate`` and vLLM.
 """
 
 from __future__ import annotations

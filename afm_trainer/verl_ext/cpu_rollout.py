@@ -73,8 +73,8 @@ class HFRolloutServer:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.max_model_len = config.max_model_len or config.prompt_length + config.response_length
-        self.vllm = None
-        if custom.get("engine", "hf") == "vllm":  # vLLM's CPU build decodes; the model above only checks weights
+        self.vllm, engine = None, custom.get("engine", "hf")
+        if engine == "vllm":  # vLLM's CPU build decodes; the model above only checks weights
             from afm_trainer.verl_ext.vllm_cpu import VLLMEngine
 
             self.vllm = VLLMEngine(
@@ -87,8 +87,8 @@ class HFRolloutServer:
                 config.logprobs_mode,
                 threads=torch.get_num_threads(),
             )
-        elif custom.get("engine", "hf") != "hf":
-            raise ValueError(f"rollout.custom.engine must be hf or vllm, got {custom['engine']!r}")
+        elif engine != "hf":
+            raise ValueError(f"rollout.custom.engine must be hf or vllm, got {engine!r}")
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {
             tokenizer.eos_token_id

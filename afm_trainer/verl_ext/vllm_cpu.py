@@ -43,8 +43,9 @@ def venv_python(venv: str = DEFAULT_VENV) -> str | None:
 
 def install(venv: str = DEFAULT_VENV) -> str:
     """Create the environment (a few minutes) unless it is there; returns its Python."""
-    if venv_python(venv):
-        return venv_python(venv)
+    python = venv_python(venv)
+    if python:
+        return python
     python = os.path.join(venv, "bin", "python")
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     print(f"creating {venv}: torch 2.13.0 (the CPU wheel), then {VERSION}...", flush=True)
