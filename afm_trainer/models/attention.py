@@ -97,17 +97,11 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, position_ids=
         if any(len(row) > 1 for row in spans):
             rows = []
             for b, row in enumerate(spans):
-                outputs = [
-                    sdpa_attention_forward(
-                        module,
-                        query[b : b + 1, :, s:e],
-                        key[b : b + 1, :, s:e],
-                        value[b : b + 1, :, s:e],
-                        None,
-                        **kwargs,
-                    )[0]
-                    for s, e in row
-                ]
+                # split, not a slice per sample: a slice's backward writes its gradient
+                # into a zeroed tensor of the whole row, once per sample and tensor.
+                lengths = [e - s for s, e in row]
+                parts = zip(*(t[b : b + 1].split(lengths, dim=2) for t in (query, key, value)))
+                outputs = [sdpa_attention_forward(module, q, k, v, None, **kwargs)[0] for q, k, v in parts]
                 rows.append(torch.cat(outputs, dim=1))  # (1, length, heads, head_dim)
             return torch.cat(rows, dim=0), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
