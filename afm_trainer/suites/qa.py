@@ -31,6 +31,7 @@ from afm_trainer.world.algorithmic import normalise
 from afm_trainer.world.qa_world import build_world, make_questions
 
 TRAIN_SEED, VAL_SEED = 42, 999
+TOP_UP_SEED = 1000  # validation questions beyond a world's held-out set (ids q1000-N)
 HOPS = (1, 2, 3)
 PARTIAL_WEIGHT = 0.5  # a near-miss ("Kalo Works" for "Kalomi Works") earns at most half an exact match
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
@@ -52,16 +53,24 @@ def world_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
             world_seed = json.load(f).get("world_seed", 0)
     world = build_world(world_seed)
     if request.world:
-        heldout = [q for q in read_jsonl(os.path.join(request.world, "heldout", "qa.jsonl")) if q["hops"] in hops]
+        world_heldout = read_jsonl(os.path.join(request.world, "heldout", "qa.jsonl"))
         corpus = read_jsonl(os.path.join(request.world, "corpus.jsonl"))
         if corpus[:1] != world["documents"][:1]:  # the questions must be about the corpus the tool searches
             raise SuiteInputError(f"{request.world}/corpus.jsonl is not the world of seed {world_seed}")
+        never_train = {q["question"] for q in world_heldout}  # kept out of training, whether in val or not
+        val = sample([q for q in world_heldout if q["hops"] in hops], request.n_val, VAL_SEED)
+        if len(val) < request.n_val:
+            # More validation items than the world holds out: new questions that no
+            # training trace of the world asks either, so they stay unseen by its SFT.
+            seen = never_train | {q for q, _ in trace_examples(agent_traces(request.world), "question")}
+            val += [vars(q) for q in make_questions(world, TOP_UP_SEED, request.n_val - len(val), hops, exclude=seen)]
     else:
-        heldout = [vars(q) for q in make_questions(world, VAL_SEED, request.n_val, hops)]
-    train = make_questions(world, TRAIN_SEED, request.n_train, hops, exclude={q["question"] for q in heldout})
+        val = [vars(q) for q in make_questions(world, VAL_SEED, request.n_val, hops)]
+        never_train = set()
+    train = make_questions(world, TRAIN_SEED, request.n_train, hops, exclude=never_train | {q["question"] for q in val})
     return (
         [_row(q.question, q.answer, q.qid, q.hops) for q in train],
-        [_row(q["question"], q["answer"], q["qid"], q["hops"]) for q in sample(heldout, request.n_val, VAL_SEED)],
+        [_row(q["question"], q["answer"], q["qid"], q["hops"]) for q in val],
     )
 
 

@@ -28,13 +28,18 @@ def read(path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A demo folder as make_world writes it, minus the traces (held-out sets, corpus, manifest)."""
+    """A demo folder as make_world writes it (held-out sets, corpus, manifest), with the
+    search agent's traces reduced to their questions and answers."""
     out = tmp_path_factory.mktemp("demo")
-    for folder in ("heldout",):
+    for folder in ("heldout", "traces"):
         os.makedirs(out / folder)
     qa_world = build_world(0)
     save_world(qa_world, str(out / "corpus.jsonl"))
-    questions_to_jsonl(make_questions(qa_world, 999, 40), str(out / "heldout" / "qa.jsonl"))
+    heldout = make_questions(qa_world, 999, 40)
+    questions_to_jsonl(heldout, str(out / "heldout" / "qa.jsonl"))
+    traced = make_questions(qa_world, 42, 600, exclude={q.question for q in heldout})
+    with open(out / "traces" / "search_agent.jsonl", "w") as f:
+        f.writelines(json.dumps({"question": q.question, "answer": q.answer, "hops": q.hops}) + "\n" for q in traced)
     with open(out / "heldout" / "algorithmic.jsonl", "w") as f:
         for t in generate_suite(999, 2):
             f.write(
@@ -133,14 +138,20 @@ def test_code_prompts_show_an_example_and_hide_the_tests(all_suites):
 
 
 def test_with_a_world_val_is_its_held_out_set_and_train_avoids_it(world, tmp_path):
-    result = run("--out", tmp_path, "--world", world, "--n_train", 300, "--n_val", 500)
+    result = run("--out", tmp_path, "--world", world, "--n_train", 300, "--n_val", 250)
     assert result.returncode == 0, result.stderr
     heldout = {json.loads(line)["prompt"] for line in open(world / "heldout" / "algorithmic.jsonl")}
     heldout |= {json.loads(line)["question"] for line in open(world / "heldout" / "qa.jsonl")}
     val = [r for r in read(tmp_path / "val.parquet").to_pylist() if r["data_source"] != "afm/code"]
-    assert {r["prompt"][0]["content"] for r in val} == heldout  # n_val above its size: all of it
+    val_prompts = {r["prompt"][0]["content"] for r in val}
+    assert heldout <= val_prompts  # n_val above its size: all of it
+    # qa tops up to n_val with questions no training trace asks; algorithmic has no more.
+    traced = {json.loads(line)["question"] for line in open(world / "traces" / "search_agent.jsonl")}
+    more = val_prompts - heldout
+    assert len([r for r in val if r["data_source"] == "afm/qa"]) == 250 and len(more) == 250 - 40
+    assert not more & traced
     train = read(tmp_path / "train.parquet").to_pylist()
-    assert not {r["prompt"][0]["content"] for r in train} & heldout
+    assert not {r["prompt"][0]["content"] for r in train} & val_prompts
 
 
 def test_code_prompts_never_show_a_held_out_task(world, tmp_path):
