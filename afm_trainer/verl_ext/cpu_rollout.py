@@ -18,6 +18,9 @@ cannot run on a CPU machine. This module adds one through verl's own registries
   rollout samples from the current policy. ``rollout.custom.sync_weights=false`` skips
   the shipping (the server keeps its start weights): verl's
   ``training/rollout_probs_diff_mean`` then grows, which is how the sync is tested.
+- ``rollout.custom.trace=PATH`` appends a JSON line per decoded batch (step, start, seconds,
+  requests, prompt and new tokens): where a step's generation time goes, turn by turn
+  (the GRPO recipe sets it to OUT_DIR/rollout_batches.jsonl on CPU; its report reads it).
 
 On GPU the same recipes use ``rollout.name=vllm``.
 """
@@ -25,8 +28,10 @@ On GPU the same recipes use ``rollout.name=vllm``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -63,6 +68,7 @@ class HFRolloutServer:
         self.config, self.replica_rank = config, replica_rank
         custom = dict(config.custom or {})
         self.sync_weights = str(custom.get("sync_weights", True)).lower() not in ("false", "0")
+        self.trace = custom.get("trace")  # a JSONL path: one line per decoded batch (the RL report's breakdown)
         torch.set_num_threads(int(custom.get("threads", os.cpu_count() or 1)))
         path = model_config.local_path
         dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}.get(
@@ -178,6 +184,7 @@ class HFRolloutServer:
             if not batch:
                 continue
             async with self.engine_lock:
+                started = time.time()
                 try:
                     if self.vllm is not None:
                         results = await asyncio.to_thread(self.vllm.generate, batch)
@@ -189,8 +196,25 @@ class HFRolloutServer:
                     for r in batch:
                         r.future.set_exception(exc)
                     continue
+                if self.trace:
+                    self._trace_batch(batch, results, started)
             for r, out in zip(batch, results):
                 r.future.set_result(out)
+
+    def _trace_batch(self, batch: list[Request], results: list[dict], started: float) -> None:
+        prompts = [len(r.prompt_ids) for r in batch]
+        line = {
+            "step": self.global_steps,
+            "start": started,
+            "seconds": time.time() - started,
+            "requests": len(batch),
+            "greedy": all(r.temperature <= 0 for r in batch),  # validation decodes greedily
+            "prompt_tokens": sum(prompts),
+            "padded_prompt_tokens": max(prompts) * len(prompts),
+            "new_tokens": sum(len(out["token_ids"]) for out in results),
+        }
+        with open(self.trace, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     # --- weights ---
 

@@ -51,7 +51,7 @@ from afm_trainer.recipes.common import (
     visible_gpus,
 )
 from afm_trainer.recipes.grpo.ray_cluster import auth_env, check_cluster
-from afm_trainer.recipes.grpo.report import write_report
+from afm_trainer.recipes.grpo.report import ROLLOUT_TRACE, VALIDATION_DIR, write_report
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 COMPLETE_MARKER = "RL_COMPLETE"
@@ -180,6 +180,8 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         f"data.train_files={hydra_list(train_files)}",
         f"data.val_files={hydra_list(val_files)}",
         f"trainer.default_local_dir={out_dir}",
+        # Every validation's answers, item by item: the report's standard errors and paired changes.
+        f"trainer.validation_data_dir={os.path.join(out_dir, VALIDATION_DIR)}",
         f"trainer.nnodes={nnodes}",
         f"trainer.n_gpus_per_node={args.nproc}",
         f"trainer.total_training_steps={args.get('STEPS', '20')}",
@@ -195,6 +197,7 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         argv.append(f"actor_rollout_ref.rollout.multi_turn.tool_config_path={tools}")
     if device == "cpu":
         argv.append(f"++ray_kwargs.ray_init.num_gpus={args.nproc * nnodes}")  # logical GPUs, one per rank
+        argv.append(f"+actor_rollout_ref.rollout.custom.trace={os.path.join(out_dir, ROLLOUT_TRACE)}")
     if args.get("RAY_ADDRESS"):
         # Joining a cluster: its resources are the cluster's, not ours to declare.
         argv += [

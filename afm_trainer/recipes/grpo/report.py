@@ -1,10 +1,122 @@
-"""An RL run's report: OUT_DIR/report.md and reward_curve.png from verl's metrics."""
+"""An RL run's report: OUT_DIR/report.md and reward_curve.png from verl's metrics, and
+held-out accuracy with standard errors from its validation dumps (OUT_DIR/validation)."""
 
 from __future__ import annotations
 
+import json
 import os
 
+from afm_trainer.eval.scoring import paired_change
 from afm_trainer.recipes.common import write_markdown
+
+VALIDATION_DIR = "validation"  # trainer.validation_data_dir: one STEP.jsonl per validation, a row per item
+ROLLOUT_TRACE = "rollout_batches.jsonl"  # the CPU rollout's batches (rollout.custom.trace)
+
+
+def read_validations(out_dir: str) -> dict[int, dict[str, float]]:
+    """{step: {item (its prompt): fraction of its answers correct}} from verl's validation
+    dumps; a line cut short by a killed run is skipped."""
+    folder = os.path.join(out_dir, VALIDATION_DIR)
+    found = {}
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if not name.endswith(".jsonl") or not name[: -len(".jsonl")].isdigit():
+            continue
+        answers = {}  # several answers an item when validation samples (val_kwargs.n > 1)
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                answers.setdefault(row["input"], []).append(float(row["correct"]))
+        found[int(name[: -len(".jsonl")])] = {item: sum(c) / len(c) for item, c in answers.items()}
+    return dict(sorted(found.items()))
+
+
+STAGES = ["gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights", "testing"]
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def step_time_lines(metrics: dict[int, dict[str, float]], trace_path: str) -> tuple[list[str], dict]:
+    """Where a training step's time goes: verl's timers (median over the steps after the
+    first, which also warms up), and inside generation, the CPU rollout's batches
+    (rollout.custom.trace): time spent decoding, and the rest (tool calls, the agent
+    loop, waiting for the last trajectory)."""
+    steps = [s for s, m in metrics.items() if "timing_s/step" in m][1:]
+    if not steps:
+        return [], {}
+    timers = {
+        stage: median([metrics[s].get(f"timing_s/{stage}", 0.0) for s in steps])
+        for stage in ["step", *STAGES]
+        if any(f"timing_s/{stage}" in metrics[s] for s in steps)
+    }
+    lines = ["", f"## Step time (median of steps {steps[0]}-{steps[-1]}, seconds)", ""]
+    lines += [
+        "| " + " | ".join(timers) + " |",
+        "|" + "---|" * len(timers),
+        "| " + " | ".join(f"{v:.2f}" for v in timers.values()) + " |",
+    ]
+    breakdown = {"timers": timers}
+    if os.path.exists(trace_path):
+        batches = {}
+        with open(trace_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    batch = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if not batch.get("greedy"):  # a training rollout: its label is the weights' step, one behind
+                    batches.setdefault(batch["step"] + 1, []).append(batch)
+        per_step = [batches[s] for s in steps if s in batches]
+        if per_step:
+            decode = median([sum(b["seconds"] for b in bs) for bs in per_step])
+            rollout = {
+                "batches": median([len(bs) for bs in per_step]),
+                "requests per batch": median([sum(b["requests"] for b in bs) / len(bs) for bs in per_step]),
+                "decoding s": decode,
+                "rest of gen s": timers["gen"] - decode,
+                "new tokens": median([sum(b["new_tokens"] for b in bs) for bs in per_step]),
+                "prompt tokens re-encoded": median([sum(b["prompt_tokens"] for b in bs) for bs in per_step]),
+                "padding share of prefill": median(
+                    [
+                        1 - sum(b["prompt_tokens"] for b in bs) / sum(b["padded_prompt_tokens"] for b in bs)
+                        for bs in per_step
+                    ]
+                ),
+            }
+            lines += ["", "Generation, from the rollout's batches (median per step):", ""]
+            lines += ["| " + " | ".join(rollout) + " |", "|" + "---|" * len(rollout)]
+            lines.append(
+                "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in rollout.values()) + " |"
+            )
+            breakdown["generation"] = rollout
+    return lines, breakdown
+
+
+def validation_lines(validations: dict[int, dict[str, float]]) -> list[str]:
+    """Greedy held-out accuracy at each validation with its standard error, and the change
+    from the first to the last paired by item."""
+    if not validations:
+        return []
+    lines = ["", "## Held-out accuracy (verl's validation, greedy)", "", "| step | items | accuracy | standard error |"]
+    lines.append("|---|---|---|---|")
+    for step, items in validations.items():
+        p = sum(items.values()) / len(items)
+        lines.append(f"| {step} | {len(items)} | {p:.1%} | {(p * (1 - p) / len(items)) ** 0.5:.1%} |")
+    (first, start), (last, end) = next(iter(validations.items())), list(validations.items())[-1]
+    shared = start.keys() & end.keys()
+    if last != first and shared:
+        change, error = paired_change({k: start[k] for k in shared}, {k: end[k] for k in shared})
+        lines += [
+            "",
+            f"Step {first} -> {last}: {change:+.1%} (standard error {error:.1%}, paired by item, {len(shared)} items)",
+        ]
+    return lines
 
 
 def write_report(out_dir: str) -> dict:
@@ -38,6 +150,11 @@ def write_report(out_dir: str) -> dict:
     for source, series in summary["heldout_accuracy"].items():
         points = ", ".join(f"step {s}: {v:.1%}" for s, v in series.items())
         lines.append(f"| held-out accuracy {source} | {points} |")
+    validations = read_validations(out_dir)
+    summary["validation"] = {step: sum(items.values()) / len(items) for step, items in validations.items()}
+    lines += validation_lines(validations)
+    timing_lines, summary["step_time"] = step_time_lines(metrics, os.path.join(out_dir, ROLLOUT_TRACE))
+    lines += timing_lines
     write_markdown(out_dir, lines)
     if steps:
         import matplotlib

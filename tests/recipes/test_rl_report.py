@@ -1,0 +1,94 @@
+"""The RL report's held-out section, from verl's validation dumps (one STEP.jsonl per
+validation, a row per answer, as trainer.validation_data_dir writes them)."""
+
+import json
+
+import pytest
+
+from afm_trainer.metrics import METRICS_FILE
+from afm_trainer.recipes.grpo.report import read_validations, write_report
+
+
+def dump(folder, step, answers, cut_short=False):
+    folder.mkdir(exist_ok=True)
+    lines = [
+        json.dumps({"input": item, "output": "...", "score": 0.0, "step": step, "correct": c}) for item, c in answers
+    ]
+    if cut_short:
+        lines.append(lines[0][:20])
+    (folder / f"{step}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_accuracy_standard_error_and_the_change_paired_by_item(tmp_path):
+    for step in (1, 2):
+        record = {"step": step, "data": {"critic/score/mean": 0.5 + step / 10}}
+        with open(tmp_path / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    dump(tmp_path / "validation", 0, [("q1", 1), ("q2", 0), ("q3", 0), ("q4", 1)], cut_short=True)
+    dump(tmp_path / "validation", 20, [("q1", 1), ("q2", 1), ("q3", 0), ("q4", 1)])
+    summary = write_report(str(tmp_path))
+    assert summary["validation"] == {0: 0.5, 20: 0.75}
+    text = (tmp_path / "report.md").read_text()
+    assert "| 0 | 4 | 50.0% | 25.0% |" in text and "| 20 | 4 | 75.0% | 21.7% |" in text
+    # one item of four went from wrong to right: +25 points, the spread of the per-item changes / sqrt(4)
+    assert "Step 0 -> 20: +25.0% (standard error 25.0%, paired by item, 4 items)" in text
+
+
+def test_sampled_validation_counts_the_fraction_of_an_items_answers(tmp_path):
+    dump(tmp_path / "validation", 10, [("q1", 1), ("q1", 0), ("q2", 1), ("q2", 1)])
+    (tmp_path / "validation" / "notes.txt").write_text("not a dump")
+    assert read_validations(str(tmp_path)) == {10: {"q1": 0.5, "q2": 1.0}}
+
+
+def test_step_time_splits_generation_into_decoding_and_the_rest(tmp_path):
+    timers = {"gen": 10.0, "old_log_prob": 2.0, "ref": 1.0, "update_actor": 4.0, "step": 17.5}
+    with open(tmp_path / METRICS_FILE, "w") as f:
+        for step in (1, 2, 3):  # step 1 warms up and is left out
+            data = {f"timing_s/{k}": v * (3 if step == 1 else 1) for k, v in timers.items()}
+            f.write(json.dumps({"step": step, "data": {**data, "critic/score/mean": 0.5}}) + "\n")
+    batches = [
+        # the weights' step labels a batch: step 2's rollouts decode with step 1's weights
+        {
+            "step": 1,
+            "requests": 128,
+            "prompt_tokens": 1000,
+            "padded_prompt_tokens": 2000,
+            "new_tokens": 500,
+            "seconds": 4.0,
+        },
+        {
+            "step": 1,
+            "requests": 64,
+            "prompt_tokens": 3000,
+            "padded_prompt_tokens": 4000,
+            "new_tokens": 300,
+            "seconds": 2.0,
+        },
+        {
+            "step": 2,
+            "requests": 128,
+            "prompt_tokens": 1000,
+            "padded_prompt_tokens": 1000,
+            "new_tokens": 400,
+            "seconds": 3.0,
+        },
+        {
+            "step": 2,
+            "requests": 300,
+            "prompt_tokens": 9000,
+            "padded_prompt_tokens": 9000,
+            "new_tokens": 900,
+            "seconds": 30.0,
+            "greedy": True,
+        },
+    ]
+    (tmp_path / "rollout_batches.jsonl").write_text("".join(json.dumps(b) + "\n" for b in batches))
+    summary = write_report(str(tmp_path))
+    assert summary["step_time"]["timers"]["gen"] == 10.0 and summary["step_time"]["timers"]["update_actor"] == 4.0
+    generation = summary["step_time"]["generation"]
+    # step 2: 6 s decoding in 2 batches; step 3: 3 s in 1 (the greedy validation batch is not a step's rollout)
+    assert generation["decoding s"] == 4.5 and generation["rest of gen s"] == 5.5 and generation["batches"] == 1.5
+    assert generation["prompt tokens re-encoded"] == 2500 and generation["padding share of prefill"] == pytest.approx(
+        (1 - 4000 / 6000 + 0) / 2
+    )
+    assert "## Step time (median of steps 2-3, seconds)" in (tmp_path / "report.md").read_text()
