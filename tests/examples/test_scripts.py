@@ -39,7 +39,9 @@ def run_script(name: str, *args, cwd, **env):
     )
 
 
-@pytest.mark.parametrize("name", ["build_tiny_model.sh", "latest_checkpoint.sh", "show_sample.py", "print_config.py"])
+@pytest.mark.parametrize(
+    "name", ["build_tiny_model.sh", "latest_checkpoint.sh", "show_sample.py", "print_config.py", "compare_rl_runs.py"]
+)
 def test_every_script_explains_itself_with_help(tmp_path, name):
     result = run_script(name, "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

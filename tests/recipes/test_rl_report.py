@@ -6,7 +6,7 @@ import json
 import pytest
 
 from afm_trainer.metrics import METRICS_FILE
-from afm_trainer.recipes.grpo.report import read_validations, write_report
+from afm_trainer.recipes.grpo.report import compare_runs, read_validations, write_report
 
 
 def dump(folder, step, answers, cut_short=False):
@@ -92,3 +92,31 @@ def test_step_time_splits_generation_into_decoding_and_the_rest(tmp_path):
         (1 - 4000 / 6000 + 0) / 2
     )
     assert "## Step time (median of steps 2-3, seconds)" in (tmp_path / "report.md").read_text()
+
+
+def fake_run(folder, rewards, correct_first, correct_last, critic=False):
+    folder.mkdir()
+    with open(folder / METRICS_FILE, "w") as f:
+        for step, reward in enumerate(rewards, 1):
+            data = {"critic/score/mean": reward, "timing_s/step": 10.0 + step}
+            if critic:
+                data["critic/vf_loss"] = 0.1
+            f.write(json.dumps({"step": step, "data": data}) + "\n")
+    dump(folder / "validation", 0, [(f"q{i}", c) for i, c in enumerate(correct_first)])
+    dump(folder / "validation", len(rewards), [(f"q{i}", c) for i, c in enumerate(correct_last)])
+
+
+def test_runs_compared_in_one_table_with_each_algorithm_named(tmp_path):
+    fake_run(tmp_path / "seed0", [0.1] * 5 + [0.5] * 5, [0, 0, 1, 1], [1, 1, 1, 1])
+    fake_run(tmp_path / "ppo", [0.2] * 10, [0, 0, 1, 1], [0, 0, 1, 1], critic=True)
+    compare_runs([str(tmp_path / "seed0"), str(tmp_path / "ppo")], str(tmp_path / "cmp"))
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    # median step time leaves out step 1: steps 2-10 take 12..20 s
+    assert "| seed0 | GRPO | 10 | 0.100 | 0.500 | 50.0% | 100.0% | +50.0% (28.9%) | 16.0 |" in table
+    assert "| ppo | PPO | 10 | 0.200 | 0.200 | 50.0% | 50.0% | +0.0% (0.0%) | 16.0 |" in table
+    assert (tmp_path / "cmp" / "reward_curves.png").stat().st_size > 0
+
+
+def test_a_folder_that_is_not_a_run_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no training steps"):
+        compare_runs([str(tmp_path)], str(tmp_path / "cmp"))

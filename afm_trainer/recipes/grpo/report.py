@@ -171,3 +171,70 @@ def write_report(out_dir: str) -> dict:
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, "reward_curve.png"), dpi=110)
     return summary
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    return [
+        sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+        for i in range(len(values))
+    ]
+
+
+def compare_runs(out_dirs: list[str], out: str, window: int = 5) -> list[str]:
+    """Several runs of the recipe side by side (rollout seeds, GRPO against PPO): one
+    table (reward, held-out accuracy first and last with the paired change and its
+    standard error, median step time) in OUT/comparison.md, and the reward curves,
+    smoothed over ``window`` steps and averaged over the runs of each algorithm, in
+    OUT/reward_curves.png."""
+    from afm_trainer.metrics import read_metrics
+
+    rows, curves = [], {}
+    for run in out_dirs:
+        metrics = read_metrics(run)
+        rewards = [m["critic/score/mean"] for m in metrics.values() if "critic/score/mean" in m]
+        if not rewards:
+            raise ValueError(f"{run}: no training steps in its metrics.jsonl")
+        algorithm = "PPO" if any("critic/vf_loss" in m for m in metrics.values()) else "GRPO"
+        validations = read_validations(run)
+        first, last = (list(validations.values())[i] for i in (0, -1)) if validations else ({}, {})
+        shared = first.keys() & last.keys()
+        change, error = paired_change({k: first[k] for k in shared}, {k: last[k] for k in shared}) if shared else (0, 0)
+        steps = [m["timing_s/step"] for m in metrics.values() if "timing_s/step" in m][1:]
+        accuracy = lambda items: f"{sum(items.values()) / len(items):.1%}" if items else "-"  # noqa: E731
+        rows.append(
+            f"| {os.path.basename(os.path.normpath(run))} | {algorithm} | {len(rewards)} | {sum(rewards[:5]) / len(rewards[:5]):.3f} "
+            f"| {sum(rewards[-5:]) / len(rewards[-5:]):.3f} | {accuracy(first)} | {accuracy(last)} "
+            f"| {change:+.1%} ({error:.1%}) | {median(steps) if steps else float('nan'):.1f} |"
+        )
+        curves.setdefault(algorithm, []).append(moving_average(rewards, window))
+    lines = [
+        "# RL runs compared",
+        "",
+        "| run | algorithm | steps | reward, first 5 | reward, last 5 | held-out, first | held-out, last "
+        "| change (standard error, paired) | median step s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "comparison.md.tmp"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(os.path.join(out, "comparison.md.tmp"), os.path.join(out, "comparison.md"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for algorithm, runs in curves.items():
+        length = min(len(c) for c in runs)
+        for c in runs:
+            ax.plot(range(1, len(c) + 1), c, alpha=0.3)
+        mean = [sum(c[i] for c in runs) / len(runs) for i in range(length)]
+        ax.plot(range(1, length + 1), mean, linewidth=2, label=f"{algorithm}, mean of {len(runs)} run(s)")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"mean reward, moving average of {window}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "reward_curves.png"), dpi=110)
+    print("\n".join(lines), flush=True)
+    return lines
