@@ -33,7 +33,7 @@ def read_validations(out_dir: str) -> dict[int, dict[str, float]]:
     return dict(sorted(found.items()))
 
 
-STAGES = ["gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights", "testing"]
+STAGES = ["gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights"]
 
 
 def median(values: list[float]) -> float:
@@ -62,6 +62,10 @@ def step_time_lines(metrics: dict[int, dict[str, float]], trace_path: str) -> tu
         "| " + " | ".join(f"{v:.2f}" for v in timers.values()) + " |",
     ]
     breakdown = {"timers": timers}
+    validations = {s: m["timing_s/testing"] for s, m in metrics.items() if "timing_s/testing" in m}
+    if validations:
+        lines += ["", "Validation: " + ", ".join(f"{v:.1f} s after step {s}" for s, v in validations.items()) + "."]
+        breakdown["validation"] = validations
     if os.path.exists(trace_path):
         batches = {}
         with open(trace_path, encoding="utf-8") as f:
