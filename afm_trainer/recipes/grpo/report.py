@@ -229,12 +229,12 @@ def compare_runs(out_dirs: list[str], out: str, window: int = 5) -> list[str]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for algorithm, runs in curves.items():
+    for color, (algorithm, runs) in zip(["tab:green", "tab:purple", "tab:blue", "tab:orange"], curves.items()):
         length = min(len(c) for c in runs)
         for c in runs:
-            ax.plot(range(1, len(c) + 1), c, alpha=0.3)
+            ax.plot(range(1, len(c) + 1), c, color=color, alpha=0.3)
         mean = [sum(c[i] for c in runs) / len(runs) for i in range(length)]
-        ax.plot(range(1, length + 1), mean, linewidth=2, label=f"{algorithm}, mean of {len(runs)} run(s)")
+        ax.plot(range(1, length + 1), mean, color=color, linewidth=2, label=f"{algorithm}, mean of {len(runs)} run(s)")
     ax.set_xlabel("step")
     ax.set_ylabel(f"mean reward, moving average of {window}")
     ax.legend(fontsize=7)
