@@ -3,7 +3,7 @@ the way verl's V1 trainer builds a custom sampler from the recipe's configuratio
 
 import pytest
 from hydra import compose, initialize_config_dir
-from verl.utils.import_utils import load_extern_type
+from verl.utils.import_utils import load_extern_object
 
 from afm_trainer.recipes.grpo.main import CONFIG_DIR
 
@@ -13,7 +13,7 @@ def build(*overrides):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         config = compose(config_name="grpo", overrides=["device=cpu", *overrides])
     sampler = config.trainer.v1.sampler
-    cls = load_extern_type(sampler.custom_sampler.path, sampler.custom_sampler.name)
+    cls = load_extern_object(sampler.custom_sampler.path, sampler.custom_sampler.name)
     mode = config.trainer.v1.trainer_mode
     return cls(
         trainer_mode=mode,
