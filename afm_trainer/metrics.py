@@ -30,19 +30,24 @@ def rotate_metrics(out_dir: str) -> str:
     return path
 
 
+def read_records(path: str):
+    """The JSON lines of a file a run appends to (metrics, validation dumps, the rollout's
+    trace); a line cut short by a killed run is skipped."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
 def read_metrics(out_dir: str) -> dict[int, dict[str, float]]:
     """{step: {metric: value}} over every run logged in ``out_dir``, later runs winning."""
     steps: dict[int, dict[str, float]] = {}
     for path in _rotated(out_dir) + [os.path.join(out_dir, METRICS_FILE)]:
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a killed run
+        if os.path.exists(path):
+            for record in read_records(path):
                 steps.setdefault(int(record["step"]), {}).update(record["data"])
     return dict(sorted(steps.items()))

@@ -271,9 +271,9 @@ def run(launch: Launch, tag: str, dry_run: bool) -> int:
     return 0
 
 
-def write_markdown(out_dir: str, lines: list[str]) -> None:
-    """OUT_DIR/report.md from ``lines`` (written whole or not at all), also printed."""
-    path = os.path.join(out_dir, "report.md")
+def write_markdown(out_dir: str, lines: list[str], name: str = "report.md") -> None:
+    """OUT_DIR/NAME from ``lines`` (written whole or not at all), also printed."""
+    path = os.path.join(out_dir, name)
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(path + ".tmp", path)

@@ -3,10 +3,11 @@ held-out accuracy with standard errors from its validation dumps (OUT_DIR/valida
 
 from __future__ import annotations
 
-import json
 import os
+from statistics import median
 
 from afm_trainer.eval.scoring import paired_change
+from afm_trainer.metrics import read_metrics, read_records
 from afm_trainer.recipes.common import write_markdown
 
 VALIDATION_DIR = "validation"  # trainer.validation_data_dir: one STEP.jsonl per validation, a row per item
@@ -22,24 +23,13 @@ def read_validations(out_dir: str) -> dict[int, dict[str, float]]:
         if not name.endswith(".jsonl") or not name[: -len(".jsonl")].isdigit():
             continue
         answers = {}  # several answers an item when validation samples (val_kwargs.n > 1)
-        with open(os.path.join(folder, name), encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                answers.setdefault(row["input"], []).append(float(row["correct"]))
+        for row in read_records(os.path.join(folder, name)):
+            answers.setdefault(row["input"], []).append(float(row["correct"]))
         found[int(name[: -len(".jsonl")])] = {item: sum(c) / len(c) for item, c in answers.items()}
     return dict(sorted(found.items()))
 
 
 STAGES = ["gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights"]
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def step_time_lines(metrics: dict[int, dict[str, float]], trace_path: str) -> tuple[list[str], dict]:
@@ -62,20 +52,18 @@ def step_time_lines(metrics: dict[int, dict[str, float]], trace_path: str) -> tu
         "| " + " | ".join(f"{v:.2f}" for v in timers.values()) + " |",
     ]
     breakdown = {"timers": timers}
-    validations = {s: m["timing_s/testing"] for s, m in metrics.items() if "timing_s/testing" in m}
-    if validations:
-        lines += ["", "Validation: " + ", ".join(f"{v:.1f} s after step {s}" for s, v in validations.items()) + "."]
-        breakdown["validation"] = validations
+    validation_times = {s: m["timing_s/testing"] for s, m in metrics.items() if "timing_s/testing" in m}
+    if validation_times:
+        lines += [
+            "",
+            "Validation: " + ", ".join(f"{v:.1f} s after step {s}" for s, v in validation_times.items()) + ".",
+        ]
+        breakdown["validation"] = validation_times
     if os.path.exists(trace_path):
         batches = {}
-        with open(trace_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    batch = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if not batch.get("greedy"):  # a training rollout: its label is the weights' step, one behind
-                    batches.setdefault(batch["step"] + 1, []).append(batch)
+        for batch in read_records(trace_path):
+            if not batch.get("greedy"):  # a training rollout: its label is the weights' step, one behind
+                batches.setdefault(batch["step"] + 1, []).append(batch)
         per_step = [batches[s] for s in steps if s in batches]
         if per_step:
             decode = median([sum(b["seconds"] for b in bs) for bs in per_step])
@@ -102,6 +90,21 @@ def step_time_lines(metrics: dict[int, dict[str, float]], trace_path: str) -> tu
     return lines, breakdown
 
 
+def accuracy(items: dict[str, float]) -> float:
+    return sum(items.values()) / len(items)
+
+
+def first_to_last(validations: dict[int, dict[str, float]]) -> tuple[int, int, float, float, int] | None:
+    """(first step, last step, change, its standard error, items) of the accuracy from the
+    first validation to the last, paired by item; None without two validations sharing items."""
+    (first, start), (last, end) = next(iter(validations.items())), list(validations.items())[-1]
+    shared = start.keys() & end.keys()
+    if last == first or not shared:
+        return None
+    change, error = paired_change({k: start[k] for k in shared}, {k: end[k] for k in shared})
+    return first, last, change, error, len(shared)
+
+
 def validation_lines(validations: dict[int, dict[str, float]]) -> list[str]:
     """Greedy held-out accuracy at each validation with its standard error, and the change
     from the first to the last paired by item."""
@@ -110,24 +113,18 @@ def validation_lines(validations: dict[int, dict[str, float]]) -> list[str]:
     lines = ["", "## Held-out accuracy (verl's validation, greedy)", "", "| step | items | accuracy | standard error |"]
     lines.append("|---|---|---|---|")
     for step, items in validations.items():
-        p = sum(items.values()) / len(items)
+        p = accuracy(items)
         lines.append(f"| {step} | {len(items)} | {p:.1%} | {(p * (1 - p) / len(items)) ** 0.5:.1%} |")
-    (first, start), (last, end) = next(iter(validations.items())), list(validations.items())[-1]
-    shared = start.keys() & end.keys()
-    if last != first and shared:
-        change, error = paired_change({k: start[k] for k in shared}, {k: end[k] for k in shared})
-        lines += [
-            "",
-            f"Step {first} -> {last}: {change:+.1%} (standard error {error:.1%}, paired by item, {len(shared)} items)",
-        ]
+    paired = first_to_last(validations)
+    if paired:
+        first, last, change, error, n = paired
+        lines += ["", f"Step {first} -> {last}: {change:+.1%} (standard error {error:.1%}, paired by item, {n} items)"]
     return lines
 
 
 def write_report(out_dir: str) -> dict:
     """OUT_DIR/report.md and reward_curve.png from verl's metrics: mean reward of the first
     and last five steps, and held-out accuracy (verl's validation, greedy) over training."""
-    from afm_trainer.metrics import read_metrics
-
     metrics = read_metrics(out_dir)
     rewards = {step: m["critic/score/mean"] for step, m in metrics.items() if "critic/score/mean" in m}
     accuracy_keys = sorted(
@@ -155,7 +152,7 @@ def write_report(out_dir: str) -> dict:
         points = ", ".join(f"step {s}: {v:.1%}" for s, v in series.items())
         lines.append(f"| held-out accuracy {source} | {points} |")
     validations = read_validations(out_dir)
-    summary["validation"] = {step: sum(items.values()) / len(items) for step, items in validations.items()}
+    summary["validation"] = {step: accuracy(items) for step, items in validations.items()}
     lines += validation_lines(validations)
     timing_lines, summary["step_time"] = step_time_lines(metrics, os.path.join(out_dir, ROLLOUT_TRACE))
     lines += timing_lines
@@ -190,8 +187,6 @@ def compare_runs(out_dirs: list[str], out: str, window: int = 5) -> list[str]:
     standard error, median step time) in OUT/comparison.md, and the reward curves,
     smoothed over ``window`` steps and averaged over the runs of each algorithm, in
     OUT/reward_curves.png."""
-    from afm_trainer.metrics import read_metrics
-
     rows, curves = [], {}
     for run in out_dirs:
         metrics = read_metrics(run)
@@ -200,15 +195,13 @@ def compare_runs(out_dirs: list[str], out: str, window: int = 5) -> list[str]:
             raise ValueError(f"{run}: no training steps in its metrics.jsonl")
         algorithm = "PPO" if any("critic/vf_loss" in m for m in metrics.values()) else "GRPO"
         validations = read_validations(run)
-        first, last = (list(validations.values())[i] for i in (0, -1)) if validations else ({}, {})
-        shared = first.keys() & last.keys()
-        change, error = paired_change({k: first[k] for k in shared}, {k: last[k] for k in shared}) if shared else (0, 0)
+        held_out = [f"{accuracy(v):.1%}" for v in validations.values()] or ["-"]
+        paired = first_to_last(validations) if validations else None
         steps = [m["timing_s/step"] for m in metrics.values() if "timing_s/step" in m][1:]
-        accuracy = lambda items: f"{sum(items.values()) / len(items):.1%}" if items else "-"  # noqa: E731
         rows.append(
             f"| {os.path.basename(os.path.normpath(run))} | {algorithm} | {len(rewards)} | {sum(rewards[:5]) / len(rewards[:5]):.3f} "
-            f"| {sum(rewards[-5:]) / len(rewards[-5:]):.3f} | {accuracy(first)} | {accuracy(last)} "
-            f"| {change:+.1%} ({error:.1%}) | {median(steps) if steps else float('nan'):.1f} |"
+            f"| {sum(rewards[-5:]) / len(rewards[-5:]):.3f} | {held_out[0]} | {held_out[-1]} "
+            f"| {f'{paired[2]:+.1%} ({paired[3]:.1%})' if paired else '-'} | {median(steps) if steps else float('nan'):.1f} |"
         )
         curves.setdefault(algorithm, []).append(moving_average(rewards, window))
     lines = [
@@ -220,9 +213,7 @@ def compare_runs(out_dirs: list[str], out: str, window: int = 5) -> list[str]:
         *rows,
     ]
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "comparison.md.tmp"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(os.path.join(out, "comparison.md.tmp"), os.path.join(out, "comparison.md"))
+    write_markdown(out, lines, "comparison.md")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,5 +231,4 @@ def compare_runs(out_dirs: list[str], out: str, window: int = 5) -> list[str]:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "reward_curves.png"), dpi=110)
-    print("\n".join(lines), flush=True)
     return lines
