@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 
-from afm_trainer.models.attention import NAME as ATTENTION
+from afm_trainer.eval.lm import load_model
 from afm_trainer.suites import EvalRun, Suite, get_suite
 from afm_trainer.suites.base import read_jsonl
 from afm_trainer.world.algorithmic import normalise
@@ -52,12 +53,11 @@ def evaluate_suite(
 ) -> dict:
     """Greedy answers of the model at ``model_path`` to the held-out items in ``data``,
     scored by the suite; returns the summary with every scored row in ``predictions``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     suite = get_suite(suite_name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    # The rollout's attention: decoding reads the cache once per key/value head, not per query head.
-    model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation=ATTENTION).eval()
+    model = load_model(model_path)
     run = EvalRun(model, tokenizer, max_new_tokens or suite.max_new_tokens, corpus, max_searches)
     items = read_jsonl(data)
     rows = suite.evaluate(run, items[:limit] if limit else items)
@@ -128,3 +128,12 @@ def paired_change(start: dict[str, float], after: dict[str, float]) -> tuple[flo
     mean = sum(diffs) / len(diffs)
     variance = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
     return mean, (variance / len(diffs)) ** 0.5
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """The chance that at least one of k answers, drawn without replacement from an item's
+    n sampled answers of which ``correct`` are right, is right: the unbiased pass@k
+    estimator of Chen et al. (2021), 1 - C(n - c, k) / C(n, k)."""
+    if not 0 < k <= n:
+        raise ValueError(f"pass@{k} needs 1 <= k <= n answers per item, got n={n}")
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)

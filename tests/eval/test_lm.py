@@ -30,3 +30,16 @@ def test_assistant_loss_scores_exactly_the_tokens_the_sft_dataset_trains(tmp_pat
     logits = model(input_ids=torch.tensor([full])).logits[0, :-1].float()
     direct = torch.nn.functional.cross_entropy(logits[len(prompt) - 1 :], torch.tensor(full[len(prompt) :]))
     assert assistant_loss(model, tokenizer, [conversation]) == pytest.approx(direct.item(), rel=1e-5)
+
+
+def test_a_bf16_export_is_evaluated_in_float32_with_the_rollouts_attention(tmp_path, nano_model):
+    # verl exports checkpoints in bf16; CPUs without bf16 matrix units multiply it several times slower
+    from transformers import AutoModelForCausalLM
+
+    from afm_trainer.eval.lm import load_model
+    from afm_trainer.models.attention import NAME
+
+    AutoModelForCausalLM.from_pretrained(nano_model, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    model = load_model(str(tmp_path / "bf16"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.config._attn_implementation == NAME and not model.training
