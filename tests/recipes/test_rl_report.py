@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from afm_trainer.eval.scoring import pass_at_k
 from afm_trainer.metrics import METRICS_FILE
 from afm_trainer.recipes.grpo.report import compare_runs, read_validations, write_report
 
@@ -120,3 +121,35 @@ def test_runs_compared_in_one_table_with_each_algorithm_named(tmp_path):
 def test_a_folder_that_is_not_a_run_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no training steps"):
         compare_runs([str(tmp_path)], str(tmp_path / "cmp"))
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    # 4 answers, 1 right: pass@1 = 1/4; pass@2 = 1 - C(3,2)/C(4,2) = 1/2; pass@4 = 1
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(4, 1, 4) == 1.0 and pass_at_k(4, 0, 4) == 0.0
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        pass_at_k(4, 1, 8)
+
+
+def test_a_validation_only_run_with_sampled_answers_reports_pass_at_k_paired_by_item(tmp_path):
+    # validation-only runs (trainer.val_only=true, val_kwargs.n=4): no training step in the metrics
+    dump(
+        tmp_path / "validation",
+        0,
+        [("q1", 1), ("q1", 0), ("q1", 0), ("q1", 0), ("q2", 0), ("q2", 0), ("q2", 0), ("q2", 0)],
+    )
+    dump(
+        tmp_path / "validation",
+        20,
+        [("q1", 1), ("q1", 1), ("q1", 0), ("q1", 0), ("q2", 1), ("q2", 0), ("q2", 0), ("q2", 0)],
+    )
+    summary = write_report(str(tmp_path))
+    # step 0: q1 1 of 4, q2 0 of 4; step 20: q1 2 of 4, q2 1 of 4
+    assert summary["pass_at_k"][0] == pytest.approx({1: 0.125, 2: 0.25, 4: 0.5})
+    assert summary["pass_at_k"][20] == pytest.approx({1: 0.375, 2: (5 / 6 + 0.5) / 2, 4: 1.0})
+    text = (tmp_path / "report.md").read_text()
+    assert "mean reward" not in text and "(verl's validation, sampled, mean over each item's answers)" in text
+    assert "| 0 | 2 | 4 | 12.5% (12.5%) | 25.0% (25.0%) | 50.0% (50.0%) |" in text
+    # pass@4: q1 stays at 1, q2 goes 0 -> 1: +50 points, standard error 50 (two items)
+    assert "Step 0 -> 20, paired by item: pass@1 +25.0% (0.0%), pass@2 +41.7% (8.3%), pass@4 +50.0% (50.0%)" in text

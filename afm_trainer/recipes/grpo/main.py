@@ -46,6 +46,7 @@ from afm_trainer.recipes.common import (
     hydra_list,
     logger_env,
     model_path,
+    override_value,
     recipe_main,
     run,
     visible_gpus,
@@ -260,7 +261,11 @@ def grpo(args: RecipeArgs) -> int:
         args, inputs_exist = embedded_default(args)
     marker = os.path.join(args.out_dir, COMPLETE_MARKER)
     steps = int(args.get("STEPS", "20"))
-    if os.path.exists(marker):
+    # verl's trainer.val_only=true: one validation of the start model (or of the checkpoint
+    # trainer.resume_from_path names), no training; sampled with val_kwargs.n > 1, the
+    # report gives pass@k.
+    val_only = str(override_value(args.overrides, "trainer.val_only")).lower() == "true"
+    if os.path.exists(marker) and not val_only:
         with open(marker) as f:
             done = json.load(f).get("steps", 0)
         if done >= steps:
@@ -284,6 +289,8 @@ def grpo(args: RecipeArgs) -> int:
     finalize(args.out_dir)  # exports loadable by plain transformers, also those of an interrupted run
     if code == 0:
         write_report(args.out_dir)
+        if val_only:
+            return 0
         with open(marker + ".tmp", "w") as f:
             json.dump({"checkpoint": latest_complete(args.out_dir), "steps": steps}, f)
         os.replace(marker + ".tmp", marker)

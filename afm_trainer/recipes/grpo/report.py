@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from statistics import median
 
-from afm_trainer.eval.scoring import paired_change
+from afm_trainer.eval.scoring import paired_change, pass_at_k
 from afm_trainer.metrics import read_metrics, read_records
 from afm_trainer.recipes.common import write_markdown
 
@@ -14,19 +14,29 @@ VALIDATION_DIR = "validation"  # trainer.validation_data_dir: one STEP.jsonl per
 ROLLOUT_TRACE = "rollout_batches.jsonl"  # the CPU rollout's batches (rollout.custom.trace)
 
 
-def read_validations(out_dir: str) -> dict[int, dict[str, float]]:
-    """{step: {item (its prompt): fraction of its answers correct}} from verl's validation
-    dumps; a line cut short by a killed run is skipped."""
+def read_validation_answers(out_dir: str) -> dict[int, dict[str, list[float]]]:
+    """{step: {item (its prompt): its answers' correctness, 0 or 1}} from verl's validation
+    dumps, several answers an item when validation samples (val_kwargs.n > 1); a line cut
+    short by a killed run is skipped."""
     folder = os.path.join(out_dir, VALIDATION_DIR)
     found = {}
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         if not name.endswith(".jsonl") or not name[: -len(".jsonl")].isdigit():
             continue
-        answers = {}  # several answers an item when validation samples (val_kwargs.n > 1)
+        answers = {}
         for row in read_records(os.path.join(folder, name)):
             answers.setdefault(row["input"], []).append(float(row["correct"]))
-        found[int(name[: -len(".jsonl")])] = {item: sum(c) / len(c) for item, c in answers.items()}
+        found[int(name[: -len(".jsonl")])] = answers
     return dict(sorted(found.items()))
+
+
+def read_validations(out_dir: str) -> dict[int, dict[str, float]]:
+    """{step: {item: fraction of its answers correct}} (``read_validation_answers``)."""
+    return fractions(read_validation_answers(out_dir))
+
+
+def fractions(answers: dict[int, dict[str, list[float]]]) -> dict[int, dict[str, float]]:
+    return {step: {item: sum(c) / len(c) for item, c in items.items()} for step, items in answers.items()}
 
 
 STAGES = ["gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights"]
@@ -105,12 +115,13 @@ def first_to_last(validations: dict[int, dict[str, float]]) -> tuple[int, int, f
     return first, last, change, error, len(shared)
 
 
-def validation_lines(validations: dict[int, dict[str, float]]) -> list[str]:
-    """Greedy held-out accuracy at each validation with its standard error, and the change
-    from the first to the last paired by item."""
+def validation_lines(validations: dict[int, dict[str, float]], sampled: bool = False) -> list[str]:
+    """Held-out accuracy at each validation with its standard error, and the change from
+    the first to the last paired by item (``sampled``: the mean over each item's answers)."""
     if not validations:
         return []
-    lines = ["", "## Held-out accuracy (verl's validation, greedy)", "", "| step | items | accuracy | standard error |"]
+    how = "sampled, mean over each item's answers" if sampled else "greedy"
+    lines = ["", f"## Held-out accuracy (verl's validation, {how})", "", "| step | items | accuracy | standard error |"]
     lines.append("|---|---|---|---|")
     for step, items in validations.items():
         p = accuracy(items)
@@ -119,6 +130,47 @@ def validation_lines(validations: dict[int, dict[str, float]]) -> list[str]:
     if paired:
         first, last, change, error, n = paired
         lines += ["", f"Step {first} -> {last}: {change:+.1%} (standard error {error:.1%}, paired by item, {n} items)"]
+    return lines
+
+
+def pass_at_k_by_item(answers: dict[int, dict[str, list[float]]]) -> dict[int, dict[int, dict[str, float]]]:
+    """{step: {k: {item: pass@k}}} for k = 1, 2, 4, ... up to the fewest answers an item has
+    at that step (an item's answers are its samples when val_kwargs.n > 1)."""
+    out = {}
+    for step, items in answers.items():
+        n = min(len(c) for c in items.values())
+        ks = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
+        out[step] = {k: {item: pass_at_k(len(c), int(sum(c)), k) for item, c in items.items()} for k in ks}
+    return out
+
+
+def pass_at_k_lines(answers: dict[int, dict[str, list[float]]]) -> list[str]:
+    """Sampled validations: pass@k at each validation with its standard error over the
+    items, and each k's change from the first validation to the last, paired by item."""
+    table = pass_at_k_by_item(answers)
+    ks = sorted(set.intersection(*(set(by_k) for by_k in table.values())))
+    if not ks or ks == [1]:
+        return []
+    lines = ["", "## pass@k (verl's validation, sampled answers; unbiased estimator, standard error over items)", ""]
+    lines += ["| step | items | answers per item | " + " | ".join(f"pass@{k}" for k in ks) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(ks))
+    for step, by_k in table.items():
+        cells = []
+        for k in ks:
+            values = list(by_k[k].values())
+            mean = sum(values) / len(values)
+            spread = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+            cells.append(f"{mean:.1%} ({(spread / len(values)) ** 0.5:.1%})")
+        n = min(len(c) for c in answers[step].values())
+        lines.append(f"| {step} | {len(by_k[ks[0]])} | {n} | " + " | ".join(cells) + " |")
+    if len(table) > 1:
+        changes = [first_to_last({step: by_k[k] for step, by_k in table.items()}) for k in ks]
+        first, last = changes[0][0], changes[0][1]
+        lines += [
+            "",
+            f"Step {first} -> {last}, paired by item: "
+            + ", ".join(f"pass@{k} {c[2]:+.1%} ({c[3]:.1%})" for k, c in zip(ks, changes) if c),
+        ]
     return lines
 
 
@@ -145,15 +197,23 @@ def write_report(out_dir: str) -> dict:
         "| | value |",
         "|---|---|",
         f"| steps | {len(steps)} |",
-        f"| mean reward, first 5 steps | {summary['reward_first5']:.3f} |",
-        f"| mean reward, last 5 steps | {summary['reward_last5']:.3f} |",
     ]
+    if steps:  # a validation-only run (trainer.val_only=true) trains none
+        lines.append(f"| mean reward, first 5 steps | {summary['reward_first5']:.3f} |")
+        lines.append(f"| mean reward, last 5 steps | {summary['reward_last5']:.3f} |")
     for source, series in summary["heldout_accuracy"].items():
         points = ", ".join(f"step {s}: {v:.1%}" for s, v in series.items())
         lines.append(f"| held-out accuracy {source} | {points} |")
-    validations = read_validations(out_dir)
+    answers = read_validation_answers(out_dir)
+    validations = fractions(answers)
     summary["validation"] = {step: accuracy(items) for step, items in validations.items()}
-    lines += validation_lines(validations)
+    sampled = any(len(c) > 1 for items in answers.values() for c in items.values())
+    lines += validation_lines(validations, sampled)
+    if sampled:
+        summary["pass_at_k"] = {
+            step: {k: accuracy(items) for k, items in by_k.items()} for step, by_k in pass_at_k_by_item(answers).items()
+        }
+        lines += pass_at_k_lines(answers)
     timing_lines, summary["step_time"] = step_time_lines(metrics, os.path.join(out_dir, ROLLOUT_TRACE))
     lines += timing_lines
     write_markdown(out_dir, lines)
