@@ -51,6 +51,23 @@ class GrowingKVLayer(DynamicLayer):
             self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
             self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
 
+    def merge(self, other: GrowingKVLayer, length: int) -> None:
+        """Append ``other``'s rows below these, both right-aligned at ``length`` (at least
+        either's length). The new left padding is zeros, which the mask hides: uninitialised
+        memory may hold NaN, which a zero attention weight does not cancel."""
+
+        def stacked(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+            rows = mine.shape[0]
+            out = mine.new_zeros((rows + theirs.shape[0], mine.shape[1], length + self.room, mine.shape[3]))
+            out[:rows, :, length - self.length : length] = mine[:, :, : self.length]
+            out[rows:, :, length - other.length : length] = theirs[:, :, : other.length]
+            return out
+
+        self.key_buffer = stacked(self.key_buffer, other.key_buffer)
+        self.value_buffer = stacked(self.value_buffer, other.value_buffer)
+        self.length = length
+        self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+
     def crop(self, max_length: int) -> None:
         raise NotImplementedError("GrowingKVLayer is append-only")
 
@@ -100,84 +117,151 @@ def sample_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.minimum(tokens, last)[:, 0]
 
 
-@torch.no_grad()
-def decode_batch(model, requests: list[Request], pad_id: int = 0, should_stop=lambda: False) -> list[dict]:
-    """Decode a batch of left-padded prompts with a KV cache, each row with its own
-    sampling parameters; returns token ids, log-probs and stop reason per request.
+def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros((mask.shape[0], width - mask.shape[1])), mask], dim=1)
+
+
+class RunningBatch:
+    """Rows decoding together with one KV cache, each with its own sampling parameters;
+    requests join between steps (prefilled as a left-padded batch of their own, then
+    merged into the cache) and leave as soon as they finish: the CPU rollout's
+    continuous batching, where a multi-turn agent's next turn joins the running batch
+    instead of waiting for its longest answer. ``decode_batch`` is one batch, start to end.
 
     Log-probs are those of the sampled token under softmax(logits / temperature), the
     distribution verl's actor recomputes (top-k/top-p cut the sampling, not the log-prob).
     pad_id fills the left padding, which the mask hides (any token id will do).
-    A finished row leaves the batch (and the cache): sampled lengths vary a lot, and
-    decoding every row until the longest one ends cost ~3.5x the tokens kept.
     """
-    width = max(len(r.prompt_ids) for r in requests)
-    ids = torch.full((len(requests), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(requests), width), dtype=torch.long)
-    for row, r in enumerate(requests):
-        ids[row, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-        mask[row, width - len(r.prompt_ids) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = growing_kv_cache()
-    logits = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,  # the next token's only: the prompt's other logits would cost a quarter of a prefill
-    ).logits[:, -1]
-    outputs = [{"token_ids": [], "log_probs": [], "stop_reason": None} for _ in requests]
-    # Greedy rows (temperature <= 0) score their token under the plain softmax.
-    temperatures = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in requests])
-    greedy = torch.tensor([r.temperature <= 0 for r in requests])
-    live = list(range(len(requests)))  # the request behind each row of the batch
-    for _ in range(max(r.max_tokens for r in requests)):
-        scaled = logits.float() / temperatures[live, None]
+
+    def __init__(self, model, pad_id: int = 0):
+        self.model, self.pad_id = model, pad_id
+        self.live: list[Request] = []  # the request behind each row
+        self.steps = 0  # decoding steps so far
+        self.outputs: list[dict] = []  # each row's output so far
+        self.cache = self.mask = self.positions = self.logits = None
+        self.temperatures = torch.ones(0)
+        self.greedy = torch.zeros(0, dtype=torch.bool)
+
+    @torch.no_grad()
+    def admit(self, requests: list[Request]) -> int:
+        """Prefill ``requests`` and add them as rows; returns the prefill's padded tokens."""
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, r in enumerate(requests):
+            ids[row, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[row, width - len(r.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = growing_kv_cache()
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # the next token's only: the prompt's other logits would cost a quarter of a prefill
+        ).logits[:, -1]
+        # Greedy rows (temperature <= 0) score their token under the plain softmax.
+        temperatures = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in requests])
+        greedy = torch.tensor([r.temperature <= 0 for r in requests])
+        if not self.live:
+            self.cache, self.mask, self.positions, self.logits = cache, mask, positions[:, -1:], logits
+            self.temperatures, self.greedy = temperatures, greedy
+        else:
+            length = max(self.mask.shape[1], width)
+            for mine, theirs in zip(self.cache.layers, cache.layers):
+                mine.merge(theirs, length)
+            self.mask = torch.cat([_pad_left(self.mask, length), _pad_left(mask, length)])
+            self.positions = torch.cat([self.positions, positions[:, -1:]])
+            self.logits = torch.cat([self.logits, logits])
+            self.temperatures = torch.cat([self.temperatures, temperatures])
+            self.greedy = torch.cat([self.greedy, greedy])
+        self.live += requests
+        self.outputs += [{"token_ids": [], "log_probs": [], "stop_reason": None} for _ in requests]
+        return ids.numel()
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[Request, dict]]:
+        """One token for every row; returns the requests that finished, with their outputs."""
+        self.steps += 1
+        scaled = self.logits.float() / self.temperatures[:, None]
         log_probs = torch.log_softmax(scaled, -1)
         next_ids = scaled.argmax(-1)
-        if not greedy[live].all():  # the evaluation's batches are all greedy: no sampling work
+        if not self.greedy.all():  # the evaluation's batches are all greedy: no sampling work
             probs = log_probs.exp()
-            for row, index in enumerate(live):
-                r = requests[index]
+            for row, r in enumerate(self.live):
                 if r.temperature > 0 and (r.top_k > 0 or r.top_p < 1.0):
                     probs[row] = torch.softmax(_filter_logits(scaled[row], r.top_k, r.top_p), -1)
             # One draw from each request's own generator: a request's tokens depend on its seed only.
             uniforms = torch.tensor(
-                [
-                    float(torch.rand((), generator=requests[i].generator)) if requests[i].temperature > 0 else 0.0
-                    for i in live
-                ],
+                [float(torch.rand((), generator=r.generator)) if r.temperature > 0 else 0.0 for r in self.live],
                 dtype=torch.float64,
             )
-            next_ids = torch.where(greedy[live], next_ids, sample_rows(probs, uniforms))
+            next_ids = torch.where(self.greedy, next_ids, sample_rows(probs, uniforms))
         chosen = log_probs.gather(1, next_ids[:, None])[:, 0].tolist()
-        for row, (index, token) in enumerate(zip(live, next_ids.tolist())):
-            r, out = requests[index], outputs[index]
+        finished, keep = [], []
+        for row, (r, out, token) in enumerate(zip(self.live, self.outputs, next_ids.tolist())):
             out["token_ids"].append(token)
             if r.want_logprobs:
                 out["log_probs"].append(chosen[row])
             if token in r.stop_ids or len(out["token_ids"]) >= r.max_tokens:
                 out["stop_reason"] = "completed"  # vLLM's name for both "stop" and "length"
-        keep = [row for row, index in enumerate(live) if outputs[index]["stop_reason"] is None]
-        if not keep:
-            break
-        if should_stop():
-            for o in outputs:
-                o["stop_reason"] = o["stop_reason"] or "aborted"
-            break
-        if len(keep) < len(live):
-            rows = torch.tensor(keep)
-            cache.batch_select_indices(rows)
-            mask, positions, next_ids = mask[rows], positions[rows], next_ids[rows]
-            live = [live[row] for row in keep]
-        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
-        positions = positions[:, -1:] + 1
-        logits = model(
-            input_ids=next_ids[:, None],
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        ).logits[:, -1]
-    return outputs
+                finished.append((r, out))
+            else:
+                keep.append(row)
+        if len(keep) < len(self.live):
+            self._keep(keep)
+            next_ids = next_ids[keep]
+        if self.live:
+            self.mask = torch.cat([self.mask, torch.ones((len(self.live), 1), dtype=torch.long)], dim=1)
+            self.positions = self.positions + 1
+            self.logits = self.model(
+                input_ids=next_ids[:, None],
+                attention_mask=self.mask,
+                position_ids=self.positions,
+                past_key_values=self.cache,
+                use_cache=True,
+            ).logits[:, -1]
+        return finished
+
+    def run(self, max_steps: int, should_stop=lambda: False) -> list[tuple[Request, dict]]:
+        """Steps until a row finishes, ``max_steps`` are done or ``should_stop()``: then every
+        row leaves, its output marked aborted."""
+        for _ in range(max_steps):
+            if should_stop():
+                return self.abort()
+            finished = self.step()
+            if finished or not self.live:
+                return finished
+        return []
+
+    def abort(self) -> list[tuple[Request, dict]]:
+        for out in self.outputs:
+            out["stop_reason"] = "aborted"
+        finished = list(zip(self.live, self.outputs))
+        self._keep([])
+        return finished
+
+    def _keep(self, rows: list[int]) -> None:
+        self.live = [self.live[row] for row in rows]
+        self.outputs = [self.outputs[row] for row in rows]
+        if not rows:  # the next admit starts afresh
+            self.cache = self.mask = self.positions = self.logits = None
+            return
+        index = torch.tensor(rows)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
+        self.temperatures, self.greedy = self.temperatures[index], self.greedy[index]
+
+
+def decode_batch(model, requests: list[Request], pad_id: int = 0, should_stop=lambda: False) -> list[dict]:
+    """Decode ``requests`` as one batch (``RunningBatch``): token ids, log-probs and stop
+    reason per request. A finished row leaves the batch (and the cache): sampled lengths
+    vary a lot, and decoding every row until the longest one ends cost ~3.5x the tokens kept."""
+    batch = RunningBatch(model, pad_id)
+    batch.admit(requests)
+    outputs = {}
+    while batch.live:
+        for request, out in batch.run(max(r.max_tokens for r in requests), should_stop):
+            outputs[id(request)] = out
+    return [outputs[id(r)] for r in requests]

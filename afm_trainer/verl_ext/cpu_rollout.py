@@ -7,7 +7,9 @@ cannot run on a CPU machine. This module adds one through verl's own registries
 - ``HFRolloutServer``: a Ray actor holding a Hugging Face copy of the policy. The agent
   loops call ``generate(prompt_ids, sampling_params, request_id)`` concurrently; the
   server gathers what arrives within a few milliseconds into one batch and decodes it
-  (``afm_trainer/models/decoding.py``), honouring each request's temperature, top-k,
+  (``afm_trainer/models/decoding.py``), answering each request as soon as its row
+  finishes and letting requests that arrive meanwhile (a multi-turn agent's next turn,
+  after its tool call) join the running batch; it honours each request's temperature, top-k,
   top-p, max tokens, stop tokens and seed (``rollout.seed`` unless the request carries its own).
   With ``rollout.custom.engine=vllm`` (the recipes' ``ROLLOUT=vllm`` without GPUs) vLLM's
   CPU build decodes instead, in a process of its own (``vllm_cpu.py``).
@@ -18,7 +20,7 @@ cannot run on a CPU machine. This module adds one through verl's own registries
   rollout samples from the current policy. ``rollout.custom.sync_weights=false`` skips
   the shipping (the server keeps its start weights): verl's
   ``training/rollout_probs_diff_mean`` then grows, which is how the sync is tested.
-- ``rollout.custom.trace=PATH`` appends a JSON line per decoded batch (step, start, seconds,
+- ``rollout.custom.trace=PATH`` appends a JSON line per running batch (step, start, seconds,
   requests, prompt and new tokens): where a step's generation time goes, turn by turn
   (the GRPO recipe sets it to OUT_DIR/rollout_batches.jsonl on CPU; its report reads it).
 
@@ -32,6 +34,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -40,7 +43,7 @@ from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
 from afm_trainer.models.attention import NAME as ATTENTION
-from afm_trainer.models.decoding import Request, decode_batch
+from afm_trainer.models.decoding import Request, RunningBatch
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,25 @@ NAME = "hf"
 # loop sends a step's requests one by one, and a batch started on the first few keeps
 # the rest waiting for its longest answer.
 BATCH_WAIT_S = 0.02
+# Requests that arrive while a batch decodes join it after at most this many steps: often
+# enough that an agent's next turn does not wait long, seldom enough that copying the
+# cache to make room for them stays a small part of the decoding.
+ADMIT_EVERY_STEPS = 8
+
+
+@dataclass
+class ServedBatch:
+    """What one batch served (the rollout trace's line): its requests, their outputs, and
+    the tokens its prefills ran, padding included."""
+
+    started: float
+    requests: list[Request] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
+    padded_prompt_tokens: int = 0
+
+    def answer(self, request: Request, output: dict) -> None:
+        self.outputs.append(output)
+        request.future.set_result(output)
 
 
 def _server_name(replica_rank: int) -> str:
@@ -178,40 +200,62 @@ class HFRolloutServer:
             while len(self.queue) != queued and len(self.queue) < self.config.max_num_seqs:  # still arriving, room left
                 queued = len(self.queue)
                 await asyncio.sleep(BATCH_WAIT_S)
-            batch, self.queue = self.queue[: self.config.max_num_seqs], self.queue[self.config.max_num_seqs :]
             if not self.queue:
                 self.wake.clear()
-            if not batch:
                 continue
             async with self.engine_lock:
-                started = time.time()
+                batch = ServedBatch(started=time.time())
                 try:
                     if self.vllm is not None:
-                        results = await asyncio.to_thread(self.vllm.generate, batch)
+                        await self._decode_with_vllm(batch)
                     else:
-                        results = await asyncio.to_thread(
-                            decode_batch, self.model, batch, self.pad_id, lambda: self.aborting
-                        )
+                        await self._decode_continuously(batch)
                 except Exception as exc:  # a failed batch fails its requests, not the server
-                    for r in batch:
-                        r.future.set_exception(exc)
+                    for r in batch.requests:
+                        if not r.future.done():
+                            r.future.set_exception(exc)
                     continue
                 if self.trace:
-                    self._trace_batch(batch, results, started)
-            for r, out in zip(batch, results):
-                r.future.set_result(out)
+                    self._trace_batch(batch)
+            if not self.queue:
+                self.wake.clear()
 
-    def _trace_batch(self, batch: list[Request], results: list[dict], started: float) -> None:
-        prompts = [len(r.prompt_ids) for r in batch]
+    async def _decode_with_vllm(self, batch: ServedBatch) -> None:
+        batch.requests, self.queue = self.queue[: self.config.max_num_seqs], self.queue[self.config.max_num_seqs :]
+        widest = max(len(r.prompt_ids) for r in batch.requests)
+        batch.padded_prompt_tokens = widest * len(batch.requests)
+        results = await asyncio.to_thread(self.vllm.generate, batch.requests)
+        for r, out in zip(batch.requests, results):
+            batch.answer(r, out)
+
+    async def _decode_continuously(self, batch: ServedBatch) -> None:
+        """One running batch until nothing is left to decode: requests that arrive while it
+        runs join it every ADMIT_EVERY_STEPS steps (a join copies the cache once), and each
+        request is answered as soon as its row finishes, so an agent's next turn can join."""
+        running, admitted_at = RunningBatch(self.model, self.pad_id), 0
+        while self.queue or running.live:
+            room = self.config.max_num_seqs - len(running.live)
+            due = not running.live or running.steps - admitted_at >= ADMIT_EVERY_STEPS
+            if self.queue and room > 0 and due:
+                joining, self.queue = self.queue[:room], self.queue[room:]
+                batch.requests += joining
+                batch.padded_prompt_tokens += await asyncio.to_thread(running.admit, joining)
+                admitted_at = running.steps
+            steps = ADMIT_EVERY_STEPS - (running.steps - admitted_at) if self.queue else ADMIT_EVERY_STEPS
+            for r, out in await asyncio.to_thread(running.run, max(steps, 1), lambda: self.aborting):
+                batch.answer(r, out)
+
+    def _trace_batch(self, batch: ServedBatch) -> None:
+        """One line per batch, from its first request to its last answer."""
         line = {
             "step": self.global_steps,
-            "start": started,
-            "seconds": time.time() - started,
-            "requests": len(batch),
-            "greedy": all(r.temperature <= 0 for r in batch),  # validation decodes greedily
-            "prompt_tokens": sum(prompts),
-            "padded_prompt_tokens": max(prompts) * len(prompts),
-            "new_tokens": sum(len(out["token_ids"]) for out in results),
+            "start": batch.started,
+            "seconds": time.time() - batch.started,
+            "requests": len(batch.requests),
+            "greedy": all(r.temperature <= 0 for r in batch.requests),  # validation decodes greedily
+            "prompt_tokens": sum(len(r.prompt_ids) for r in batch.requests),
+            "padded_prompt_tokens": batch.padded_prompt_tokens,
+            "new_tokens": sum(len(out["token_ids"]) for out in batch.outputs),
         }
         with open(self.trace, "a") as f:
             f.write(json.dumps(line) + "\n")

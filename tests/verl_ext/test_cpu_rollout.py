@@ -108,6 +108,77 @@ def test_a_row_decodes_the_same_whether_its_batch_mates_finish_early_or_not(mode
         assert a["log_probs"] == pytest.approx(b["log_probs"], abs=1e-4)
 
 
+def test_a_request_joining_a_running_batch_decodes_as_it_would_alone(model_and_tokenizer):
+    """Continuous batching: a multi-turn agent's next turn joins the batch between steps,
+    with a longer or a shorter prompt than the rows already decoding."""
+    from afm_trainer.models.decoding import RunningBatch, decode_batch
+
+    model, tokenizer = model_and_tokenizer
+    short, middle, long = sorted(chat_prompt_ids(tokenizer), key=len)
+    requests = lambda: [  # noqa: E731
+        _request(middle, max_tokens=14, seed=0),
+        _request(long + [5, 6, 7, 8, 9, 10, 11, 12], max_tokens=10, seed=1),  # longer than the running rows
+        _request(short, max_tokens=6, temperature=0),  # shorter
+    ]
+    first, longer, shorter = requests()
+    batch = RunningBatch(model, tokenizer.pad_token_id)
+    batch.admit([first])
+    finished = batch.run(3) + batch.run(3)
+    batch.admit([longer])
+    finished += batch.run(2)
+    batch.admit([shorter])
+    while batch.live:
+        finished += batch.run(100)
+    together = {id(r): out for r, out in finished}
+    for joined, again in zip([first, longer, shorter], requests()):
+        alone = decode_batch(model, [again], tokenizer.pad_token_id)[0]
+        assert together[id(joined)]["token_ids"] == alone["token_ids"]
+        assert together[id(joined)]["log_probs"] == pytest.approx(alone["log_probs"], abs=1e-4)
+
+
+def test_the_server_answers_a_row_when_it_finishes_and_the_next_turn_joins_the_running_batch(tmp_path, nano_model):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from afm_trainer.models.decoding import decode_batch
+    from afm_trainer.verl_ext.cpu_rollout import HFRolloutServer
+
+    trace = tmp_path / "batches.jsonl"
+    config = SimpleNamespace(
+        custom={"trace": str(trace), "threads": 1},
+        dtype="float32",
+        max_model_len=None,
+        prompt_length=256,
+        response_length=64,
+        max_num_seqs=8,
+        seed=0,
+        ignore_eos=True,  # every answer runs to its max_tokens
+        temperature=1.0,
+    )
+    server = HFRolloutServer(config, SimpleNamespace(local_path=nano_model), replica_rank=0)
+    short, long = sorted(chat_prompt_ids(AutoTokenizer.from_pretrained(nano_model)), key=len)[:2]
+    greedy = lambda n: {"max_tokens": n, "temperature": 0.0, "logprobs": True}  # noqa: E731
+
+    async def agent_turns():
+        long_answer = asyncio.ensure_future(server.generate(long, greedy(40), "a"))
+        first = await server.generate(short, greedy(3), "b")
+        follow_up = short + first.token_ids + [7, 8]  # a tool's result, then the next turn
+        second = await server.generate(follow_up, greedy(3), "c")
+        answered_before_the_long_one = not long_answer.done()
+        return first, second, await long_answer, follow_up, answered_before_the_long_one
+
+    first, second, long_output, follow_up, joined = asyncio.run(agent_turns())
+    assert joined  # the next turn did not wait for the running batch's longest answer
+    batches = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [b["requests"] for b in batches] == [3] and batches[0]["new_tokens"] == 3 + 3 + 40
+    alone = decode_batch(
+        server.model, [_request(p, max_tokens=n, temperature=0) for p, n in [(short, 3), (follow_up, 3), (long, 40)]]
+    )
+    for got, expected in zip([first, second, long_output], alone):
+        assert got.token_ids == expected["token_ids"]
+
+
 def test_sample_rows_draws_each_token_with_its_probability():
     from afm_trainer.models.decoding import sample_rows
 
