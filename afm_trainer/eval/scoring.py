@@ -121,13 +121,17 @@ def _prompt_tokens(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text.lower())
 
 
+def mean_and_error(values: list[float]) -> tuple[float, float]:
+    """The mean of per-item values and its standard error over the items."""
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+    return mean, (variance / len(values)) ** 0.5
+
+
 def paired_change(start: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
     """Mean per-item change (after minus start) of a per-item score and its standard error
     over the items (pairing by item removes the spread between easy and hard items from the noise)."""
-    diffs = [after[i] - start[i] for i in start]
-    mean = sum(diffs) / len(diffs)
-    variance = sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)
-    return mean, (variance / len(diffs)) ** 0.5
+    return mean_and_error([after[i] - start[i] for i in start])
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:

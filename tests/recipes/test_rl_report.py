@@ -151,5 +151,7 @@ def test_a_validation_only_run_with_sampled_answers_reports_pass_at_k_paired_by_
     text = (tmp_path / "report.md").read_text()
     assert "mean reward" not in text and "(verl's validation, sampled, mean over each item's answers)" in text
     assert "| 0 | 2 | 4 | 12.5% (12.5%) | 25.0% (25.0%) | 50.0% (50.0%) |" in text
+    # the standard error of a sampled accuracy is the spread of the items' fractions, not binomial (23.4%)
+    assert "| 0 | 2 | 12.5% | 12.5% |" in text
     # pass@4: q1 stays at 1, q2 goes 0 -> 1: +50 points, standard error 50 (two items)
     assert "Step 0 -> 20, paired by item: pass@1 +25.0% (0.0%), pass@2 +41.7% (8.3%), pass@4 +50.0% (50.0%)" in text

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from statistics import median
 
-from afm_trainer.eval.scoring import paired_change, pass_at_k
+from afm_trainer.eval.scoring import mean_and_error, paired_change, pass_at_k
 from afm_trainer.metrics import read_metrics, read_records
 from afm_trainer.recipes.common import write_markdown
 
@@ -124,8 +124,10 @@ def validation_lines(validations: dict[int, dict[str, float]], sampled: bool = F
     lines = ["", f"## Held-out accuracy (verl's validation, {how})", "", "| step | items | accuracy | standard error |"]
     lines.append("|---|---|---|---|")
     for step, items in validations.items():
-        p = accuracy(items)
-        lines.append(f"| {step} | {len(items)} | {p:.1%} | {(p * (1 - p) / len(items)) ** 0.5:.1%} |")
+        # sampled: the spread of the items' fractions; greedy, one answer an item: binomial
+        p, error = mean_and_error(list(items.values())) if sampled else (accuracy(items), None)
+        error = (p * (1 - p) / len(items)) ** 0.5 if error is None else error
+        lines.append(f"| {step} | {len(items)} | {p:.1%} | {error:.1%} |")
     paired = first_to_last(validations)
     if paired:
         first, last, change, error, n = paired
@@ -157,10 +159,8 @@ def pass_at_k_lines(answers: dict[int, dict[str, list[float]]]) -> list[str]:
     for step, by_k in table.items():
         cells = []
         for k in ks:
-            values = list(by_k[k].values())
-            mean = sum(values) / len(values)
-            spread = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
-            cells.append(f"{mean:.1%} ({(spread / len(values)) ** 0.5:.1%})")
+            mean, error = mean_and_error(list(by_k[k].values()))
+            cells.append(f"{mean:.1%} ({error:.1%})")
         n = min(len(c) for c in answers[step].values())
         lines.append(f"| {step} | {len(by_k[ks[0]])} | {n} | " + " | ".join(cells) + " |")
     if len(table) > 1:
