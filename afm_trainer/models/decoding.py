@@ -117,6 +117,9 @@ def sample_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.minimum(tokens, last)[:, 0]
 
 
+COMPACT_SHARE = 0.25  # finished rows leave the cache once they are this share of its rows
+
+
 def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([mask.new_zeros((mask.shape[0], width - mask.shape[1])), mask], dim=1)
 
@@ -124,7 +127,7 @@ def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
 class RunningBatch:
     """Rows decoding together with one KV cache, each with its own sampling parameters;
     requests join between steps (prefilled as a left-padded batch of their own, then
-    merged into the cache) and leave as soon as they finish: the CPU rollout's
+    merged into the cache) and are answered as soon as they finish: the CPU rollout's
     continuous batching, where a multi-turn agent's next turn joins the running batch
     instead of waiting for its longest answer. ``decode_batch`` is one batch, start to end.
 
@@ -135,9 +138,10 @@ class RunningBatch:
 
     def __init__(self, model, pad_id: int = 0):
         self.model, self.pad_id = model, pad_id
-        self.live: list[Request] = []  # the request behind each row
-        self.steps = 0  # decoding steps so far
+        self.rows: list[Request] = []  # the request behind each row of the cache
         self.outputs: list[dict] = []  # each row's output so far
+        self.done: set[int] = set()  # rows finished but still in the cache (see step)
+        self.steps = 0  # decoding steps so far
         self.cache = self.mask = self.positions = self.logits = None
         self.temperatures = torch.ones(0)
         self.greedy = torch.zeros(0, dtype=torch.bool)
@@ -145,6 +149,8 @@ class RunningBatch:
     @torch.no_grad()
     def admit(self, requests: list[Request]) -> int:
         """Prefill ``requests`` and add them as rows; returns the prefill's padded tokens."""
+        if self.done:  # the join copies the cache anyway: leave the finished rows behind first
+            self._keep([row for row in range(len(self.rows)) if row not in self.done])
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(requests), width), dtype=torch.long)
@@ -164,7 +170,7 @@ class RunningBatch:
         # Greedy rows (temperature <= 0) score their token under the plain softmax.
         temperatures = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in requests])
         greedy = torch.tensor([r.temperature <= 0 for r in requests])
-        if not self.live:
+        if not self.rows:
             self.cache, self.mask, self.positions, self.logits = cache, mask, positions[:, -1:], logits
             self.temperatures, self.greedy = temperatures, greedy
         else:
@@ -176,7 +182,7 @@ class RunningBatch:
             self.logits = torch.cat([self.logits, logits])
             self.temperatures = torch.cat([self.temperatures, temperatures])
             self.greedy = torch.cat([self.greedy, greedy])
-        self.live += requests
+        self.rows += requests
         self.outputs += [{"token_ids": [], "log_probs": [], "stop_reason": None} for _ in requests]
         return ids.numel()
 
@@ -189,31 +195,36 @@ class RunningBatch:
         next_ids = scaled.argmax(-1)
         if not self.greedy.all():  # the evaluation's batches are all greedy: no sampling work
             probs = log_probs.exp()
-            for row, r in enumerate(self.live):
+            for row, r in enumerate(self.rows):
                 if r.temperature > 0 and (r.top_k > 0 or r.top_p < 1.0):
                     probs[row] = torch.softmax(_filter_logits(scaled[row], r.top_k, r.top_p), -1)
             # One draw from each request's own generator: a request's tokens depend on its seed only.
             uniforms = torch.tensor(
-                [float(torch.rand((), generator=r.generator)) if r.temperature > 0 else 0.0 for r in self.live],
+                [float(torch.rand((), generator=r.generator)) if r.temperature > 0 else 0.0 for r in self.rows],
                 dtype=torch.float64,
             )
             next_ids = torch.where(self.greedy, next_ids, sample_rows(probs, uniforms))
         chosen = log_probs.gather(1, next_ids[:, None])[:, 0].tolist()
-        finished, keep = [], []
-        for row, (r, out, token) in enumerate(zip(self.live, self.outputs, next_ids.tolist())):
+        finished = []
+        for row, (r, out, token) in enumerate(zip(self.rows, self.outputs, next_ids.tolist())):
+            if row in self.done:
+                continue
             out["token_ids"].append(token)
             if r.want_logprobs:
                 out["log_probs"].append(chosen[row])
             if token in r.stop_ids or len(out["token_ids"]) >= r.max_tokens:
                 out["stop_reason"] = "completed"  # vLLM's name for both "stop" and "length"
                 finished.append((r, out))
-            else:
-                keep.append(row)
-        if len(keep) < len(self.live):
+                self.done.add(row)
+        # A finished row stays in the cache, decoded for nothing, until a quarter of the rows
+        # have finished: taking rows out copies the whole cache, which at a few hundred long
+        # rows cost more than the wasted decoding.
+        if len(self.done) >= len(self.rows) * COMPACT_SHARE:
+            keep = [row for row in range(len(self.rows)) if row not in self.done]
             self._keep(keep)
             next_ids = next_ids[keep]
-        if self.live:
-            self.mask = torch.cat([self.mask, torch.ones((len(self.live), 1), dtype=torch.long)], dim=1)
+        if self.rows:
+            self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
             self.positions = self.positions + 1
             self.logits = self.model(
                 input_ids=next_ids[:, None],
@@ -235,16 +246,22 @@ class RunningBatch:
                 return finished
         return []
 
+    @property
+    def live(self) -> list[Request]:
+        """The requests still decoding."""
+        return [r for row, r in enumerate(self.rows) if row not in self.done]
+
     def abort(self) -> list[tuple[Request, dict]]:
-        for out in self.outputs:
+        finished = [(r, out) for row, (r, out) in enumerate(zip(self.rows, self.outputs)) if row not in self.done]
+        for _, out in finished:
             out["stop_reason"] = "aborted"
-        finished = list(zip(self.live, self.outputs))
         self._keep([])
         return finished
 
     def _keep(self, rows: list[int]) -> None:
-        self.live = [self.live[row] for row in rows]
+        self.rows = [self.rows[row] for row in rows]
         self.outputs = [self.outputs[row] for row in rows]
+        self.done = set()
         if not rows:  # the next admit starts afresh
             self.cache = self.mask = self.positions = self.logits = None
             return
@@ -256,7 +273,7 @@ class RunningBatch:
 
 def decode_batch(model, requests: list[Request], pad_id: int = 0, should_stop=lambda: False) -> list[dict]:
     """Decode ``requests`` as one batch (``RunningBatch``): token ids, log-probs and stop
-    reason per request. A finished row leaves the batch (and the cache): sampled lengths
+    reason per request. Finished rows leave the batch (and the cache): sampled lengths
     vary a lot, and decoding every row until the longest one ends cost ~3.5x the tokens kept."""
     batch = RunningBatch(model, pad_id)
     batch.admit(requests)
