@@ -196,6 +196,39 @@ def test_a_configuration_verl_rejects_is_reported_in_one_line(tmp_path, nano_mod
     assert result.stderr.strip().startswith("error: verl rejects this configuration") and "divisible" in result.stderr
 
 
+@pytest.mark.e2e
+def test_a_checkpoint_validated_alone_with_sampled_answers_gets_pass_at_k(synced_run, tmp_path, nano_model, rl_data):
+    """make demo-rl-search-passk's building block: trainer.val_only=true on a checkpoint."""
+    out, _ = synced_run
+    train, val, corpus = rl_data
+    validated = tmp_path / "passk"
+    result = run_rl(
+        1,
+        validated,
+        f"MODEL={nano_model}",
+        f"TRAIN_FILES={train}",
+        f"VAL_FILES={val}",
+        corpus,
+        *SMALL,
+        "trainer.val_only=true",
+        "trainer.val_before_train=true",
+        "trainer.resume_mode=resume_path",
+        f"trainer.resume_from_path={out / 'global_step_3'}",
+        "actor_rollout_ref.rollout.val_kwargs.n=2",
+        "actor_rollout_ref.rollout.val_kwargs.do_sample=true",
+        "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in (validated / "validation" / "3.jsonl").read_text().splitlines()]
+    answers = {}
+    for row in rows:
+        answers.setdefault(row["input"], []).append(row["output"])
+    assert answers and all(len(a) == 2 for a in answers.values())  # two sampled answers a question
+    report = (validated / "report.md").read_text()
+    assert "| 3 | " in report and "pass@2" in report
+    assert not (validated / "RL_COMPLETE").exists()  # nothing was trained: a later training run is not skipped
+
+
 def test_rollout_choices_are_checked_before_anything_starts(tmp_path, nano_model, rl_data):
     train, val, _ = rl_data
     inputs = [f"MODEL={nano_model}", f"TRAIN_FILES={train}", f"VAL_FILES={val}"]
