@@ -70,7 +70,8 @@ class ServedBatch:
 
     def answer(self, request: Request, output: dict) -> None:
         self.outputs.append(output)
-        request.future.set_result(output)
+        if not request.future.done():  # a caller that went away (cancelled) fails nobody else
+            request.future.set_result(output)
 
 
 def _server_name(replica_rank: int) -> str:

@@ -124,9 +124,11 @@ def validation_lines(validations: dict[int, dict[str, float]], sampled: bool = F
     lines = ["", f"## Held-out accuracy (verl's validation, {how})", "", "| step | items | accuracy | standard error |"]
     lines.append("|---|---|---|---|")
     for step, items in validations.items():
-        # sampled: the spread of the items' fractions; greedy, one answer an item: binomial
-        p, error = mean_and_error(list(items.values())) if sampled else (accuracy(items), None)
-        error = (p * (1 - p) / len(items)) ** 0.5 if error is None else error
+        if sampled:  # the spread of the items' fractions
+            p, error = mean_and_error(list(items.values()))
+        else:  # one answer an item: binomial
+            p = accuracy(items)
+            error = (p * (1 - p) / len(items)) ** 0.5
         lines.append(f"| {step} | {len(items)} | {p:.1%} | {error:.1%} |")
     paired = first_to_last(validations)
     if paired:
@@ -163,8 +165,8 @@ def pass_at_k_lines(answers: dict[int, dict[str, list[float]]]) -> list[str]:
             cells.append(f"{mean:.1%} ({error:.1%})")
         n = min(len(c) for c in answers[step].values())
         lines.append(f"| {step} | {len(by_k[ks[0]])} | {n} | " + " | ".join(cells) + " |")
-    if len(table) > 1:
-        changes = [first_to_last({step: by_k[k] for step, by_k in table.items()}) for k in ks]
+    changes = [first_to_last({step: by_k[k] for step, by_k in table.items()}) for k in ks]
+    if changes[0]:  # two validations sharing items
         first, last = changes[0][0], changes[0][1]
         lines += [
             "",
