@@ -150,7 +150,7 @@ class RunningBatch:
     def admit(self, requests: list[Request]) -> int:
         """Prefill ``requests`` and add them as rows; returns the prefill's padded tokens."""
         if self.done:  # the join copies the cache anyway: leave the finished rows behind first
-            self._keep([row for row in range(len(self.rows)) if row not in self.done])
+            self._drop_finished()
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(requests), width), dtype=torch.long)
@@ -220,9 +220,7 @@ class RunningBatch:
         # have finished: taking rows out copies the whole cache, which at a few hundred long
         # rows cost more than the wasted decoding.
         if len(self.done) >= len(self.rows) * COMPACT_SHARE:
-            keep = [row for row in range(len(self.rows)) if row not in self.done]
-            self._keep(keep)
-            next_ids = next_ids[keep]
+            next_ids = next_ids[self._drop_finished()]
         if self.rows:
             self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
             self.positions = self.positions + 1
@@ -257,6 +255,12 @@ class RunningBatch:
             out["stop_reason"] = "aborted"
         self._keep([])
         return finished
+
+    def _drop_finished(self) -> list[int]:
+        """Take the finished rows out of the cache; returns the rows kept."""
+        keep = [row for row in range(len(self.rows)) if row not in self.done]
+        self._keep(keep)
+        return keep
 
     def _keep(self, rows: list[int]) -> None:
         self.rows = [self.rows[row] for row in rows]

@@ -148,10 +148,12 @@ def pass_at_k_by_item(answers: dict[int, dict[str, list[float]]]) -> dict[int, d
     return out
 
 
-def pass_at_k_lines(answers: dict[int, dict[str, list[float]]]) -> list[str]:
-    """Sampled validations: pass@k at each validation with its standard error over the
-    items, and each k's change from the first validation to the last, paired by item."""
-    table = pass_at_k_by_item(answers)
+def pass_at_k_lines(
+    table: dict[int, dict[int, dict[str, float]]], answers: dict[int, dict[str, list[float]]]
+) -> list[str]:
+    """Sampled validations: pass@k at each validation (``pass_at_k_by_item``) with its
+    standard error over the items, and each k's change from the first validation to the
+    last, paired by item."""
     ks = sorted(set.intersection(*(set(by_k) for by_k in table.values())))
     if not ks or ks == [1]:
         return []
@@ -212,10 +214,9 @@ def write_report(out_dir: str) -> dict:
     sampled = any(len(c) > 1 for items in answers.values() for c in items.values())
     lines += validation_lines(validations, sampled)
     if sampled:
-        summary["pass_at_k"] = {
-            step: {k: accuracy(items) for k, items in by_k.items()} for step, by_k in pass_at_k_by_item(answers).items()
-        }
-        lines += pass_at_k_lines(answers)
+        table = pass_at_k_by_item(answers)
+        summary["pass_at_k"] = {step: {k: accuracy(items) for k, items in by_k.items()} for step, by_k in table.items()}
+        lines += pass_at_k_lines(table, answers)
     timing_lines, summary["step_time"] = step_time_lines(metrics, os.path.join(out_dir, ROLLOUT_TRACE))
     lines += timing_lines
     write_markdown(out_dir, lines)
