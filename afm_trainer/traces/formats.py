@@ -56,6 +56,8 @@ def type_name(value) -> str:
 def plain_text(text: str, name: str, tag: str | None = None) -> str:
     """``text`` if it holds no reserved token (and, for a field written inside ``<tag>``,
     no trace tag), else the TraceError naming the field."""
+    if "<" not in text:  # both patterns start with "<"; most fields have none
+        return text
     if token := reserved_token_in(text):
         raise TraceError(f"{name} contains {token!r}, a reserved chat token (text is never trained as one)")
     if tag and (inner := trace_tag_in(text)):
