@@ -18,6 +18,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import orjson  # verl's own dependency; parses JSON lines ~2x faster than json
 import pyarrow as pa
@@ -66,7 +67,7 @@ class SampleBuffer:
         for name, values in self.columns.items():
             values.append(columns[name])
 
-    def write_to(self, writer: pq.ParquetWriter) -> None:
+    def write_to(self, writer: BackgroundParquetWriter) -> None:
         if not len(self):
             return
         messages = pa.StructArray.from_arrays(
@@ -81,6 +82,37 @@ class SampleBuffer:
         arrays += [pa.array(self.columns[f.name], f.type) for f in SCHEMA if f.name != "messages"]
         writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
         self.__init__()
+
+
+class BackgroundParquetWriter:
+    """``pq.ParquetWriter`` whose row groups are encoded, compressed and written in a second
+    thread (pyarrow releases the GIL there) while the caller builds the next; at most one
+    row group waits, so memory stays bounded. An error in the thread is raised at the next
+    write or at close."""
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self.writer = pq.ParquetWriter(path, schema)
+        self.thread = ThreadPoolExecutor(max_workers=1)
+        self.pending: Future | None = None
+
+    def write_table(self, table: pa.Table) -> None:
+        self._wait()
+        self.pending = self.thread.submit(self.writer.write_table, table)
+
+    def _wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._wait()
+        finally:
+            self.thread.shutdown()
+            self.writer.close()
 
 
 def read_records(path: str) -> Iterator[tuple[str, object]]:
@@ -277,7 +309,7 @@ def convert(
     buffer = SampleBuffer()
     pairs: list[dict] = []
     try:
-        with pq.ParquetWriter(tmp_out, SCHEMA) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
+        with BackgroundParquetWriter(tmp_out, SCHEMA) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
             for location, record, result, samples in accepted():
                 records_in += 1
                 if isinstance(result, str):

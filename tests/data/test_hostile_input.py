@@ -386,3 +386,18 @@ def test_a_summary_holding_a_tag_or_a_reserved_token_is_a_reject(tmp_path):
     assert counts == {"samples": 3, "summarised": 0, "rejected": 3}
     reasons = {json.loads(line)["reason"] for line in open(tmp_path / "s.parquet.rejects.jsonl")}
     assert reasons == {"the summary contains '<answer>', which text written inside <summary> may not hold"}
+
+
+@pytest.mark.parametrize("records", [1, 3000])  # one row group (fails at close), several (at the next write)
+def test_a_row_group_the_writer_thread_cannot_write_fails_the_conversion(tmp_path, monkeypatch, records):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({**SEARCH, "id": f"s{i}"}) + "\n" for i in range(records)))
+
+    def disk_full(self, table, row_group_size=None):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        convert(str(src), str(tmp_path / "out.parquet"), "search_agent", mode="stepwise")
+    assert not os.path.exists(tmp_path / "out.parquet")
+    assert not leftovers(tmp_path)
