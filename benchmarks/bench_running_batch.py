@@ -69,11 +69,14 @@ def main() -> int:
     path = args.model or default_model(WORK)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=ROLLOUT_ATTENTION)
     model.eval()
-    policies = {"finished rows leave at once": 1e-9, f"once {decoding.COMPACT_SHARE:.0%} have finished": None}
+    policies = {
+        "finished rows leave at once": 1e-9,
+        f"once {decoding.COMPACT_SHARE:.0%} have finished": decoding.COMPACT_SHARE,
+    }
     speeds = {name: [] for name in policies}
     for round_ in range(1, args.rounds + 1):
         for name, share in policies.items():
-            tokens, seconds = run(model, args.rows, decoding.COMPACT_SHARE if share is None else share)
+            tokens, seconds = run(model, args.rows, share)
             speeds[name].append(tokens / seconds)
             print(
                 f"round {round_}, {name}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tok/s",

@@ -258,44 +258,44 @@ def convert(
 
     labels_parsed: Counter = Counter()  # every parsed record's label, before any filter
 
-    def accepted() -> Iterator[tuple[str, object, object, list]]:
-        """(location, record, trajectory or reason, the trajectory's samples) for every input record."""
+    def accepted() -> Iterator[tuple[str, object, tuple | str]]:
+        """(location, record, (trajectory, its samples) or the reason it is rejected) for every input record."""
         seen: dict[str, str] = {}
         labels_parsed.clear()
         for location, record in read_records(input_file):
             if isinstance(record, TraceError):
-                yield location, None, str(record), []
+                yield location, None, str(record)
                 continue
             if not isinstance(record, dict):
-                yield location, record, "record is not a JSON object", []
+                yield location, record, "record is not a JSON object"
                 continue
             try:
                 trajectory = parse(record)
                 trajectory.meta["difficulty"] = difficulty_of(record)
                 samples = to_samples(trajectory, mode, role)  # one_call refuses tool turns between model turns
             except TraceError as exc:
-                yield location, record, str(exc), []
+                yield location, record, str(exc)
                 continue
             texts = (m["content"] for m in trajectory.prompt + trajectory.turns)
             if special and (token := next(filter(None, (first_of(special, t) for t in texts)), None)):
-                yield location, record, f"holds {token!r}, a special token of the tokenizer (never trained as one)", []
+                yield location, record, f"holds {token!r}, a special token of the tokenizer (never trained as one)"
                 continue
             labels_parsed[label_of(trajectory.answer)] += 1
             if min_score is not None and (trajectory.score is None or trajectory.score < min_score):
-                yield location, record, f"score {trajectory.score} below --min_score {min_score}", []
+                yield location, record, f"score {trajectory.score} below --min_score {min_score}"
                 continue
             if dedup:
                 key = hashlib.sha1(json.dumps([trajectory.prompt, trajectory.turns]).encode()).hexdigest()
                 if key in seen:
-                    yield location, record, f"duplicate of {seen[key]}", []
+                    yield location, record, f"duplicate of {seen[key]}"
                     continue
                 seen[key] = location
-            yield location, record, trajectory, samples
+            yield location, record, (trajectory, samples)
 
     # Balancing needs every label first: one cheap pass records them, the next writes.
     plan = None
     if balance != "none":
-        labels = {loc: label_of(t.answer) for loc, _, t, _ in accepted() if not isinstance(t, str)}
+        labels = {loc: label_of(result[0].answer) for loc, _, result in accepted() if not isinstance(result, str)}
         if not is_categorical(Counter(labels.values())):
             raise InputError("--balance needs categorical answers (yes/no, A/B/C...); these look like free text")
         plan = _balance_plan(labels, balance, seed)
@@ -310,7 +310,7 @@ def convert(
     pairs: list[dict] = []
     try:
         with BackgroundParquetWriter(tmp_out, SCHEMA) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
-            for location, record, result, samples in accepted():
+            for location, record, result in accepted():
                 records_in += 1
                 if isinstance(result, str):
                     reason = result.split(" of ")[0] if result.startswith("duplicate") else result
@@ -319,7 +319,7 @@ def convert(
                         json.dumps({"where": location, "reason": result, "record": record}, default=str) + "\n"
                     )
                     continue
-                trajectory = result
+                trajectory, samples = result
                 label = label_of(trajectory.answer)
                 copies = 1 if plan is None else plan.get(location, 0)
                 if copies == 0:
