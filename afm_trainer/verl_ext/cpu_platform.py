@@ -15,9 +15,9 @@ What running verl's trainers on CPU needs, and where each piece lives:
    otherwise asks for an accelerator)                         -> ``PlatformCPU`` below
 2. verl composes the process-group backend as ``cpu:gloo,<device>:<backend>``,
    which on CPU repeats ``cpu:gloo`` and torch rejects it    -> ``_dedupe_backend``
-3. verl's engine registry has FSDP engines for "cuda"/"npu" only; the FSDP engine
-   itself runs on CPU, so engine lookup is pointed at it with verl's own override
-   ``VERL_ENGINE_DEVICE``                                      -> ``PlatformCPU.__init__``
+3. verl's engine registry has FSDP engines for "cuda"/"npu" only; they run on CPU
+   unchanged, and are registered for "cpu" (gathering the weights once per training
+   step instead of twice per micro-batch)                     -> ``cpu_engine.py``
 4. FlashAttention does not exist on CPU -> ``attn_implementation=sdpa``, and FSDP1 wants
    GPU tensors -> ``engine.strategy=fsdp2``: both are settings, kept in
    the recipes' ``config/device/cpu.yaml`` (afm_trainer/recipes/sft, .../grpo), not in code.
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from types import ModuleType
 
 import torch
@@ -235,8 +234,6 @@ class PlatformCPU(PlatformBase):
         _patch_pin_memory()
         _patch_value_model_loading()
         _patch_token_logprobs()
-        # verl's FSDP engine is registered for cuda/npu only but is device-agnostic.
-        os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
 
     @property
     def device_name(self) -> str:
