@@ -5,8 +5,10 @@ verl imports it in every process through the ``verl.plugins`` entry point (setup
 
 from afm_trainer.models import attention  # noqa: F401  (registers attn_implementation="sdpa_varlen")
 from afm_trainer.verl_ext import (
-    cpu_engine,  # noqa: F401  (registers verl's FSDP engines for device "cpu")
-    cpu_platform,  # noqa: F401  (registers the CPU platform)
+    cpu_platform,  # registers the CPU platform
     cpu_rollout,  # noqa: F401  (registers rollout.name=hf)
     tools,  # noqa: F401  (registers multi_turn.format=afm_tags)
 )
+
+if cpu_platform.runs_here():  # importing verl's engines picks the platform: only where it is this one
+    from afm_trainer.verl_ext import cpu_engine  # noqa: F401  (registers verl's FSDP engines for device "cpu")

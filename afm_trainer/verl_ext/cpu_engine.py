@@ -20,6 +20,7 @@ checkpoints and weight sync to the rollout see them exactly as in verl.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 from torch.distributed.fsdp import FSDPModule
@@ -27,9 +28,12 @@ from torch.distributed.fsdp import FSDPModule
 # verl's engine modules pick the platform when imported: the CPU platform must be registered by then.
 from afm_trainer.verl_ext import cpu_platform  # noqa: F401
 
-# isort: split
-from verl.workers.engine.base import EngineRegistry
-from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+with warnings.catch_warnings():
+    # verl's engine package warns about each optional GPU engine that is not installed
+    # (megatron, torchtitan, ...); none of them runs on CPU.
+    warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
 
 class _GatherWeightsOncePerStep:

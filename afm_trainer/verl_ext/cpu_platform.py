@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from types import ModuleType
 
 import torch
@@ -55,6 +56,13 @@ def has_accelerator() -> bool:
         return True
     npu = getattr(torch, "npu", None)
     return bool(npu is not None and npu.is_available())
+
+
+def runs_here() -> bool:
+    """True when verl will select this platform in this process: ``VERL_PLATFORM=cpu``,
+    or no override and no accelerator."""
+    override = os.environ.get("VERL_PLATFORM", "").strip().lower()
+    return override == PLATFORM_NAME if override else not has_accelerator()
 
 
 def _dedupe_backend(backend: str | None) -> str | None:

@@ -6,7 +6,7 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from afm_trainer.verl_ext.cpu_platform import PlatformCPU, _dedupe_backend
+from afm_trainer.verl_ext.cpu_platform import PlatformCPU, _dedupe_backend, runs_here
 
 
 def _python(code: str, **env):
@@ -34,6 +34,19 @@ def test_cpu_platform_steps_aside_when_an_accelerator_is_visible(monkeypatch):
     assert PlatformCPU().is_platform_available(use_smi_check=True) is False
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert PlatformCPU().is_platform_available(use_smi_check=True) is True
+
+
+def test_cpu_engines_are_loaded_only_where_the_cpu_platform_runs(monkeypatch):
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runs_here() is False  # a GPU machine keeps verl's engines and their import untouched
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    assert runs_here() is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("VERL_PLATFORM", "nvidia")
+    assert runs_here() is False
+    monkeypatch.delenv("VERL_PLATFORM")
+    assert runs_here() is True
 
 
 @pytest.mark.parametrize(
