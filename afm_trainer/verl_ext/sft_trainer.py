@@ -1,8 +1,13 @@
-"""verl's SFT trainer with one option and one fix.
+"""verl's SFT trainer with one option, one default and one fix.
 
 Option: ``data.curriculum.key`` orders training easy first, in stages
 (``afm_trainer.data.curriculum``), instead of verl's shuffle; the run's order is
 written to ``OUT_DIR/data_order.jsonl``.
+
+Default: with dynamic batching, a micro-batch's token budget (``data.max_token_len_per_gpu``)
+is raised to ``data.max_length`` when it is smaller, instead of verl stopping at the first
+batch holding a sample longer than the budget; so a device config can set a budget that
+suits the hardware without capping the sequence length.
 
 Fix: resuming from a checkpoint taken at the end of an epoch. verl 0.9.1 restores the
 train loader's state with the checkpoint. At an epoch boundary that state is an
@@ -26,8 +31,15 @@ from verl.utils.distributed import destroy_global_process_group, initialize_glob
 from afm_trainer.data.curriculum import CurriculumSampler, curriculum_keys, write_order
 
 
+def fit_micro_batch_budget(data) -> None:
+    """Raise ``data.max_token_len_per_gpu`` to ``data.max_length`` where it is smaller."""
+    if data.get("use_dynamic_bsz", True) and data.max_token_len_per_gpu < data.max_length:
+        data.max_token_len_per_gpu = data.max_length
+
+
 class AgentSFTTrainer(SFTTrainer):
     def __init__(self, config):
+        fit_micro_batch_budget(config.data)
         super().__init__(config)
         if self.resume_global_step and self.resume_global_step % self.steps_per_epoch == 0:
             self._build_dataloader()  # the next epoch from its first batch, in its own order
