@@ -38,8 +38,12 @@ def fit_micro_batch_budget(data) -> None:
 
 
 class AgentSFTTrainer(SFTTrainer):
+    # One sample a micro-batch at least (see the module's docstring).
+    fits_budget_to_max_length = True
+
     def __init__(self, config):
-        fit_micro_batch_budget(config.data)
+        if self.fits_budget_to_max_length:
+            fit_micro_batch_budget(config.data)
         super().__init__(config)
         if self.resume_global_step and self.resume_global_step % self.steps_per_epoch == 0:
             self._build_dataloader()  # the next epoch from its first batch, in its own order

@@ -143,6 +143,9 @@ def summed_metrics(metrics: dict) -> dict:
 
 
 class PreferenceTrainer(AgentSFTTrainer):
+    # A micro-batch's budget holds whole pairs, and the recipe refuses a pair that does not fit it.
+    fits_budget_to_max_length = False
+
     def _build_engine(self):
         super()._build_engine()
         self.loss_fn = preference_loss
