@@ -10,6 +10,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def fresh_python(code: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter without the caller's VERL_* settings (verl selects
+    its platform, and a process group is made, once per process)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env={**clean, **env}, timeout=300
+    )
+
+
 @pytest.fixture(scope="session")
 def nano_model(tmp_path_factory):
     """A nano Qwen2 model folder, built once per test session."""

@@ -10,5 +10,7 @@ from afm_trainer.verl_ext import (
     tools,  # noqa: F401  (registers multi_turn.format=afm_tags)
 )
 
-if cpu_platform.runs_here():  # importing verl's engines picks the platform: only where it is this one
+# Importing verl's engines selects the platform: only after the CPU platform is registered,
+# and only where it is the one selected.
+if cpu_platform.runs_here():
     from afm_trainer.verl_ext import cpu_engine  # noqa: F401  (registers verl's FSDP engines for device "cpu")

@@ -25,9 +25,6 @@ from contextlib import contextmanager
 
 from torch.distributed.fsdp import FSDPModule
 
-# verl's engine modules pick the platform when imported: the CPU platform must be registered by then.
-from afm_trainer.verl_ext import cpu_platform  # noqa: F401
-
 with warnings.catch_warnings():
     # verl's engine package warns about each optional GPU engine that is not installed
     # (megatron, torchtitan, ...); none of them runs on CPU.

@@ -1,11 +1,11 @@
 """The CPU engine's training step: weights gathered once per step, the same model as verl's."""
 
 import json
-import os
-import subprocess
-import sys
+import socket
 
 import pytest
+
+from tests.conftest import fresh_python
 
 # One rank of FSDP2 over gloo in a fresh interpreter (a process group is once per process).
 # Three micro-batches through the engine's gradient-sync context, as verl's
@@ -65,19 +65,10 @@ print(json.dumps(result))
 
 
 def _step(engine: str, fail_at: int = -1) -> dict:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
-    result = subprocess.run(
-        [sys.executable, "-c", STEP, engine, str(fail_at), str(port)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = fresh_python(STEP, engine, str(fail_at), str(port))
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -88,8 +79,7 @@ def test_verl_engine_registry_resolves_the_cpu_engines():
         "from verl.workers.engine import EngineRegistry;"
         "print(*(EngineRegistry.get_engine_cls(kind, 'fsdp2').__name__ for kind in ('language_model', 'value_model')))"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    result = fresh_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-2:] == ["CPUFSDPEngineWithLMHead", "CPUFSDPEngineWithValueHead"]
 

@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -7,12 +6,7 @@ import pytest
 import torch
 
 from afm_trainer.verl_ext.cpu_platform import PlatformCPU, _dedupe_backend, runs_here
-
-
-def _python(code: str, **env):
-    """Run code in a fresh interpreter (platform selection is once per process)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env})
+from tests.conftest import fresh_python
 
 
 def test_plugin_is_declared_as_a_verl_entry_point():
@@ -21,7 +15,7 @@ def test_plugin_is_declared_as_a_verl_entry_point():
 
 
 def test_fresh_process_selects_cpu_platform_without_any_setting():
-    result = _python(
+    result = fresh_python(
         "import verl; from verl.utils.device import get_device_name, get_nccl_backend;"
         "print(get_device_name(), get_nccl_backend())"
     )
@@ -73,7 +67,7 @@ def test_verl_process_group_initialises_on_cpu():
         "print(dist.get_backend())"
     )
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29631"}
-    result = _python(code, **env)
+    result = fresh_python(code, **env)
     assert result.returncode == 0, result.stderr
     assert "(0, 0, 1)" in result.stdout and "gloo" in result.stdout
 
@@ -140,6 +134,6 @@ def test_token_logprobs_match_verl_and_are_patched_in_on_cpu(monkeypatch):
         "import verl; from verl.utils.device import get_device_name; get_device_name(); "
         "import verl.utils.torch_functional as f; print(f.logprobs_from_logits_v2._afm_chunked)"
     )
-    result = _python(code)
+    result = fresh_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "True"
