@@ -14,7 +14,8 @@ batch is timed; a sampled answer's length varies, so the figure is tokens per se
 --rounds times, alternated, and the median counts: the host's speed drifts between
 rounds.
 
-- afm-trainer: `decode_batch`, returning each sampled token's log-prob as the rollout does.
+- afm-trainer: `decode_batch`, returning each sampled token's log-prob as the rollout does, with the
+  model loaded as the rollout server loads it (`load_decoding_model`: packed linear layers).
 - transformers `generate(do_sample=True)` as a user calls it, and with `output_scores=True`
   (full-vocabulary scores kept every step: what it takes to get the log-probs the rollout
   returns).
@@ -40,8 +41,7 @@ import time
 import torch
 
 from afm_trainer.checkpoints import latest_complete
-from afm_trainer.models.attention import NAME as ROLLOUT_ATTENTION
-from afm_trainer.models.decoding import Request, decode_batch
+from afm_trainer.models.decoding import Request, decode_batch, load_decoding_model
 from afm_trainer.verl_ext import vllm_cpu
 from afm_trainer.world.algorithmic import code_prompt, generate_suite
 
@@ -66,9 +66,7 @@ def kept_tokens(rows: list[list[int]], eos: int) -> int:
 
 
 def run_ours(path: str, ids: list[list[int]], max_tokens: int, dtype: torch.dtype, eos: int, pad: int) -> tuple:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ROLLOUT_ATTENTION).eval()
+    model = load_decoding_model(path, dtype)  # as the rollout server loads it
 
     def decode(batch):
         requests = [

@@ -25,7 +25,6 @@ import time
 import torch
 
 from afm_trainer.models import decoding
-from afm_trainer.models.attention import NAME as ROLLOUT_ATTENTION
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_rollout import WORK, default_model  # noqa: E402
@@ -63,12 +62,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from transformers import AutoModelForCausalLM
-
     os.makedirs(WORK, exist_ok=True)
     path = args.model or default_model(WORK)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=ROLLOUT_ATTENTION)
-    model.eval()
+    model = decoding.load_decoding_model(path, torch.float32)
     policies = {
         "finished rows leave at once": 1e-9,
         f"once {decoding.COMPACT_SHARE:.0%} have finished": decoding.COMPACT_SHARE,

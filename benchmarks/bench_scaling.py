@@ -74,11 +74,10 @@ def scale_rollout() -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from afm_trainer.models.attention import NAME as ROLLOUT_ATTENTION
-    from afm_trainer.models.decoding import Request, decode_batch
+    from afm_trainer.models.decoding import Request, decode_batch, load_decoding_model
 
     path = tiny_model()
-    ours = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=ROLLOUT_ATTENTION).eval()
+    ours = load_decoding_model(path, torch.float32)
     peer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
     prompt = list(range(100, 164))  # 64 prompt tokens
 

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from afm_trainer.models.attention import NAME as ATTENTION
-from afm_trainer.models.decoding import Request, decode_batch
+from afm_trainer.models.decoding import Request, decode_batch, load_decoding_model
 
 
 def load_model(model_dir: str):
-    """A checkpoint's HF export, ready to answer: in float32, the dtype the CPU recipes
-    train in (verl exports bf16, which CPUs without bf16 matrix units, such as AVX2-only
-    ones, multiply several times slower than fp32), with the rollout's attention (decoding
-    reads the cache once per key/value head, not once per query head)."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=ATTENTION).eval()
+    """A checkpoint's HF export, ready to answer (``load_decoding_model``): in float32, the
+    dtype the CPU recipes train in (verl exports bf16, which CPUs without bf16 matrix
+    units, such as AVX2-only ones, multiply several times slower than fp32)."""
+    return load_decoding_model(model_dir, torch.float32)
 
 
 def _prompt_and_full_ids(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:

@@ -3,8 +3,9 @@ sampling parameters: the CPU rollout's engine (``verl_ext/cpu_rollout.py``) and 
 evaluation's greedy answers (``eval/lm.py``).
 
 A finished row leaves the batch and the cache; the cache is written in place
-(``GrowingKVLayer``); grouped-query models decode without copying the cache per head
-when loaded with ``attn_implementation="sdpa_varlen"`` (``models/attention.py``).
+(``GrowingKVLayer``); a model loaded with ``load_decoding_model`` decodes a grouped-query
+model without copying the cache per head (``models/attention.py``) and multiplies with
+packed weights on CPU (``models/cpu_linear.py``).
 ``benchmarks/bench_rollout.py`` times it against transformers' ``generate`` and vLLM.
 """
 
@@ -15,6 +16,18 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+from afm_trainer.models.attention import NAME as ATTENTION
+from afm_trainer.models.cpu_linear import pack_linear_layers
+
+
+def load_decoding_model(path: str, dtype: torch.dtype = torch.float32):
+    """A HF causal LM ready to decode: in eval mode, with the rollout's attention and, on
+    CPU, its linear layers packed for oneDNN (re-packed by themselves when weights change)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION).eval()
+    return pack_linear_layers(model)
 
 
 class GrowingKVLayer(DynamicLayer):

@@ -42,8 +42,7 @@ import torch
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
-from afm_trainer.models.attention import NAME as ATTENTION
-from afm_trainer.models.decoding import Request, RunningBatch
+from afm_trainer.models.decoding import Request, RunningBatch, load_decoding_model
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class HFRolloutServer:
     """The rollout engine of one replica (a Ray actor; see the module docstring)."""
 
     def __init__(self, config, model_config, replica_rank: int):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
         from verl.utils.config import omega_conf_to_dataclass
         from verl.workers.config import HFModelConfig
 
@@ -98,8 +97,9 @@ class HFRolloutServer:
             str(config.dtype), torch.float32
         )
         # The actor's attention (models/attention.py): standard SDPA with the padding mask
-        # that left-padded prompts need, and decoding steps without copying the cache per head.
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION).eval()
+        # that left-padded prompts need, and decoding steps without copying the cache per head;
+        # linear layers packed for oneDNN, re-packed by themselves after each weight sync.
+        self.model = load_decoding_model(path, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.max_model_len = config.max_model_len or config.prompt_length + config.response_length
         self.vllm, engine = None, custom.get("engine", "hf")

@@ -11,13 +11,12 @@ from tests.conftest import chat_prompt_ids
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(nano_model):
-    """The model as the rollout server loads it (the actor's attention)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The model as the rollout server loads it (the actor's attention, packed linear layers)."""
+    from transformers import AutoTokenizer
 
-    from afm_trainer.models.attention import NAME
+    from afm_trainer.models.decoding import load_decoding_model
 
-    model = AutoModelForCausalLM.from_pretrained(nano_model, attn_implementation=NAME).eval()
-    return model, AutoTokenizer.from_pretrained(nano_model)
+    return load_decoding_model(nano_model), AutoTokenizer.from_pretrained(nano_model)
 
 
 @pytest.fixture(scope="module")
