@@ -9,8 +9,9 @@ own compiler does for CPU inference), so each step only multiplies.
 ``pack_linear_layers(model)`` turns a model's ``nn.Linear`` layers into ``PackedLinear``
 in place. A layer packs its weight when first used and again whenever the weight changes
 (a weight sync's ``load_state_dict`` writes into it, which bumps its version), so nobody
-has to remember to repack. Anything that is not fp32 inference on CPU (training with
-autograd, bf16, GPU tensors) takes ``F.linear`` as before.
+has to remember to repack. The packed copy sits beside the weight, so an inference
+model's linear weights take twice their memory. Anything that is not fp32 inference on
+CPU (training with autograd, bf16, GPU tensors) takes ``F.linear`` as before.
 """
 
 from __future__ import annotations
