@@ -2,10 +2,12 @@
 
     python data_preprocess/convert_traces.py --format FMT --mode {multiturn,stepwise,one_call} \
         --input_file IN --output_file OUT.parquet [--tokenizer PATH] [--min_score X] \
-        [--balance {none,downsample,upsample}] [--dedup] [--seed 0] [--role coder]
+        [--balance {none,downsample,upsample}] [--dedup] [--seed 0] [--role coder] \
+        [--reasoning {train,drop}]
 
-FMT: search_agent, agent_chain, teacher_cot, messages (see afm_trainer/traces/formats.py).
-Input: JSONL, a JSON array or parquet (by extension and first character). Writes
+FMT: auto (told from the file's first record; printed), search_agent, agent_chain,
+sharegpt, messages, teacher_cot (afm_trainer/traces/registry.py lists them and what each
+trains). Input: JSONL, a JSON array or parquet (by extension and first character). Writes
 OUT.parquet (`messages` with a per-message `train` flag), OUT.parquet.rejects.jsonl and
 OUT.parquet.report.json. Agent chains: --mode one_call trains one model on every agent's
 turns as one message (the whole chain in one call); --role trains one agent's turns only
@@ -19,12 +21,14 @@ import sys
 
 from afm_trainer.data.convert import InputError, convert
 from afm_trainer.models.special_tokens import ROLE_TOKENS
-from afm_trainer.traces.formats import FORMATS, MODES
+from afm_trainer.traces.chat import REASONING
+from afm_trainer.traces.formats import MODES
+from afm_trainer.traces.registry import FORMATS
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Convert agent trajectories to verl SFT parquet.")
-    parser.add_argument("--format", required=True, choices=sorted(FORMATS))
+    parser.add_argument("--format", required=True, choices=["auto", *sorted(FORMATS)])
     parser.add_argument("--mode", default="multiturn", choices=MODES)
     parser.add_argument("--input_file", required=True)
     parser.add_argument("--output_file", required=True)
@@ -39,6 +43,12 @@ def main(argv=None) -> int:
         default=None,
         help="agent_chain: train only this agent's turns (the others are context)",
     )
+    parser.add_argument(
+        "--reasoning",
+        choices=REASONING,
+        default="train",
+        help="chat formats: train an assistant's reasoning_content as <think>...</think>, or drop it",
+    )
     args = parser.parse_args(argv)
     try:
         report = convert(
@@ -52,10 +62,13 @@ def main(argv=None) -> int:
             args.dedup,
             args.seed,
             role=f"<|{args.role}|>" if args.role else None,
+            reasoning=args.reasoning,
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if report["format_detected_at"]:
+        print(f"format: {report['format']} (told from {report['format_detected_at']} of {args.input_file})")
     print(
         f"{report['records_in']} records in: {report['records_converted']} converted into "
         f"{report['samples_out']} samples, {report['records_rejected']} rejected "

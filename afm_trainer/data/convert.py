@@ -19,6 +19,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 import orjson  # verl's own dependency; parses JSON lines ~2x faster than json
 import pyarrow as pa
@@ -26,7 +27,9 @@ import pyarrow.parquet as pq
 
 from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly, write_rows
 from afm_trainer.models.special_tokens import ROLE_TOKENS, first_of, special_tokens_of
-from afm_trainer.traces.formats import FORMATS, MODES, TraceError, difficulty_of, preference_pair, to_samples
+from afm_trainer.traces.chat import REASONING
+from afm_trainer.traces.formats import MODES, TraceError, difficulty_of, preference_pair, to_samples
+from afm_trainer.traces.registry import FORMATS, UnknownFormat, detect_format
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
 SCHEMA = pa.schema(
@@ -40,6 +43,16 @@ SCHEMA = pa.schema(
         ("difficulty", pa.float64()),
     ]
 )
+# The chat formats' samples also carry each assistant turn's calls and the conversation's
+# function schemas, as JSON text: parquet would merge the schemas of different tools into
+# one struct with null fields, and the template would render those nulls.
+# ``afm_trainer.data.sft_dataset`` decodes them for the chat template.
+CHAT_MESSAGE = pa.struct([*MESSAGE, ("tool_calls", pa.string())])
+CHAT_SCHEMA = pa.schema([("messages", pa.list_(CHAT_MESSAGE)), *list(SCHEMA)[1:], ("tools", pa.string())])
+
+
+def json_or_none(value) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors put first
@@ -51,9 +64,11 @@ class SampleBuffer:
     Building flat columns and assembling the nested ``messages`` column from offsets is
     several times faster than letting pyarrow walk a list of row dicts."""
 
-    def __init__(self):
-        self.offsets, self.roles, self.contents, self.trains = [0], [], [], []
-        self.columns = {name: [] for name in SCHEMA.names if name != "messages"}
+    def __init__(self, schema: pa.Schema = SCHEMA):
+        self.schema = schema
+        self.chat = schema is CHAT_SCHEMA
+        self.offsets, self.roles, self.contents, self.trains, self.calls = [0], [], [], [], []
+        self.columns = {name: [] for name in schema.names if name != "messages"}
 
     def __len__(self):
         return len(self.offsets) - 1
@@ -63,6 +78,8 @@ class SampleBuffer:
             self.roles.append(m["role"])
             self.contents.append(m["content"])
             self.trains.append(m["train"])
+            if self.chat:
+                self.calls.append(json_or_none(m.get("tool_calls")))
         self.offsets.append(len(self.roles))
         for name, values in self.columns.items():
             values.append(columns[name])
@@ -70,18 +87,18 @@ class SampleBuffer:
     def write_to(self, writer: BackgroundParquetWriter) -> None:
         if not len(self):
             return
-        messages = pa.StructArray.from_arrays(
-            [
-                pa.array(self.roles, pa.string()),
-                pa.array(self.contents, pa.string()),
-                pa.array(self.trains, pa.bool_()),
-            ],
-            fields=list(MESSAGE),
-        )
+        fields = [
+            pa.array(self.roles, pa.string()),
+            pa.array(self.contents, pa.string()),
+            pa.array(self.trains, pa.bool_()),
+        ]
+        if self.chat:
+            fields.append(pa.array(self.calls, pa.string()))
+        messages = pa.StructArray.from_arrays(fields, fields=list(self.schema.field("messages").type.value_type))
         arrays = [pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), messages)]
-        arrays += [pa.array(self.columns[f.name], f.type) for f in SCHEMA if f.name != "messages"]
-        writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
-        self.__init__()
+        arrays += [pa.array(self.columns[f.name], f.type) for f in self.schema if f.name != "messages"]
+        writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.__init__(self.schema)
 
 
 class BackgroundParquetWriter:
@@ -181,6 +198,16 @@ def _refuse_multiline_object(path: str) -> None:
     )
 
 
+def rendered_texts(trajectory) -> Iterator[str]:
+    """Every text of a trajectory that the chat template renders: contents, calls, tool schemas."""
+    for m in trajectory.prompt + trajectory.turns:
+        yield m["content"]
+        if m.get("tool_calls"):
+            yield json.dumps(m["tool_calls"], ensure_ascii=False)
+    if trajectory.tools:
+        yield json.dumps(trajectory.tools, ensure_ascii=False)
+
+
 def label_of(answer: str | None) -> str | None:
     return None if answer is None else answer.strip().lower()
 
@@ -235,11 +262,23 @@ def convert(
     dedup: bool = False,
     seed: int = 0,
     role: str | None = None,
+    reasoning: str = "train",
 ) -> dict:
     """Convert one trajectory file; returns the report (also written beside the output).
-    ``mode`` and ``role``: as ``afm_trainer.traces.formats.to_samples`` takes them."""
+    ``fmt``: a name of ``afm_trainer.traces.registry.FORMATS``, or ``auto`` (told from the
+    first record; the report says which). ``mode`` and ``role``: as
+    ``afm_trainer.traces.formats.to_samples`` takes them. ``reasoning`` (chat formats):
+    ``train`` an assistant's ``reasoning_content`` as ``<think>...</think>``, or ``drop`` it."""
+    detected_at = None
+    if fmt == "auto":
+        try:
+            fmt, detected_at = detect_format(read_records(input_file))
+        except UnknownFormat as exc:
+            raise InputError(f"{input_file}: cannot tell the format: {exc}") from None
     if fmt not in FORMATS:
-        raise InputError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+        raise InputError(f"unknown format {fmt!r} (choose from auto, {', '.join(FORMATS)})")
+    if reasoning not in REASONING:
+        raise InputError(f"unknown reasoning option {reasoning!r} (one of {', '.join(REASONING)})")
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
     if role is not None and (fmt != "agent_chain" or role not in ROLE_TOKENS or mode == "one_call"):
@@ -247,7 +286,8 @@ def convert(
             f"role {role!r}: a role is one of {', '.join(ROLE_TOKENS)}, for agent_chain data in multiturn or stepwise mode"
         )
     check_output_file(output_file)
-    parse = FORMATS[fmt]
+    chat = FORMATS[fmt].chat
+    parse = partial(FORMATS[fmt].parse, reasoning=reasoning) if chat else FORMATS[fmt].parse
     tokenizer = None
     if tokenizer_path:
         from transformers import AutoTokenizer
@@ -276,7 +316,7 @@ def convert(
             except TraceError as exc:
                 yield location, record, str(exc)
                 continue
-            texts = (m["content"] for m in trajectory.prompt + trajectory.turns)
+            texts = rendered_texts(trajectory)
             if special and (token := next(filter(None, (first_of(special, t) for t in texts)), None)):
                 yield location, record, f"holds {token!r}, a special token of the tokenizer (never trained as one)"
                 continue
@@ -306,10 +346,11 @@ def convert(
     records_in = trajectories_out = samples_out = 0
     samples_per_trajectory: list[int] = []
     token_lengths: list[int] = []
-    buffer = SampleBuffer()
+    schema = CHAT_SCHEMA if chat else SCHEMA
+    buffer = SampleBuffer(schema)
     pairs: list[dict] = []
     try:
-        with BackgroundParquetWriter(tmp_out, SCHEMA) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
+        with BackgroundParquetWriter(tmp_out, schema) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
             for location, record, result in accepted():
                 records_in += 1
                 if isinstance(result, str):
@@ -345,11 +386,11 @@ def convert(
                             source_format=fmt,
                             score=trajectory.score,
                             difficulty=trajectory.meta["difficulty"],
+                            **({"tools": json_or_none(trajectory.tools)} if chat else {}),
                         )
                         if tokenizer is not None:
-                            token_lengths.append(
-                                len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"])
-                            )
+                            rendered = tokenizer.apply_chat_template(messages, tools=trajectory.tools, tokenize=True)
+                            token_lengths.append(len(rendered["input_ids"]))
                     trajectories_out += 1
                     samples_out += len(samples)
                     samples_per_trajectory.append(len(samples))
@@ -372,6 +413,7 @@ def convert(
     report = {
         "input_file": input_file,
         "format": fmt,
+        "format_detected_at": detected_at,
         "mode": mode,
         "role": role,
         "records_in": records_in,

@@ -21,13 +21,44 @@ from dataclasses import asdict, dataclass
 
 from afm_trainer.models.special_tokens import CONTROL_TOKENS, END_OF_TEXT, IM_END, add_project_tokens
 
-# ChatML, the template of Qwen2 instruct models, without a default system prompt.
-# `tool` turns keep their role name so tool output is visibly not the model's speech.
+# ChatML, the template of Qwen2 instruct models, without a default system prompt, and
+# Qwen2.5's rendering of tools: the function schemas in a ``<tools>`` block of the system
+# turn, an assistant's calls as ``\n<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``
+# after its content. Unlike Qwen2.5, a ``tool`` message stays its own ``tool`` turn (Qwen2.5
+# merges consecutive results into one user turn): every message then renders on its own
+# exactly as inside the conversation, which verl's per-message tokenisation needs, and
+# tool output is visibly not the model's speech. A conversation without tools renders as
+# plain ChatML.
+TOOLS_PREAMBLE = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+TOOLS_POSTAMBLE = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call>"
+)
 CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
+    "{{- " + repr(TOOLS_PREAMBLE) + " }}"
+    "{%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- " + repr(TOOLS_POSTAMBLE + "<|im_end|>\n") + " }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (tools and loop.first and message['role'] == 'system') %}"
+    "{%- set calls = message['tool_calls'] if message['tool_calls'] is defined and message['tool_calls'] else [] %}"
+    "{{- '<|im_start|>' + message['role'] }}"
+    "{%- if message['content'] or not calls %}{{- '\n' + (message['content'] or '') }}{%- endif %}"
+    "{%- for call in calls %}"
+    "{%- set call = call['function'] if call['function'] is defined else call %}"
+    "{{- '\n<tool_call>\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' + (call['arguments'] | tojson) + '}\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
 
 

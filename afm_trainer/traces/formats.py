@@ -4,7 +4,7 @@ Every parser takes one input record (a dict) and returns a ``Trajectory`` or rai
 ``TraceError`` with a short reason naming the offending field. The reasons end up in
 the rejects file next to the record, so they say what is wrong, not where in the code.
 
-Formats (``FORMATS`` maps the names the CLI takes to the parsers):
+Formats of this module:
 - ``search_agent`` (seed 002): {"question", "trace": [{"type": "reasoning", "content"},
   {"type": "search", "query"}, {"type": "search_result", "documents": [{"title",
   "content"}]}, ..., {"type": "CorrectAnswer", "content"}]}, optional id/answer/score.
@@ -14,8 +14,8 @@ Formats (``FORMATS`` maps the names the CLI takes to the parsers):
   "teacher_output"?}; track A (question -> answer) or, with teacher reasoning, track B
   (question + student draft -> teacher reasoning -> answer); a wrong draft also gives a
   preference pair (``preference_pair``) for DPO.
-- ``messages``: OpenAI-style chat; assistant ``tool_calls`` are written into the turn
-  as ``<tool_call>`` JSON, ``tool`` messages stay tool turns.
+The chat formats (OpenAI ``messages``, ShareGPT) are in ``afm_trainer.traces.chat``; the
+registry of every format, and how each is detected, in ``afm_trainer.traces.registry``.
 
 Text rules, the same in every format: no text may hold a reserved chat token
 (``<|im_end|>``, ``<|planner|>``: anything shaped ``<|name|>``); a field the converter
@@ -26,7 +26,6 @@ is rejected with the field named, never rewritten.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 
@@ -45,6 +44,7 @@ class Trajectory:
     answer: str | None = None  # the final answer, for label balance and splits
     score: float | None = None
     meta: dict = field(default_factory=dict)
+    tools: list[dict] | None = None  # function schemas the chat template renders (chat formats)
 
 
 def type_name(value) -> str:
@@ -227,13 +227,53 @@ def parse_teacher_cot(record: dict) -> Trajectory:
     )
 
 
-STUDENT_ANSWER = re.compile(r"<answer>(.*?)</answer>|^\s*answer\s*:\s*\**([^\s*-]+)", re.IGNORECASE | re.MULTILINE)
+# Where a sentence after the answer starts: "Answer: Georges Bizet - he wrote it".
+ANSWER_ENDS = (" - ", " – ", " — ")
+
+
+def _tagged_answer(draft: str) -> tuple[int, str] | None:
+    start = draft.find("<answer>")
+    end = draft.find("</answer>", start + 8) if start >= 0 else -1
+    return None if end < 0 else (start, draft[start + 8 : end])
+
+
+def _boxed_answer(draft: str) -> tuple[int, str] | None:
+    """``\\boxed{...}`` with its braces balanced (``\\boxed{\\frac{1}{2}}``)."""
+    start = draft.find("\\boxed{")
+    if start < 0:
+        return None
+    depth = 0
+    for i in range(start + 6, len(draft)):
+        depth += {"{": 1, "}": -1}.get(draft[i], 0)
+        if depth == 0:
+            return start, draft[start + 7 : i]
+    return None
+
+
+def _answer_line(draft: str) -> tuple[int, str] | None:
+    """A line "Answer: X" (any case, markdown bold allowed), X up to a dash that starts a comment."""
+    position = 0
+    for line in draft.splitlines(keepends=True):
+        text = line.lstrip().lstrip("*")
+        if text[:6].lower() == "answer":
+            rest = text[6:].lstrip("* \t")
+            if rest.startswith(":"):
+                answer = rest[1:].strip().strip("*").strip()
+                for end in ANSWER_ENDS:
+                    answer = answer.split(end, 1)[0]
+                answer = answer.rstrip(".").strip("*").strip()
+                if answer:
+                    return position, answer
+        position += len(line)
+    return None
 
 
 def student_answer(draft: str) -> str | None:
-    """The answer a student draft commits to ("<answer>X</answer>" or "Answer: X - ..."), if any."""
-    match = STUDENT_ANSWER.search(draft)
-    return None if match is None else (match.group(1) or match.group(2)).strip()
+    """The answer a student draft commits to, the first in the text of: ``<answer>X</answer>``,
+    ``\\boxed{X}``, or a line ``Answer: X`` (X may be several words or a negative number;
+    a comment after " - " is not part of it). Linear in the draft's length."""
+    found = [hit for hit in (_tagged_answer(draft), _boxed_answer(draft), _answer_line(draft)) if hit]
+    return min(found)[1].strip() if found else None
 
 
 def preference_pair(trajectory: Trajectory) -> dict | None:
@@ -249,59 +289,6 @@ def preference_pair(trajectory: Trajectory) -> dict | None:
         "chosen": trajectory.turns,
         "rejected": [{"role": "assistant", "content": draft}],
     }
-
-
-def _tool_calls_text(calls) -> str:
-    if not isinstance(calls, list):
-        raise TraceError("'tool_calls' must be a list")
-    parts = []
-    for call in calls:
-        function = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise TraceError("a tool call has no function name")
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                raise TraceError(f"tool call {function['name']!r} has arguments that are not JSON") from None
-        parts.append("<tool_call>" + json.dumps({"name": function["name"], "arguments": arguments}) + "</tool_call>")
-    return "".join(parts)
-
-
-def parse_messages(record: dict) -> Trajectory:
-    messages = record.get("messages")
-    if messages is not None and not isinstance(messages, list):
-        raise TraceError(f"'messages' must be a list, got {type_name(messages)}")
-    if not messages:
-        raise TraceError("missing or empty 'messages'")
-    prompt, turns = [], []
-    for i, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role not in ("system", "user", "assistant", "tool"):
-            raise TraceError(f"messages[{i}] has unknown role {role!r}")
-        content = message.get("content") or ""
-        if not isinstance(content, str):
-            raise TraceError(f"messages[{i}].content must be text")
-        if role == "assistant" and message.get("tool_calls"):
-            content += _tool_calls_text(message["tool_calls"])
-        if not content.strip():
-            raise TraceError(f"messages[{i}] is empty")
-        (well_formed_turn if role == "assistant" else plain_text)(content, f"messages[{i}].content")
-        (turns if turns or role in ("assistant", "tool") else prompt).append({"role": role, "content": content})
-    if not prompt or not any(t["role"] == "assistant" for t in turns):
-        raise TraceError("needs a user message followed by at least one assistant message")
-    if turns[-1]["role"] != "assistant":
-        raise TraceError("the last message must be the assistant's")
-    return Trajectory(_id(record), prompt, turns, score=_score(record))
-
-
-FORMATS = {
-    "search_agent": parse_search_agent,
-    "agent_chain": parse_agent_chain,
-    "teacher_cot": parse_teacher_cot,
-    "messages": parse_messages,
-}
 
 
 MODES = ("multiturn", "stepwise", "one_call")
@@ -343,7 +330,7 @@ def to_samples(trajectory: Trajectory, mode: str, role: str | None = None) -> li
     if mode == "one_call":
         if role is not None:
             raise ValueError("one_call trains every agent's turns: it takes no role")
-        if any(t["role"] != "assistant" for t in turns):
+        if any(t["role"] != "assistant" or t.get("tool_calls") for t in turns):
             raise TraceError("has tool or user turns between the model's turns: no one-call form (use multiturn)")
         return [prompt + [{"role": "assistant", "content": "\n".join(t["content"] for t in turns), "train": True}]]
     raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")

@@ -167,7 +167,11 @@ def test_messages_with_tool_calls(tmp_path):
     }
     convert(write_jsonl(tmp_path / "m.jsonl", [record]), str(tmp_path / "m.parquet"), "messages", "multiturn")
     (conversation,) = pd.read_parquet(tmp_path / "m.parquet")["messages"]
-    assert conversation[1]["content"] == '<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    # The call stays structured (arguments an object) for the chat template to render.
+    assert conversation[1]["content"] == ""
+    assert json.loads(conversation[1]["tool_calls"]) == [
+        {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    ]
     assert [m["train"] for m in conversation] == [False, True, False, True]
 
 
