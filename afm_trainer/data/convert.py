@@ -43,11 +43,12 @@ SCHEMA = pa.schema(
         ("difficulty", pa.float64()),
     ]
 )
-# The chat formats' samples also carry each assistant turn's calls and the conversation's
-# function schemas, as JSON text: parquet would merge the schemas of different tools into
+# The chat formats' samples also carry each assistant turn's calls and spans of tool
+# output (character offsets, never trained), and the conversation's function schemas,
+# as JSON text: parquet would merge the schemas of different tools into
 # one struct with null fields, and the template would render those nulls.
 # ``afm_trainer.data.sft_dataset`` decodes them for the chat template.
-CHAT_MESSAGE = pa.struct([*MESSAGE, ("tool_calls", pa.string())])
+CHAT_MESSAGE = pa.struct([*MESSAGE, ("tool_calls", pa.string()), ("untrained_spans", pa.string())])
 CHAT_SCHEMA = pa.schema([("messages", pa.list_(CHAT_MESSAGE)), *list(SCHEMA)[1:], ("tools", pa.string())])
 
 
@@ -67,7 +68,7 @@ class SampleBuffer:
     def __init__(self, schema: pa.Schema = SCHEMA):
         self.schema = schema
         self.chat = schema is CHAT_SCHEMA
-        self.offsets, self.roles, self.contents, self.trains, self.calls = [0], [], [], [], []
+        self.offsets, self.roles, self.contents, self.trains, self.calls, self.spans = [0], [], [], [], [], []
         self.columns = {name: [] for name in schema.names if name != "messages"}
 
     def __len__(self):
@@ -80,6 +81,7 @@ class SampleBuffer:
             self.trains.append(m["train"])
             if self.chat:
                 self.calls.append(json_or_none(m.get("tool_calls")))
+                self.spans.append(json_or_none(m.get("untrained_spans")))
         self.offsets.append(len(self.roles))
         for name, values in self.columns.items():
             values.append(columns[name])
@@ -93,7 +95,7 @@ class SampleBuffer:
             pa.array(self.trains, pa.bool_()),
         ]
         if self.chat:
-            fields.append(pa.array(self.calls, pa.string()))
+            fields += [pa.array(self.calls, pa.string()), pa.array(self.spans, pa.string())]
         messages = pa.StructArray.from_arrays(fields, fields=list(self.schema.field("messages").type.value_type))
         arrays = [pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), messages)]
         arrays += [pa.array(self.columns[f.name], f.type) for f in self.schema if f.name != "messages"]

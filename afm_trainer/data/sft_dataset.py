@@ -59,10 +59,11 @@ class AgentSFTDataset(MultiTurnSFTDataset):
     def _build_messages(self, example: dict):
         messages = super()._build_messages(example)
         for message in messages:
-            if "tool_calls" in message:
-                calls = _decoded(message.pop("tool_calls"))
-                if calls:
-                    message["tool_calls"] = calls
+            for key in ("tool_calls", "untrained_spans"):
+                if key in message:
+                    value = _decoded(message.pop(key))
+                    if value:
+                        message[key] = value
         return messages
 
     def _process_single_message(self, index, message, full_message, tools=None, enable_thinking=None):
@@ -76,7 +77,25 @@ class AgentSFTDataset(MultiTurnSFTDataset):
                 eos_positions = (input_ids == self.tokenizer.eos_token_id).nonzero()
                 if len(eos_positions):  # nothing after the end-of-turn token is trained
                     loss_mask[int(eos_positions[-1]) + 1 :] = 0
+                if message.get("untrained_spans"):
+                    loss_mask[self._tokens_in_spans(message, input_ids, tools, enable_thinking)] = 0
         return input_ids, loss_mask, attention_mask, inputs
+
+    def _tokens_in_spans(self, message, input_ids, tools, enable_thinking) -> torch.Tensor:
+        """Which of the message's tokens overlap its untrained spans (tool output inside the
+        turn): the message rendered as text, tokenized with character offsets, must give the
+        same ids as the template's own tokenisation, or the data is refused."""
+        kwargs = dict(self.apply_chat_template_kwargs)
+        if enable_thinking is not None:
+            kwargs["enable_thinking"] = enable_thinking
+        text = self.tokenizer.apply_chat_template([message], tools=tools, tokenize=False, **kwargs)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"][-len(input_ids) :], encoded["offset_mapping"][-len(input_ids) :]
+        content_at = text.rfind(message["content"])
+        if ids != input_ids.tolist() or content_at < 0:
+            raise ValueError("a turn with untrained spans does not tokenize the same as text and as a chat turn")
+        spans = [(content_at + start, content_at + end) for start, end in message["untrained_spans"]]
+        return torch.tensor([any(s < e_tok and s_tok < e for s, e in spans) for s_tok, e_tok in offsets])
 
 
 def _decoded(value):

@@ -25,6 +25,13 @@ the conversation's function schemas as ``tools: [{"type": "function", "function"
 ``gpt``, ``system``, ``function_call`` (the value a JSON call ``{name, arguments}`` or a
 list of them) and ``observation`` (a tool result); optional ``system`` and ``tools``.
 
+Tool output inside an assistant turn (the Agent Foundation Models' chain-of-agents style:
+``<plan>...</plan><code>...</code><observation>result</observation><reflection>...``, or
+Search-R1's ``<information>``): the environment wrote those spans, so they are never
+trained. Each span of an ``UNTRAINED_TAGS`` tag, tags included, is kept in the turn as
+context and listed in the message's ``untrained_spans`` (character offsets into its
+content); a tag opened and never closed is refused.
+
 Labelled data (KTO: ``label`` or ``kto_tag``, a boolean): a response labelled false is
 never an SFT target, so its record is rejected with that reason and counted; true
 labels convert. Messages before the first assistant or tool message are the prompt;
@@ -42,6 +49,24 @@ ROLES |= {"tool": "tool", "function": "tool"}
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool"}
 SHAREGPT_ROLES |= {"user": "user", "assistant": "assistant", "tool": "tool"}  # files written with OpenAI's names
 REASONING = ("train", "drop")
+UNTRAINED_TAGS = ("observation", "information", "tool_response")
+
+
+def untrained_spans(content: str, name: str, tags=UNTRAINED_TAGS) -> list[list[int]]:
+    """[start, end) of every span of tool output in ``content``, tags included."""
+    spans = []
+    for tag in tags:
+        opening, closing, position = f"<{tag}>", f"</{tag}>", 0
+        while (start := content.find(opening, position)) >= 0:
+            end = content.find(closing, start)
+            if end < 0:
+                raise TraceError(f"{name}: <{tag}> at character {start} is never closed")
+            spans.append([start, end + len(closing)])
+            position = end + len(closing)
+    spans.sort()
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        raise TraceError(f"{name}: spans of tool output overlap ({', '.join(f'<{t}>' for t in tags)})")
+    return spans
 
 
 def _json_value(value, name: str):
@@ -150,6 +175,8 @@ def chat_trajectory(record: dict, named: list[tuple[str, dict]], tools, reasonin
             if not content.strip() and not calls:
                 raise TraceError(f"{name} is empty (no content and no tool call)")
             well_formed_turn(content, f"{name}.content")
+            if spans := untrained_spans(content, f"{name}.content"):
+                out["untrained_spans"] = spans
         else:
             if not content.strip():
                 raise TraceError(f"{name} is empty")

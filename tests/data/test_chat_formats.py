@@ -320,3 +320,37 @@ def test_auto_with_nothing_to_detect_is_one_error(tmp_path):
 )
 def test_student_answer(draft, answer):
     assert student_answer(draft) == answer
+
+
+# The Agent Foundation Models' chain-of-agents style: one assistant turn with tagged
+# functions, the tool's output written into the same turn by the environment.
+CHAIN_OF_AGENTS = {
+    "conversations": [
+        {"from": "human", "value": "What is 17 * 23?"},
+        {
+            "from": "gpt",
+            "value": "<plan>Multiply with code.</plan><code>print(17 * 23)</code><observation>391</observation>"
+            "<reflection>The tool says 391.</reflection><answer>391</answer>",
+        },
+    ]
+}
+
+
+def test_tool_output_inside_a_turn_is_never_trained(tmp_path, nano_model):
+    src = write_json(tmp_path / "afm.jsonl", [CHAIN_OF_AGENTS])
+    convert(src, str(tmp_path / "out.parquet"), "auto")
+    (messages,) = pd.read_parquet(tmp_path / "out.parquet")["messages"]
+    assert json.loads(messages[1]["untrained_spans"]) == [[59, 89]]  # "<observation>391</observation>"
+    ((_, trained),) = trained_text(nano_model, tmp_path / "out.parquet")
+    assert trained == [
+        "<plan>Multiply with code.</plan><code>print(17 * 23)</code>",
+        "<reflection>The tool says 391.</reflection><answer>391</answer><|im_end|>",
+    ]
+
+
+def test_an_unclosed_span_of_tool_output_is_rejected(tmp_path):
+    turn = {"from": "gpt", "value": "<code>x</code><observation>1"}
+    records = [{"conversations": [CHAIN_OF_AGENTS["conversations"][0], turn]}, CHAIN_OF_AGENTS]
+    convert(write_json(tmp_path / "in.jsonl", records), str(tmp_path / "out.parquet"), "sharegpt")
+    (line,) = [json.loads(line) for line in open(tmp_path / "out.parquet.rejects.jsonl")]
+    assert line["reason"] == "conversations[1].content: <observation> at character 14 is never closed"
