@@ -50,6 +50,37 @@ def test_chat_template_is_chatml_and_round_trips(tokenizer):
     assert sum(pieces, []) == ids
 
 
+def test_chat_template_renders_tools_as_qwen2_5_and_message_by_message(tokenizer):
+    tools = [{"type": "function", "function": {"name": "area", "parameters": {"type": "object"}}}]
+    call = {"type": "function", "function": {"name": "area", "arguments": {"w": 2}}}
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Area?"},
+        {"role": "assistant", "content": "", "tool_calls": [call, call]},
+        {"role": "tool", "content": "4"},
+        {"role": "tool", "content": "4"},
+        {"role": "assistant", "content": "4."},
+    ]
+    text = tokenizer.apply_chat_template(conversation, tools=tools, tokenize=False)
+    assert text.startswith(
+        "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+        'query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{"type": '
+        '"function", "function": {"name": "area", "parameters": {"type": "object"}}}\n</tools>\n\n'
+    )
+    one_call = '\n<tool_call>\n{"name": "area", "arguments": {"w": 2}}\n</tool_call>'
+    assert text.endswith(
+        f"<|im_start|>user\nArea?<|im_end|>\n<|im_start|>assistant{one_call}{one_call}<|im_end|>\n"
+        "<|im_start|>tool\n4<|im_end|>\n<|im_start|>tool\n4<|im_end|>\n<|im_start|>assistant\n4.<|im_end|>\n"
+    )
+    # verl renders the first message with the tools, the others alone, and checks the sum.
+    ids = tokenizer.apply_chat_template(conversation, tools=tools, tokenize=True)["input_ids"]
+    pieces = [
+        tokenizer.apply_chat_template([m], tools=tools if i == 0 else None, tokenize=True)["input_ids"]
+        for i, m in enumerate(conversation)
+    ]
+    assert sum(pieces, []) == ids
+
+
 def test_model_loads_offline_and_generates(nano_model, tokenizer):
     code = (
         "from transformers import AutoModelForCausalLM, AutoTokenizer;"
