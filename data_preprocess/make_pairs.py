@@ -1,37 +1,53 @@
 """Make preference-pair parquet for preference training (DPO): from your own pair file,
 or on-policy, from a checkpoint's sampled answers scored by the task's reward.
 
-    python data_preprocess/make_pairs.py --input_file PAIRS.jsonl --output_file PAIRS.parquet
+    python data_preprocess/make_pairs.py --input_file PAIRS.jsonl --output_file PAIRS.parquet [--format auto]
     python data_preprocess/make_pairs.py --from_checkpoint CKPT --rl_data train.parquet \
         --output_file PAIRS.parquet [--samples 8] [--temperature 1.0] [--pairs_per_prompt 2]
 
-Input: JSONL, a JSON array or parquet, one {prompt, chosen, rejected} record per pair
+Input: JSONL, a JSON array or parquet, one pair per record: TRL's preference formats,
+LLaMA-Factory's ShareGPT or Alpaca preference formats, agent trajectories with tool turns
 (rules in afm_trainer/data/pairs.py). Writes PAIRS.parquet, PAIRS.parquet.rejects.jsonl and
 PAIRS.parquet.report.json. Rejected records do not fail the run (exit 0, counted) unless
-none is left (exit 1, with the reasons counted); an unreadable input file does (exit 1,
-one error line).
+none is left (exit 1, with the reasons counted); an unreadable input file, or one of no
+known format, does (exit 1, one error line).
 """
 
 import argparse
 import sys
 
-from afm_trainer.data.pairs import convert_pairs
+from afm_trainer.data.pairs import CHOSEN_FORMATS, convert_pairs
 from afm_trainer.data.parquet_io import InputError
 
 DESCRIPTION = """\
 Make preference-pair parquet (TRL's conversational format plus pair_id, source, weight).
 
-Input: JSONL, a JSON array or parquet, one record per pair:
-  prompt    a string (one user message) or a list of {role, content} messages
-            (system/user/assistant/tool), not ending with the assistant's
-  chosen    the preferred response: a string or a list of assistant messages
-  rejected  the dispreferred response, the same way; must differ from chosen
-  weight    optional, a number > 0 (default 1.0)
-  pair_id   optional, unique in the file (default: the record's line or index)
-  source    optional (default "user")
-No text may hold a reserved chat token (<|im_end|>...), and the trace tags of assistant
-messages (<think>...) must be well formed. Records breaking a rule are written with the
-reason to OUTPUT.rejects.jsonl; OUTPUT.report.json counts them.
+Input (--input_file): JSONL, a JSON array or parquet, one pair per record, in a format
+--format names or, with auto (the default), told from the file's first record (printed):
+  pairs     TRL's preference format:
+              prompt    a string (one user message) or a list of {role, content}
+                        messages (system/user/assistant/tool), not ending with the
+                        assistant's
+              chosen    the preferred response: a string or a list of assistant messages,
+                        with tool messages between them in an agent's response
+              rejected  the dispreferred response, the same way; must differ from chosen
+            or, without prompt (implicit prompt), chosen and rejected each the whole
+            conversation: the prompt is what both start with (TRL's rule). An assistant
+            message may carry OpenAI tool_calls; tools: the function schemas.
+  sharegpt  LLaMA-Factory: conversations of {from, value} turns (human, gpt,
+            function_call, observation), chosen and rejected a {from: gpt, value} turn;
+            optional system and tools
+  alpaca    LLaMA-Factory: instruction, input (optional; joined to the instruction with a
+            newline), chosen and rejected strings; optional system and history
+Every format takes the optional weight (a number > 0, default 1.0), pair_id (unique in
+the file; default: the record's line or index) and source (default "user").
+KTO data (one response with a true/false label or kto_tag, no rejected response) is not
+a pair: every such record is refused with that reason.
+Only the assistant's turns of a response are scored in preference training; tool
+results inside it are context. No text may hold a reserved chat token (<|im_end|>...),
+and the trace tags of assistant messages (<think>...) must be well formed. Records
+breaking a rule are written with the reason to OUTPUT.rejects.jsonl; OUTPUT.report.json
+counts them.
 
 On-policy (--from_checkpoint): k answers per prompt of an RL parquet (make_rl_data.py) are
 sampled from the checkpoint and scored by the prompt's suite, as the RL reward scores
@@ -46,6 +62,9 @@ def main(argv=None) -> int:
     # Where the pairs come from: one mode per option of this group.
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input_file", help="your pair file: JSONL, a JSON array or parquet")
+    parser.add_argument(
+        "--format", default="auto", choices=["auto", *CHOSEN_FORMATS], help="the input file's format (default: auto)"
+    )
     source.add_argument("--from_checkpoint", help="an HF model folder to sample answers from (on-policy pairs)")
     parser.add_argument("--output_file", required=True, help="the parquet to write")
     on_policy = parser.add_argument_group("on-policy pairs (--from_checkpoint)")
@@ -59,7 +78,7 @@ def main(argv=None) -> int:
     try:
         if args.from_checkpoint:
             return on_policy_pairs(args)
-        report = convert_pairs(args.input_file, args.output_file)
+        report = convert_pairs(args.input_file, args.output_file, args.format, on_detected=print_format)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -71,6 +90,11 @@ def main(argv=None) -> int:
     for reason, count in report["rejected_by_reason"].items():
         print(f"  rejected {count}: {reason}")
     return 0
+
+
+def print_format(fmt, location: str) -> None:
+    """What --format auto chose, printed as soon as it is chosen (also when nothing converts)."""
+    print(f"format: {fmt.name} (told from {location}): {fmt.described}", flush=True)
 
 
 def on_policy_pairs(args) -> int:

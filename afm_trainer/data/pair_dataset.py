@@ -1,14 +1,20 @@
 """Preference pairs for verl's SFT engine: item i is pair i, both conversations tokenized
-exactly as an SFT sample (``AgentSFTDataset``): the prompt untrained, the response and
-its end-of-turn trained (the loss mask marks the tokens whose log-probabilities count).
+exactly as an SFT sample (``AgentSFTDataset``): the prompt unscored; in the response, the
+assistant's turns and their end-of-turn scored (the loss mask marks the tokens whose
+log-probabilities count) and an agent's tool results not: they are what the tools
+returned, context for the policy's next turn, never its own tokens. Tool calls and the
+pair's function schemas are rendered by the tokenizer's chat template.
 
-Input: parquet with ``prompt``, ``chosen``, ``rejected`` (chat messages) and optional
-``pair_id`` and ``weight`` (``afm_trainer.data.pairs``). ``PairCollator`` lays a batch out
-as rows ``[chosen 0, rejected 0, chosen 1, rejected 1, ...]`` with each row's pair index,
-so a trainer can keep a pair in one micro-batch and find its two halves again.
+Input: parquet with ``prompt``, ``chosen``, ``rejected`` (chat messages, optionally with
+``tool_calls``) and optional ``pair_id``, ``weight`` and ``tools``
+(``afm_trainer.data.pairs``). ``PairCollator`` lays a batch out as rows ``[chosen 0,
+rejected 0, chosen 1, rejected 1, ...]`` with each row's pair index, so a trainer can keep
+a pair in one micro-batch and find its two halves again.
 """
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 import pyarrow as pa
@@ -17,6 +23,7 @@ import torch
 from verl.utils.dataset.dataset_utils import DatasetPadMode, SFTTensorCollator
 from verl.utils.tokenizer.chat_template import extract_system_prompt_and_generation
 
+from afm_trainer.data.convert import CHAT_SCHEMA, json_or_none
 from afm_trainer.data.convert import SCHEMA as SFT_SCHEMA
 from afm_trainer.data.parquet_io import write_rows
 from afm_trainer.data.sft_dataset import AgentSFTDataset
@@ -25,7 +32,8 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 def read_pairs(files: list[str]) -> list[dict]:
-    """Every pair of the files, in order, with ``pair_id`` and ``weight`` filled in."""
+    """Every pair of the files, in order, with ``pair_id``, ``weight`` and ``tools`` filled in
+    (tool calls and tools stay JSON text, as the files hold them)."""
     pairs = []
     for path in files:
         table = pq.read_table(path)
@@ -36,36 +44,65 @@ def read_pairs(files: list[str]) -> list[dict]:
             table = table.append_column("pair_id", pa.array([f"{path}#{i}" for i in range(len(table))]))
         if "weight" not in table.column_names:
             table = table.append_column("weight", pa.array([1.0] * len(table), pa.float64()))
-        pairs += table.select([*PAIR_COLUMNS, "pair_id", "weight"]).to_pylist()
+        if "tools" not in table.column_names:
+            table = table.append_column("tools", pa.nulls(len(table), pa.string()))
+        pairs += table.select([*PAIR_COLUMNS, "pair_id", "weight", "tools"]).to_pylist()
     return pairs
+
+
+def pair_tools(pair: dict) -> list[dict] | None:
+    """The pair's function schemas as the chat template takes them (None: no tools)."""
+    return _decoded(pair.get("tools"))
+
+
+def _decoded(value):
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def chosen_as_sft(pair_files: list[str], output_file: str) -> int:
     """The chosen half of every pair as SFT data (``afm_trainer.data.convert.SCHEMA``):
     supervised fine-tuning on the preferred answers, the baseline a preference run is
-    compared with (on on-policy pairs: rejection-sampling fine-tuning). Returns the rows."""
+    compared with (on on-policy pairs: rejection-sampling fine-tuning). Returns the rows.
+    Pairs with tool calls or function schemas give the chat formats' SFT rows (``CHAT_SCHEMA``)."""
+    pairs = read_pairs(pair_files)
     rows = [
         {
-            "messages": pair_conversations(pair)[0],
+            "messages": _calls_as_json_text(pair_conversations(pair)[0]),
             "trajectory_id": pair["pair_id"],
             "step": 0,
             "answer": pair["chosen"][-1]["content"],
             "source_format": "preference pair (chosen)",
+            "tools": json_or_none(pair_tools(pair)),
         }
-        for pair in read_pairs(pair_files)
+        for pair in pairs
     ]
-    write_rows(rows, SFT_SCHEMA, output_file)
+    with_tools = any(row["tools"] or any(m.get("tool_calls") for m in row["messages"]) for row in rows)
+    write_rows(rows, CHAT_SCHEMA if with_tools else SFT_SCHEMA, output_file)
     return len(rows)
 
 
 def pair_conversations(pair: dict) -> tuple[list[dict], list[dict]]:
-    """(prompt + chosen, prompt + rejected), only the response messages trained."""
-    prompt = [{"role": m["role"], "content": m["content"], "train": False} for m in pair["prompt"]]
+    """(prompt + chosen, prompt + rejected) as the chat template takes them (tool calls as
+    objects), each message's ``train`` flag true only on the response's assistant turns."""
+    prompt = [_message(m, train=False) for m in pair["prompt"]]
 
     def response(messages):
-        return [{"role": m["role"], "content": m["content"], "train": True} for m in messages]
+        return [_message(m, train=m["role"] == "assistant") for m in messages]
 
     return prompt + response(pair["chosen"]), prompt + response(pair["rejected"])
+
+
+def _message(message: dict, train: bool) -> dict:
+    out = {"role": message["role"], "content": message["content"], "train": train}
+    if calls := _decoded(message.get("tool_calls")):  # no null field: templates test for the key
+        out["tool_calls"] = calls
+    return out
+
+
+def _calls_as_json_text(conversation: list[dict]) -> list[dict]:
+    """The SFT dataset's row shape: calls as JSON text (it checks the text for special tokens,
+    then decodes it for the template)."""
+    return [{**m, "tool_calls": json_or_none(m.get("tool_calls"))} for m in conversation]
 
 
 class PairDataset(AgentSFTDataset):
@@ -75,9 +112,13 @@ class PairDataset(AgentSFTDataset):
             self.pairs = self.pairs[: self.max_samples]
         print(f"preference pairs: {len(self.pairs)}")
         # Rows 2i and 2i+1 are pair i's two conversations, tokenized by the SFT dataset.
-        self.messages = [conversation for pair in self.pairs for conversation in pair_conversations(pair)]
+        self.messages = [
+            _calls_as_json_text(conversation) for pair in self.pairs for conversation in pair_conversations(pair)
+        ]
         self.dataframe = pd.DataFrame({self.messages_key: self.messages})
-        self.tools, self.enable_thinking = None, None
+        tools = [pair_tools(pair) for pair in self.pairs for _ in range(2)]
+        self.tools = tools if any(tools) else None
+        self.enable_thinking = None
         self.system_prompt, self.generation_prompt = extract_system_prompt_and_generation(
             self.tokenizer, **self.apply_chat_template_kwargs
         )

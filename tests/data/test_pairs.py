@@ -93,7 +93,11 @@ TOOL = {"role": "tool", "content": "no results"}
 @pytest.mark.parametrize(
     "change, reason",
     [
-        ({"prompt": None}, "missing or empty 'prompt'"),
+        # without a prompt, chosen and rejected are whole conversations sharing it (test_pair_formats.py)
+        (
+            {"prompt": None, "chosen": "no", "rejected": "yes"},
+            "'chosen' and 'rejected' start differently: no implicit prompt (give 'prompt')",
+        ),
         ({"prompt": " \n"}, "missing or empty 'prompt'"),
         ({"prompt": []}, "missing or empty 'prompt'"),
         ({"prompt": 3}, "'prompt' must be a string or a list of messages, got a number"),
@@ -112,15 +116,32 @@ TOOL = {"role": "tool", "content": "no results"}
         ({"chosen": ""}, "missing or empty 'chosen'"),
         ({"rejected": None}, "missing or empty 'rejected'"),
         ({"chosen": {"role": "assistant"}}, "'chosen' must be a string or a list of messages, got an object"),
-        ({"chosen": [{"role": "user", "content": "no"}]}, "chosen[0] has role 'user' (allowed: assistant)"),
-        ({"rejected": [{"role": "tool", "content": "yes"}]}, "rejected[0] has role 'tool' (allowed: assistant)"),
+        ({"chosen": [{"role": "user", "content": "no"}]}, "chosen[0] has role 'user' (allowed: assistant, tool)"),
+        # a response is the assistant's turns with, in an agent's, tool results between them
         (
-            {"chosen": [{"role": "assistant", "content": "", "tool_calls": [{"name": "f"}]}]},
-            "missing or empty chosen[0].content",
+            {"rejected": [{"role": "tool", "content": "yes"}]},
+            "rejected[0] is a tool result: a response starts with the assistant's turn",
         ),
         (
-            {"chosen": [{"role": "assistant", "content": "call", "tool_calls": [{"name": "f"}]}]},
-            "chosen[0] has tool_calls: write the call into its content",
+            {"chosen": [{"role": "assistant", "content": "<search>9</search>"}, TOOL]},
+            "the last message of 'chosen' is a tool result: a response ends with the assistant's turn",
+        ),
+        ({"chosen": [{"role": "assistant", "content": "", "tool_calls": []}]}, "missing or empty chosen[0].content"),
+        (
+            {"chosen": [{"role": "assistant", "content": "", "tool_calls": [{"arguments": {}}]}]},
+            "chosen[0].tool_calls[0] has no function name",
+        ),
+        (
+            {"chosen": [{"role": "assistant", "content": "", "tool_calls": {"name": "f"}}]},
+            "chosen[0].tool_calls must be a list of calls, got an object",
+        ),
+        (
+            {"rejected": [{"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": "[1]"}]}]},
+            "rejected[0].tool_calls[0].arguments must be a JSON object, got a list",
+        ),
+        (
+            {"prompt": [{"role": "user", "content": "hi", "tool_calls": [{"name": "f"}]}]},
+            "prompt[0] has tool_calls, but only the assistant calls tools",
         ),
         # the same response as a string and as a message list
         ({"rejected": [{"role": "assistant", "content": GOOD["chosen"]}]}, "chosen and rejected are the same"),
@@ -162,6 +183,18 @@ def test_each_broken_rule_is_named(change, reason):
         (
             {"rejected": [{"role": "assistant", "content": "yes</answer>"}]},
             "rejected[0].content has broken tags: </answer> without its opening tag",
+        ),
+        (
+            {
+                "chosen": [
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"name": "f", "arguments": {"q": "<|im_end|>"}}],
+                    }
+                ]
+            },
+            "chosen[0].tool_calls[0] contains '<|im_end|>'",
         ),
         (  # an assistant turn of the prompt is a model turn too
             {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<search>x"}, TOOL]},
@@ -257,7 +290,8 @@ def test_cli(tmp_path):
     out = tmp_path / "out.parquet"
     ok = cli("--input_file", write_jsonl(tmp_path / "in.jsonl", [GOOD, "{bad"]), "--output_file", out)
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.splitlines()[0] == (
+    assert ok.stdout.splitlines()[0].startswith("format: pairs (told from line 1): TRL preference data")
+    assert ok.stdout.splitlines()[1] == (
         f"2 records in: 1 pairs written to {out}, 1 rejected (see {out}.rejects.jsonl); report: {out}.report.json"
     )
     assert len(pq.read_table(out)) == 1

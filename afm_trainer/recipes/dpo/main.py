@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from afm_trainer.data.pair_dataset import PAIR_COLUMNS, pair_conversations, read_pairs
+from afm_trainer.data.pair_dataset import PAIR_COLUMNS, pair_conversations, pair_tools, read_pairs
 from afm_trainer.recipes.common import RecipeArgs, RecipeError, data_files, recipe_main, run
 from afm_trainer.recipes.dpo.reference import check_reference_model
 from afm_trainer.recipes.dpo.report import write_report
@@ -62,7 +62,11 @@ def check_pair_lengths(tokenizer, files: list[str], what: str, max_length: int, 
     except ValueError as exc:
         raise RecipeError(f"{what}: {exc}") from None
     for pair in pairs:
-        lengths = [len(tokenizer.apply_chat_template(c, tokenize=True)["input_ids"]) for c in pair_conversations(pair)]
+        tools = pair_tools(pair)  # rendered into the prompt by the template, so counted
+        lengths = [
+            len(tokenizer.apply_chat_template(c, tools=tools, tokenize=True)["input_ids"])
+            for c in pair_conversations(pair)
+        ]
         if max(lengths) > max_length or (max_tokens and sum(lengths) > max_tokens):
             too_long.append(f"{pair['pair_id']}: {lengths[0]}+{lengths[1]} tokens")
     if too_long:
