@@ -1,14 +1,23 @@
 """Prompts with rule rewards for verl's RL trainer, from the task suites.
 
     python data_preprocess/make_rl_data.py --out DIR [--suite algorithmic|qa|code|all|algorithmic,qa] \
-        [--world WORLD_DIR] [--qa_file QA.jsonl] [--difficulties 1,2,3] [--n_train 1000] [--n_val 100]
+        [--world WORLD_DIR] [--qa_file QA.jsonl|QA.json|QA.parquet] [--difficulties 1,2,3] [--n_train 1000] [--n_val 100]
 
 Writes DIR/train.parquet and DIR/val.parquet in verl's RL format (afm_trainer/data/rl_data.py
 says which columns). --n_train and --n_val count rows per suite; --world is a demo world
 folder (python -m afm_trainer.world.make_world): validation is then its held-out sets,
-and no training prompt shows a held-out task. --qa_file takes the user's
-{"question", "answer"} lines instead of the world's questions; each line becomes a row
-or a reject (DIR/rejects.jsonl, with its line number and reason).
+and no training prompt shows a held-out task. --qa_file takes the user's questions
+instead of the world's: JSONL, a JSON array or parquet, of {"question", "answer"} (text
+or a number), {"question", "answer": [aliases]} or FlashRAG's / Search-R1's
+{"question", "golden_answers": [aliases]} records; each record becomes a row (every
+alias kept: the reward takes the best of them) or a reject (DIR/rejects.jsonl: where it
+was, the reason naming the field, the record). If none becomes a row, it is an error
+(exit 1) and no parquet is written.
+
+A Search-R1 RL parquet (scripts/data_process/nq_search.py's) needs no conversion: the
+reward scores its rows (data_source nq, hotpotqa...; ground truth {"target": [aliases]})
+as qa rows. Its rows name no agent loop, so give the GRPO recipe
+actor_rollout_ref.rollout.agent.default_agent_loop=tool_agent for them to search.
 """
 
 import argparse
@@ -50,7 +59,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--world", default=None, help="a demo world folder: validation = its held-out sets")
     parser.add_argument(
-        "--qa_file", default=None, help='JSONL of {"question", "answer"}: the qa rows instead of the world\'s'
+        "--qa_file",
+        default=None,
+        help='JSONL, JSON array or parquet of {"question", "answer" or "golden_answers"}: the qa rows instead of the world\'s',
     )
     parser.add_argument("--difficulties", type=_difficulties, default=DIFFICULTIES, help="e.g. 1,2,3 (qa: hop counts)")
     parser.add_argument("--n_train", type=int, default=1000, help="training rows per suite (at most)")

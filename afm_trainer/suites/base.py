@@ -57,7 +57,9 @@ class Suite:
     easy_tiers: tuple[str, ...]  # the difficulties a small model is expected to learn
     rl_rows: Callable[[RLDataRequest], tuple[list[dict], list[dict]]]  # -> (train, val) rows
     extract: Callable[[str], str | None]  # a response -> what the reward scores (None: malformed)
-    credit: Callable[[str, str, dict], float]  # (extracted, ground_truth, extra_info) -> 0..1
+    # (extracted, ground_truth, extra_info) -> 0..1; the ground truth is a row's text, or
+    # the object a foreign source's rows carry (qa: Search-R1's {"target": [aliases]})
+    credit: Callable[[str, str | dict, dict], float]
     evaluate: Callable[[EvalRun, list[dict]], list[dict]]  # held-out items -> scored rows
     training_answers: Callable[[str], dict[str, list[str]]]  # world folder -> answers by group
     # The nearest-training-example baseline's hooks (afm_trainer.eval.scoring.nearest_example_baseline):
@@ -65,6 +67,9 @@ class Suite:
     score: Callable[[dict, str], dict] | None = None  # (held-out item, completion) -> its scored row
     # (world folder, min_score) -> (prompt, answer or program) of the world's training traces
     training_examples: Callable[[str, float | None], list[tuple[str, str]]] | None = None
+    # Data sources of other projects' RL rows that this suite scores as they are (qa:
+    # Search-R1's nq, hotpotqa...), so their parquet trains without conversion.
+    foreign_sources: tuple[str, ...] = ()
 
 
 SUITES: dict[str, Suite] = {}
@@ -82,11 +87,18 @@ def get_suite(name: str) -> Suite:
 
 
 def suite_for_source(data_source: str) -> Suite:
+    """The suite that scores rows of ``data_source``: its own rows, or a foreign source's."""
     for suite in SUITES.values():
         if suite.data_source == data_source:
             return suite
+    for suite in SUITES.values():
+        if data_source in suite.foreign_sources:
+            return suite
+    known = sorted(s.data_source for s in SUITES.values())
+    foreign = sorted(source for s in SUITES.values() for source in s.foreign_sources)
     raise ValueError(
-        f"unknown data_source {data_source!r}; the suites score {sorted(s.data_source for s in SUITES.values())}"
+        f"unknown data_source {data_source!r}; the suites score {known}"
+        + (f" and other projects' {foreign}" if foreign else "")
     )
 
 

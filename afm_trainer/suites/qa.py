@@ -3,13 +3,28 @@ search tool reaches the answers, so the model acts as a search agent.
 
 RL rows: the world's questions (world seed from its manifest.json, else 0; difficulty
 picks hop counts), validation its held-out set; or, with ``qa_file``, the user's
-{"question", "answer"} lines, each a row or a reject (OUT/rejects.jsonl, with its line
-number and reason), with counts that add up to the lines read.
+questions: a JSONL file, a JSON array or a parquet file (read by
+``afm_trainer.data.convert.read_records``) of records {"question", "answer"} (a string
+or a number), {"question", "answer": [aliases]} or FlashRAG's and Search-R1's
+{"question", "golden_answers": [aliases]} (optional "id"). Each record becomes a row or
+a reject (OUT/rejects.jsonl: where it was, the reason naming the field, the record),
+with counts that add up to the lines (or records) read; a file of which no record
+becomes a row is an error.
+
+Gold answers in a row (``reward_model.ground_truth``): one answer is its text, as it has
+always been; several aliases are the JSON list of them, ``["Paris", "City of Light"]``
+(``ground_truth_of`` writes it, ``golden_answers`` reads it back; a single answer that
+itself reads as such a list is written as a one-item list). Search-R1's RL rows carry
+``{"target": [aliases]}`` instead, under their own data sources (``SEARCH_R1_SOURCES``,
+the ones Search-R1's reward scores as QA): this suite scores those rows as they are.
+The reward, like Search-R1's and FlashRAG's scorers, takes the best match over the
+aliases; so does the held-out evaluation for items that carry aliases.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -27,6 +42,7 @@ from afm_trainer.suites.base import (
     trace_examples,
 )
 from afm_trainer.suites.responses import answer_of, first_answer
+from afm_trainer.traces.formats import TraceError, plain_text, type_name
 from afm_trainer.world.algorithmic import normalise
 from afm_trainer.world.qa_world import build_world, make_questions
 
@@ -36,10 +52,46 @@ HOPS = (1, 2, 3)
 PARTIAL_WEIGHT = 0.5  # a near-miss ("Kalo Works" for "Kalomi Works") earns at most half an exact match
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 SUMMARY = re.compile(r"<summary>.*?</summary>\s*", re.DOTALL)
+# The data sources of Search-R1's RL rows that its own reward scores as QA (exact match
+# over ``reward_model.ground_truth.target``): this suite scores them too.
+SEARCH_R1_SOURCES = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 
 
-def _row(question: str, answer: str, item_id: str, hops: int | None) -> dict:
-    return rl_row(SUITE, question, answer, id=item_id, type="qa", difficulty=hops)
+def ground_truth_of(answers: list[str]) -> str:
+    """A row's ground truth: the answer's text for one answer, the JSON list of the
+    aliases for several (or for one that would itself read as such a list)."""
+    if len(answers) == 1 and golden_answers(answers[0]) == answers:
+        return answers[0]
+    return json.dumps(answers, ensure_ascii=False)
+
+
+def golden_answers(ground_truth) -> list[str]:
+    """The gold answers of a row's ground truth: our text (one answer, or a JSON list of
+    aliases) or Search-R1's {"target": [aliases]}; ValueError for any other object."""
+    if isinstance(ground_truth, dict):
+        target = ground_truth.get("target")
+        if hasattr(target, "tolist"):  # a numpy array, when the rows went through pandas
+            target = target.tolist()
+        if isinstance(target, str):
+            return [target]
+        if not isinstance(target, list | tuple) or not target:
+            raise ValueError(
+                f"a ground truth object needs 'target', a non-empty list of answers; got {type_name(target)}"
+            )
+        return [str(alias) for alias in target]
+    text = str(ground_truth)
+    if text.startswith("["):
+        try:
+            aliases = json.loads(text)
+        except json.JSONDecodeError:
+            return [text]
+        if isinstance(aliases, list) and aliases and all(isinstance(a, str) for a in aliases):
+            return aliases
+    return [text]
+
+
+def _row(question: str, answers: list[str], item_id: str, hops: int | None) -> dict:
+    return rl_row(SUITE, question, ground_truth_of(answers), id=item_id, type="qa", difficulty=hops)
 
 
 def world_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
@@ -69,66 +121,129 @@ def world_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
         never_train = set()
     train = make_questions(world, TRAIN_SEED, request.n_train, hops, exclude=never_train | {q["question"] for q in val})
     return (
-        [_row(q.question, q.answer, q.qid, q.hops) for q in train],
-        [_row(q["question"], q["answer"], q["qid"], q["hops"]) for q in val],
+        [_row(q.question, [q.answer], q.qid, q.hops) for q in train],
+        [_row(q["question"], [q["answer"]], q["qid"], q["hops"]) for q in val],
     )
 
 
-def _check_line(line: bytes, seen: dict) -> tuple[str, str]:
-    """(question, answer) of a user's line, or ValueError with the reason."""
-    try:  # strict: a Latin-1 "Zürich" must be a reject, not an answer with a replacement character
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
-    try:
-        record = json.loads(text.rstrip("\r\n"))  # so an error's column is on this line
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+def _answers(record: dict) -> list[str]:
+    """The gold answers of a user's record: its 'golden_answers' (FlashRAG's and
+    Search-R1's alias list) if it has them, else its 'answer' (a string, a number or a
+    list of aliases); aliases that normalise alike are kept once. ValueError names the field."""
+    field = "golden_answers" if record.get("golden_answers") is not None else "answer"
+    value = record.get(field)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{field!r} is {value}, not an answer")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # "answer": 1912 is a fine answer
+    if value is None:
+        raise ValueError("missing or empty 'answer' (or 'golden_answers', a list of aliases)")
+    if isinstance(value, str) and not normalise(value):
+        raise ValueError(f"missing or empty {field!r}")
+    if isinstance(value, str):
+        return [plain_text(value, repr(field))]
+    if not isinstance(value, list):
+        raise ValueError(f"{field!r} must be a string, a number or a list of strings, got {type_name(value)}")
+    if not value:
+        raise ValueError(f"{field!r} is an empty list")
+    answers, kept = [], set()
+    for i, alias in enumerate(value):
+        if not isinstance(alias, str) or not normalise(alias):
+            got = "an empty string" if isinstance(alias, str) else type_name(alias) if alias is not None else "null"
+            raise ValueError(f"{field!r}[{i}] must be a non-empty string, got {got}")
+        plain_text(alias, f"{field!r}[{i}]")
+        if normalise(alias) not in kept:
+            kept.add(normalise(alias))
+            answers.append(alias)
+    return answers
+
+
+def _check_record(record, seen: dict[str, str]) -> tuple[str, list[str]]:
+    """(question, gold answers) of a user's record, or ValueError with the reason;
+    ``seen`` maps the normalised questions already taken to where they were."""
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
-    question, answer = record.get("question"), record.get("answer")
-    if isinstance(answer, int | float) and not isinstance(answer, bool):
-        answer = str(answer)  # "answer": 1912 is a fine answer
-    for name, value in (("question", question), ("answer", answer)):
-        if not isinstance(value, str) or not normalise(value):
-            raise ValueError(f"missing or empty {name!r}")
-    key = normalise(question)
-    if key in seen:  # a repeat could land in train and val both
-        raise ValueError(f"duplicate of the question on line {seen[key]}")
-    return question, answer
+    question = record.get("question")
+    if not isinstance(question, str) or not normalise(question):
+        hint = " (a verl RL row: give its parquet to the GRPO recipe as it is)" if "reward_model" in record else ""
+        raise ValueError(f"missing or empty 'question'{hint}")
+    plain_text(question, "'question'")  # the prompt is tokenized: no text becomes a control token
+    answers = _answers(record)
+    where = seen.get(normalise(question))
+    if where is not None:  # a repeat could land in train and val both
+        raise ValueError(f"duplicate of the question {'on' if where.startswith('line') else 'at'} {where}")
+    return question, answers
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def _summary(reasons: list[str]) -> str:
+    """The commonest reasons, counted (their details in parentheses left out)."""
+    counts = Counter(reason.split(" (")[0] for reason in reasons).most_common()
+    text = "; ".join(f"{n} {reason}" for reason, n in counts[:3])
+    return text + (f"; and {len(counts) - 3} other reasons" if len(counts) > 3 else "")
 
 
 def file_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
     """The user's questions, shuffled, split into val (n_val, at most half) and train
-    (n_train); each line is counted once: train, val, unused, rejected or blank."""
+    (n_train); each record is counted once: train, val, unused or rejected (and, in a
+    JSONL file, each blank line as blank)."""
+    # Imported here: the reward imports this module, and needs none of the readers.
+    from afm_trainer.data.convert import read_records
+    from afm_trainer.data.parquet_io import InputError
+
     path = request.qa_file
     if not os.path.isfile(path):
         raise SuiteInputError(f"file not found: {path}")
-    rows, rejects, seen, blank, lines = [], [], {}, 0, 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            lines = number
-            if not line.strip():
-                blank += 1
-                continue
+    rows, rejects, seen, records, jsonl = [], [], {}, 0, False
+    try:
+        for where, record in read_records(path):
+            records += 1
+            jsonl = where.startswith("line ")
             try:
-                question, answer = _check_line(line, seen)
+                if isinstance(record, TraceError):  # a line that is not JSON
+                    raise record
+                question, answers = _check_record(record, seen)
             except ValueError as exc:
-                text = line.decode("utf-8", "replace").rstrip("\r\n")
-                rejects.append({"line": number, "reason": str(exc), "text": text})
+                kind, number = where.split()
+                rejects.append(
+                    {
+                        "where": where,
+                        kind: int(number),
+                        "reason": str(exc),
+                        "record": None if isinstance(record, TraceError) else record,
+                    }
+                )
                 continue
-            seen[normalise(question)] = number
-            rows.append(_row(question, answer, f"line {number}", None))
-    with open(os.path.join(request.out, "rejects.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rejects)
+            seen[normalise(question)] = where
+            item_id = str(record["id"]) if record.get("id") is not None and str(record["id"]).strip() else where
+            rows.append(_row(question, answers, item_id, None))
+    except InputError as exc:
+        raise SuiteInputError(str(exc)) from None
+    rejects_file = os.path.join(request.out, "rejects.jsonl")
+    with open(rejects_file, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects)
+    if not records:
+        raise SuiteInputError(f"no records in {path} (an empty file?)")
     rows = sample(rows, len(rows), TRAIN_SEED)
     n_val = min(request.n_val, len(rows) // 2)
     val, train = rows[:n_val], rows[n_val : n_val + request.n_train]
     unused = len(rows) - len(val) - len(train)
-    print(
-        f"{path}: {lines} lines = {len(train)} train + {len(val)} val + {unused} unused (over --n_train) "
-        f"+ {len(rejects)} rejected (see {request.out}/rejects.jsonl) + {blank} blank"
+    counted = (
+        f"{len(train)} train + {len(val)} val + {unused} unused (over --n_train) "
+        f"+ {len(rejects)} rejected (see {rejects_file})"
     )
+    if jsonl:
+        lines = _count_lines(path)
+        print(f"{path}: {lines} lines = {counted} + {lines - records} blank")
+    else:
+        print(f"{path}: {records} records = {counted}")
+    if not rows:
+        reasons = _summary([r["reason"] for r in rejects])
+        raise SuiteInputError(f"none of the {records} records of {path} gave a question and answer: {reasons}")
     return train, val
 
 
@@ -146,10 +261,13 @@ def token_f1(predicted: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def credit(answer: str, ground_truth: str, extra_info: dict) -> float:
-    if normalise(answer) == normalise(ground_truth):  # the held-out evaluation's own criterion
-        return 1.0
-    return PARTIAL_WEIGHT * token_f1(answer, ground_truth)
+def credit(answer: str, ground_truth: str | dict, extra_info: dict) -> float:
+    """The best credit over the gold answers (``golden_answers``): 1 for an exact match
+    after normalising (the held-out evaluation's own criterion), else a share of the token F1."""
+    return max(
+        1.0 if normalise(answer) == normalise(gold) else PARTIAL_WEIGHT * token_f1(answer, gold)
+        for gold in golden_answers(ground_truth)
+    )
 
 
 def run_search_agent(
@@ -162,6 +280,7 @@ def run_search_agent(
     summary is kept in the transcript but not in the history the next step sees, since
     the earlier turns of its training contexts carry none (seed 002's dataset 1)."""
     from afm_trainer.eval.lm import generate
+    from afm_trainer.tools.search import shown_documents
     from afm_trainer.traces.formats import information_text
 
     stop_ids = [tokenizer.convert_tokens_to_ids(SEARCH_CLOSE)]
@@ -181,7 +300,7 @@ def run_search_agent(
             conversations[i].append({"role": "assistant", "content": SUMMARY.sub("", text)})
             if SEARCH_OPEN in text and "<answer>" not in text:
                 query = text.rsplit(SEARCH_OPEN, 1)[1].split(SEARCH_CLOSE)[0].strip()
-                docs = index.search([query], 3)[0] if query else []
+                docs, _ = shown_documents(index.search([query], 3)[0] if query else [])  # as the RL tool shows them
                 conversations[i].append({"role": "tool", "content": information_text(docs)})
                 still.append(i)
         active = still
@@ -192,11 +311,19 @@ def prompt_of(item: dict) -> str:
     return item["question"]
 
 
+def item_answers(item: dict) -> list[str]:
+    """A held-out item's gold answers: its 'golden_answers', else its 'answer' (text or a list of aliases)."""
+    answers = item.get("golden_answers") or item["answer"]
+    return [answers] if isinstance(answers, str) else [str(a) for a in answers]
+
+
 def score(item: dict, transcript: str) -> dict:
-    """A held-out item's row: the transcript's first answer, right if it is the gold one."""
+    """A held-out item's row: the transcript's first answer, right if it is one of the
+    gold answers (the row's gold is the first of them)."""
     predicted = first_answer(transcript)
-    correct = predicted is not None and normalise(predicted) == normalise(item["answer"])
-    return scored_row(item["qid"], {"hops": item["hops"]}, item["hops"], item["answer"], predicted, correct, transcript)
+    answers = item_answers(item)
+    correct = predicted is not None and normalise(predicted) in {normalise(a) for a in answers}
+    return scored_row(item["qid"], {"hops": item["hops"]}, item["hops"], answers[0], predicted, correct, transcript)
 
 
 def evaluate(run, items: list[dict]) -> list[dict]:
@@ -236,6 +363,7 @@ SUITE = register(
         max_new_tokens=96,
         easy_tiers=("1", "2"),
         rl_rows=rl_rows,
+        foreign_sources=SEARCH_R1_SOURCES,
         extract=answer_of,
         credit=credit,
         evaluate=evaluate,

@@ -1,4 +1,10 @@
-"""BM25 search over a corpus of {"title", "content"} documents (bm25s), in-process.
+"""BM25 search over a corpus of documents (bm25s), in-process.
+
+A corpus record is either ours, {"title", "content"}, or FlashRAG's and Search-R1's
+{"id", "contents"}, whose first line is the title (often in double quotes, which are
+dropped) and the rest the text (``split_contents``). Every document the index holds has
+"title", "content" and "id" (the record's, else its position in the corpus), besides
+the record's other fields.
 
 The same index serves the scripted teacher, the RL tool and the HTTP server
 (``afm_trainer.tools.search_server``).
@@ -6,25 +12,86 @@ The same index serves the scripted teacher, the RL tool and the HTTP server
 
 from __future__ import annotations
 
-import json
 import threading
 
 import bm25s
+
+from afm_trainer.traces.formats import TraceError, plain_text, type_name
+
+SHAPES = '{"title", "content"} or {"id", "contents"}'
+
+
+def split_contents(contents: str) -> tuple[str, str]:
+    """(title, text) of a FlashRAG/Search-R1 ``contents``: the first line, without its
+    surrounding double quotes, and the lines after it."""
+    title, _, text = contents.partition("\n")
+    return title.strip().strip('"').strip(), text.strip()
+
+
+def document_of(record, where: str, position: int) -> dict:
+    """The indexed form of one corpus record (a copy); ValueError naming ``where`` and the key."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: not a JSON object")
+    if "content" in record or "contents" not in record:  # ours: {"title", "content"}
+        for key in ("title", "content"):
+            if key not in record:
+                raise ValueError(f"{where}: no {key!r} (a document is {SHAPES})")
+            if not isinstance(record[key], str):
+                got = type_name(record[key]) if record[key] is not None else "null"
+                raise ValueError(f"{where}: {key!r} must be a string, got {got} (a document is {SHAPES})")
+        document = dict(record)
+    else:  # FlashRAG's and Search-R1's: {"id", "contents"}
+        if not isinstance(record["contents"], str):
+            got = type_name(record["contents"]) if record["contents"] is not None else "null"
+            raise ValueError(f"{where}: 'contents' must be a string, got {got}")
+        title, text = split_contents(record["contents"])
+        document = {**record, "title": title, "content": text}
+    document["id"] = str(position) if record.get("id") is None else str(record["id"])
+    return document
+
+
+def shown_documents(documents: list[dict]) -> tuple[list[dict], int]:
+    """The documents a model's tool turn may show, and how many were refused: none whose
+    title or content holds a reserved chat token (the chat template's tokenizer would
+    read it as a control token) or a trace tag (it would end the ``<information>`` block
+    early, or put an answer in the response the reward reads). Refused, never rewritten,
+    as the training data's documents are (afm_trainer.traces.formats)."""
+    shown = []
+    for document in documents:
+        try:
+            for key in ("title", "content"):
+                plain_text(document[key], key, tag="information")
+        except TraceError:
+            continue
+        shown.append(document)
+    return shown, len(documents) - len(shown)
 
 
 class SearchIndex:
     def __init__(self, documents: list[dict]):
         if not documents:
             raise ValueError("the corpus is empty")
-        self.documents = documents
+        # Copies: the caller's records stay as they were.
+        self.documents = [document_of(record, f"document {i}", i) for i, record in enumerate(documents)]
         self._retriever = bm25s.BM25()
-        self._retriever.index(self._tokenize([f"{d['title']} {d['content']}" for d in documents]), show_progress=False)
+        texts = [f"{d['title']} {d['content']}" for d in self.documents]
+        self._retriever.index(self._tokenize(texts), show_progress=False)
         self._lock = threading.Lock()  # retrieval shares scratch state
 
     @classmethod
     def from_jsonl(cls, path: str) -> SearchIndex:
-        with open(path, encoding="utf-8") as f:
-            return cls([json.loads(line) for line in f if line.strip()])
+        """The index of a corpus file: JSONL (a JSON array and parquet are read too, by
+        ``afm_trainer.data.convert.read_records``); a bad record is a ValueError naming its line."""
+        from afm_trainer.data.convert import read_records  # the project's one reader of record files
+
+        documents = []
+        for where, record in read_records(path):
+            if isinstance(record, TraceError):  # a line that is not JSON
+                raise ValueError(f"{path} {where}: {record}")
+            documents.append(document_of(record, f"{path} {where}", len(documents)))
+        if not documents:
+            raise ValueError(f"{path}: the corpus is empty")
+        return cls(documents)
 
     @staticmethod
     def _tokenize(texts: list[str]):

@@ -2,8 +2,16 @@
 
     python -m afm_trainer.tools.search_server --corpus corpus.jsonl [--host 127.0.0.1] [--port 8000]
 
-POST /retrieve {"queries": ["..."], "topk": 3} -> {"result": [[{"title", "content", "score"}, ...], ...]}
+POST /retrieve {"queries": ["..."], "topk": 3} -> {"result": [[{"title", "content", "id", "score"}, ...], ...]}
 GET /health -> {"status": "ok", "documents": N}
+
+A request that names ``return_scores`` (true or false) is a Search-R1/FlashRAG client's,
+and gets the reply of Search-R1's retrieval server: {"result": [[{"document": {"id",
+"contents"}, "score"}, ...], ...]} with scores, {"result": [[{"id", "contents"}, ...],
+...]} without; ``contents`` is the title in double quotes, a newline and the text (the
+corpus record's own ``contents`` if it had one). Without ``return_scores``, the reply
+is ours, as above (documents keep the corpus record's other fields).
+
 Requests are bounded (body size, number and length of queries, topk); anything
 malformed gets a 4xx with a one-line message (never the request echoed back), never
 a crash. The body cap counts the bytes actually received, so a chunked upload with
@@ -19,7 +27,7 @@ import json
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from afm_trainer.tools.search import SearchIndex
 
@@ -32,6 +40,22 @@ MAX_TOPK = 50
 class RetrieveRequest(BaseModel):
     queries: list[StrictStr] = Field(min_length=1, max_length=MAX_QUERIES)
     topk: StrictInt = Field(default=3, ge=1, le=MAX_TOPK)
+    return_scores: StrictBool | None = None  # named: the client wants Search-R1's reply
+
+
+def search_r1_document(document: dict) -> dict:
+    """A document as Search-R1's corpus holds it: {"id", "contents"}."""
+    contents = document.get("contents")
+    if not isinstance(contents, str):
+        contents = f'"{document["title"]}"\n{document["content"]}'
+    return {"id": document["id"], "contents": contents}
+
+
+def search_r1_result(documents: list[dict], return_scores: bool) -> list[dict]:
+    """One query's documents in the reply of Search-R1's retrieval server."""
+    if return_scores:
+        return [{"document": search_r1_document(d), "score": d["score"]} for d in documents]
+    return [search_r1_document(d) for d in documents]
 
 
 class BodyLimit:
@@ -109,7 +133,10 @@ def create_app(index: SearchIndex) -> FastAPI:
             return JSONResponse(
                 {"detail": f"queries {too_long} are empty or over {MAX_QUERY_CHARS} characters"}, status_code=422
             )
-        return {"result": index.search(body.queries, body.topk)}
+        results = index.search(body.queries, body.topk)
+        if body.return_scores is None:
+            return {"result": results}
+        return {"result": [search_r1_result(documents, body.return_scores) for documents in results]}
 
     return app
 
@@ -118,7 +145,9 @@ def main(argv=None) -> int:
     import uvicorn
 
     parser = argparse.ArgumentParser(description="Serve BM25 search over a JSONL corpus.")
-    parser.add_argument("--corpus", required=True, help="JSONL, one {title, content} document a line")
+    parser.add_argument(
+        "--corpus", required=True, help='JSONL, one document a line: {"title", "content"} or {"id", "contents"}'
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)

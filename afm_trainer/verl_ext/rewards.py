@@ -12,15 +12,21 @@ Every row gets the same keys, {"score", "correct", "format"}, since verl gathers
 extra keys of a batch into per-key metric columns.
 
     format  = 1 if the suite can extract what it scores (a well-formed response), else 0
-    credit  = the suite's credit for it, 0..1 (qa: exact match, else half its token F1;
-              algorithmic: the verifier; code: the fraction of tests passed)
+    credit  = the suite's credit for it, 0..1 (qa: exact match, else half its token F1,
+              the best over the gold answers; algorithmic: the verifier; code: the
+              fraction of tests passed)
     score   = format * (FORMAT_WEIGHT + CORRECT_WEIGHT * credit)        (0 .. 1.1)
     correct = 1 if credit == 1
+
+A row's ground truth reaches the suite as text (``str`` of it), except an object: the
+rows of another project that a suite scores as they are carry one (Search-R1's nq,
+hotpotqa... rows: {"target": [aliases]}, which the qa suite reads, best alias wins).
 
 Correctness counts only in a well-formed response, so malformed output scores 0: an
 answer the held-out evaluation cannot extract must not be reinforced. Nothing in a
 model's output makes a scorer raise; a broken row (missing extra_info) or an unknown
-data_source does, loudly, since it is a bug in the data, not in the model.
+data_source (neither a suite's nor a foreign source one scores, afm_trainer.suites.base)
+does, loudly, since it is a bug in the data, not in the model.
 """
 
 from __future__ import annotations
@@ -39,5 +45,6 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     answer = suite.extract(solution_str) if isinstance(solution_str, str) else None
     if answer is None:
         return {"score": 0.0, "correct": 0, "format": 0}
-    credit = suite.credit(answer, str(ground_truth), extra_info or {})
+    truth = ground_truth if isinstance(ground_truth, dict) else str(ground_truth)
+    credit = suite.credit(answer, truth, extra_info or {})
     return {"score": FORMAT_WEIGHT + CORRECT_WEIGHT * credit, "correct": int(credit == 1.0), "format": 1}

@@ -12,7 +12,11 @@ gives tool turns response_mask 0, so they never enter the policy loss. A turn wi
 (``multi_turn.max_assistant_turns``, ``max_tool_response_length``, ``response_length``).
 
 Configured by the tools.yaml that the GRPO recipe writes to OUT_DIR when it has a CORPUS or
-SEARCH_URL (``multi_turn.tool_config_path``).
+SEARCH_URL (``multi_turn.tool_config_path``). SEARCH_URL may be our search server or
+a Search-R1/FlashRAG retrieval server: the tool reads either reply (``reply_documents``).
+Whatever a server sends enters the model's tool turn only through
+``afm_trainer.tools.search.shown_documents``: a document holding a reserved chat token or
+a trace tag is left out (counted in the tool's ``refused`` metric).
 """
 
 from __future__ import annotations
@@ -66,9 +70,27 @@ def _index(corpus: str):
     return SearchIndex.from_jsonl(corpus)
 
 
+def reply_documents(reply) -> list[dict]:
+    """The first query's documents of a retrieval server's reply, each with "title" and
+    "content": ours ({"result": [[{"title", "content", "score"}, ...]]}) or Search-R1's
+    ({"document": {"id", "contents"}, "score"} items, or bare {"id", "contents"} items;
+    the title is the first line of ``contents``). A reply of any other shape is a
+    ValueError that quotes none of it (verl puts a tool's error into the tool turn)."""
+    from afm_trainer.tools.search import document_of
+
+    result = reply.get("result") if isinstance(reply, dict) else None
+    if not isinstance(result, list) or not result or not isinstance(result[0], list):
+        raise ValueError('the search server\'s reply is not {"result": [[documents of the query]]}')
+    documents = []
+    for i, item in enumerate(result[0]):
+        document = item["document"] if isinstance(item, dict) and isinstance(item.get("document"), dict) else item
+        documents.append(document_of(document, f"the search server's result[0][{i}]", i))
+    return documents
+
+
 class SearchTool(BaseTool):
-    """BM25 search. config: ``corpus`` (a JSONL of {title, content}) or ``url`` (a
-    search server), ``topk`` (default 3)."""
+    """BM25 search. config: ``corpus`` (a JSONL of {title, content} or {id, contents}) or
+    ``url`` (our search server, or a Search-R1/FlashRAG retrieval server), ``topk`` (default 3)."""
 
     def __init__(self, config: dict, tool_schema: OpenAIFunctionToolSchema | None = None):
         if not config.get("corpus") and not config.get("url"):
@@ -85,14 +107,16 @@ class SearchTool(BaseTool):
                     self.config["url"].rstrip("/") + "/retrieve", json={"queries": [query], "topk": self.topk}
                 )
                 reply.raise_for_status()
-                return reply.json()["result"][0]
+                return reply_documents(reply.json())
         index = _index(self.config["corpus"])
         return (await asyncio.to_thread(index.search, [query], self.topk))[0]
 
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs) -> tuple[ToolResponse, float, dict]:
+        from afm_trainer.tools.search import shown_documents
+
         query = str(parameters.get("query", "")).strip()
-        documents = await self._documents(query) if query else []
-        return ToolResponse(text=information_text(documents)), 0.0, {"documents": len(documents)}
+        documents, refused = shown_documents(await self._documents(query) if query else [])
+        return ToolResponse(text=information_text(documents)), 0.0, {"documents": len(documents), "refused": refused}
 
 
 class SandboxTool(BaseTool):

@@ -114,3 +114,18 @@ def test_greedy_decode_matches_generate_while_dropping_finished_rows(nano_model)
     for row, expected in zip(ours, reference.tolist()):
         assert row == expected[: len(row)]
         assert all(t == tokenizer.pad_token_id for t in expected[len(row) :])  # generate() only padded after the stop
+
+
+def test_qa_held_out_items_with_aliases_accept_any_of_them():
+    from afm_trainer.suites.qa import score as qa_row
+
+    plain = {"qid": "q1", "hops": 1, "answer": "Kafen"}
+    assert qa_row(plain, "<answer>kafen</answer>")["correct"]
+    assert not qa_row(plain, "<answer>Velmora</answer>")["correct"]
+    for item in (
+        {"qid": "q2", "hops": 1, "golden_answers": ["Jane Austen", "Austen"]},
+        {"qid": "q3", "hops": 1, "answer": ["Jane Austen", "Austen"]},
+    ):
+        row = qa_row(item, "<search>Pride and Prejudice</search><answer>Austen.</answer>")
+        assert row["correct"] and row["gold"] == "jane austen" and row["predicted"] == "austen", row
+        assert not qa_row(item, "<answer>Charlotte Bronte</answer>")["correct"]

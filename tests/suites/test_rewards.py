@@ -88,6 +88,8 @@ def test_the_keys_are_the_same_for_every_outcome():
 def test_unknown_data_source_is_an_error_naming_it():
     with pytest.raises(ValueError, match="openai/gsm8k"):
         score("openai/gsm8k", "<answer>1</answer>", "1")
+    with pytest.raises(ValueError, match="'countdown'"):  # a Search-R1-shaped row of no known source
+        score("countdown", "<answer>1</answer>", {"target": ["1"]})
 
 
 # --- afm/qa ---
@@ -116,6 +118,90 @@ def test_qa_partial_answer_earns_a_share_of_the_f1():
 
 def test_qa_wrong_answer_gets_only_the_format_score():
     assert score("afm/qa", "<answer>Velmora</answer>", "Kafen") == {"score": FORMAT_ONLY, "correct": 0, "format": 1}
+
+
+def test_qa_every_alias_earns_full_credit():
+    aliases = '["Jane Austen", "Austen", "Miss Austen"]'  # a row's ground truth with aliases
+    for response in ("<answer>Jane Austen</answer>", "<answer>austen.</answer>", "<answer>Miss Austen</answer>"):
+        assert score("afm/qa", response, aliases) == {"score": FULL, "correct": 1, "format": 1}, response
+    assert score("afm/qa", "<answer>Charlotte Bronte</answer>", aliases) == {
+        "score": FORMAT_ONLY,
+        "correct": 0,
+        "format": 1,
+    }
+
+
+def test_qa_partial_credit_is_the_best_over_the_aliases():
+    aliases = '["Kalomi Iron Works Company", "Kalomi Works"]'
+    # "Kalomi": precision 1 against both; recall 1/4 against the first, 1/2 against the second
+    best_f1 = 2 * (1 * 0.5) / (1 + 0.5)
+    result = score("afm/qa", "<answer>Kalomi</answer>", aliases)
+    assert result["correct"] == 0
+    assert result["score"] == pytest.approx(FORMAT_ONLY + qa_suite.PARTIAL_WEIGHT * best_f1)
+
+
+def test_qa_ground_truth_is_plain_text_for_one_answer_and_a_json_list_for_several():
+    assert qa_suite.ground_truth_of(["Kafen"]) == "Kafen"  # the rows written before aliases, unchanged
+    assert qa_suite.ground_truth_of(["Paris", "City of Light"]) == '["Paris", "City of Light"]'
+    assert qa_suite.ground_truth_of(['["a"]']) == '["[\\"a\\"]"]'  # one answer that reads as a list
+    assert qa_suite.golden_answers('["[\\"a\\"]"]') == ['["a"]']
+    assert qa_suite.golden_answers("[not json") == ["[not json"]
+    # a lone answer in brackets is text, as it always was
+    assert score("afm/qa", "<answer>[not json</answer>", "[not json")["correct"] == 1
+
+
+# Search-R1's RL rows, as scripts/data_process/nq_search.py writes them (the prompt cut short).
+SEARCH_R1_ROWS = [
+    {
+        "data_source": "nq",
+        "prompt": [{"role": "user", "content": "Answer the given question. ... Question: who wrote hamlet?\n"}],
+        "ability": "fact-reasoning",
+        "reward_model": {"style": "rule", "ground_truth": {"target": ["William Shakespeare", "Shakespeare"]}},
+        "extra_info": {"split": "train", "index": 0},
+    },
+    {
+        "data_source": "hotpotqa",
+        "prompt": [
+            {"role": "user", "content": "Answer the given question. ... Question: what is the capital of france?\n"}
+        ],
+        "ability": "fact-reasoning",
+        "reward_model": {"style": "rule", "ground_truth": {"target": ["Paris"]}},
+        "extra_info": {"split": "train", "index": 1},
+    },
+]
+
+
+def test_search_r1_rows_read_back_from_their_parquet_are_scored_as_qa(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(SEARCH_R1_ROWS), tmp_path / "train.parquet")
+    nq, hotpot = pq.read_table(tmp_path / "train.parquet").to_pylist()
+
+    def row_score(row, response):
+        return score(row["data_source"], response, row["reward_model"]["ground_truth"], row["extra_info"])
+
+    searched = "<think>I need the author.</think><search>hamlet author</search><information>...</information>"
+    assert row_score(nq, searched + "<answer> Shakespeare </answer>") == {"score": FULL, "correct": 1, "format": 1}
+    assert row_score(nq, "<answer>William Shakespeare</answer>")["correct"] == 1
+    assert row_score(hotpot, "<answer>Lyon</answer>") == {"score": FORMAT_ONLY, "correct": 0, "format": 1}
+    assert row_score(hotpot, "Paris") == ZERO  # no answer tags: malformed, as for our own rows
+
+
+def test_search_r1_targets_as_pandas_gives_them_are_read_too():
+    np = pytest.importorskip("numpy")
+    truth = {"target": np.array(["Leonardo da Vinci", "Leonardo"], dtype=object)}
+    assert score("popqa", "<answer>leonardo</answer>", truth)["correct"] == 1
+
+
+def test_a_search_r1_source_with_a_broken_ground_truth_is_an_error_naming_target():
+    with pytest.raises(ValueError, match="'target'"):
+        score("nq", "<answer>Paris</answer>", {"answers": ["Paris"]})
+
+
+@pytest.mark.parametrize("source", ["nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle"])
+def test_every_search_r1_qa_source_is_scored(source):
+    assert score(source, "<answer>Paris</answer>", {"target": ["Paris"]})["correct"] == 1
 
 
 # --- afm/algorithmic ---
