@@ -3,7 +3,7 @@
     python data_preprocess/convert_traces.py --format FMT --mode {multiturn,stepwise,one_call} \
         --input_file IN --output_file OUT.parquet [--tokenizer PATH] [--min_score X] \
         [--balance {none,downsample,upsample}] [--dedup] [--seed 0] [--role coder] \
-        [--reasoning {train,drop}]
+        [--reasoning {train,drop}] [--untrained_tags observation,information,tool_response]
 
 FMT: auto (told from the file's first record; printed), search_agent, agent_chain,
 sharegpt, messages, teacher_cot (afm_trainer/traces/registry.py lists them and what each
@@ -21,7 +21,7 @@ import sys
 
 from afm_trainer.data.convert import InputError, convert
 from afm_trainer.models.special_tokens import ROLE_TOKENS
-from afm_trainer.traces.chat import REASONING
+from afm_trainer.traces.chat import REASONING, UNTRAINED_TAGS
 from afm_trainer.traces.formats import MODES
 from afm_trainer.traces.registry import FORMATS
 
@@ -49,6 +49,12 @@ def main(argv=None) -> int:
         default="train",
         help="chat formats: train an assistant's reasoning_content as <think>...</think>, or drop it",
     )
+    parser.add_argument(
+        "--untrained_tags",
+        default=",".join(UNTRAINED_TAGS),
+        help="chat formats: tags of tool output written inside an assistant turn, kept as context, never "
+        "trained (comma-separated; default %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         report = convert(
@@ -63,6 +69,7 @@ def main(argv=None) -> int:
             args.seed,
             role=f"<|{args.role}|>" if args.role else None,
             reasoning=args.reasoning,
+            untrained_tags=tuple(tag.strip() for tag in args.untrained_tags.split(",") if tag.strip()),
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

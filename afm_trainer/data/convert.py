@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly, write_rows
 from afm_trainer.models.special_tokens import ROLE_TOKENS, first_of, special_tokens_of
-from afm_trainer.traces.chat import REASONING
+from afm_trainer.traces.chat import REASONING, UNTRAINED_TAGS
 from afm_trainer.traces.formats import MODES, TraceError, difficulty_of, preference_pair, to_samples
 from afm_trainer.traces.registry import FORMATS, UnknownFormat, detect_format
 
@@ -265,12 +266,14 @@ def convert(
     seed: int = 0,
     role: str | None = None,
     reasoning: str = "train",
+    untrained_tags: tuple[str, ...] = UNTRAINED_TAGS,
 ) -> dict:
     """Convert one trajectory file; returns the report (also written beside the output).
     ``fmt``: a name of ``afm_trainer.traces.registry.FORMATS``, or ``auto`` (told from the
     first record; the report says which). ``mode`` and ``role``: as
     ``afm_trainer.traces.formats.to_samples`` takes them. ``reasoning`` (chat formats):
-    ``train`` an assistant's ``reasoning_content`` as ``<think>...</think>``, or ``drop`` it."""
+    ``train`` an assistant's ``reasoning_content`` as ``<think>...</think>``, or ``drop`` it;
+    ``untrained_tags`` (chat formats): the tags of tool output written inside a turn."""
     detected_at = None
     if fmt == "auto":
         try:
@@ -279,6 +282,8 @@ def convert(
             raise InputError(f"{input_file}: cannot tell the format: {exc}") from None
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (choose from auto, {', '.join(FORMATS)})")
+    if bad := [tag for tag in untrained_tags if not re.fullmatch(r"[A-Za-z][\w-]*", tag)]:
+        raise InputError(f"untrained tags are tag names such as observation, got {bad[0]!r}")
     if reasoning not in REASONING:
         raise InputError(f"unknown reasoning option {reasoning!r} (one of {', '.join(REASONING)})")
     if mode not in MODES:
@@ -289,7 +294,8 @@ def convert(
         )
     check_output_file(output_file)
     chat = FORMATS[fmt].chat
-    parse = partial(FORMATS[fmt].parse, reasoning=reasoning) if chat else FORMATS[fmt].parse
+    options = {"reasoning": reasoning, "untrained_tags": tuple(untrained_tags)} if chat else {}
+    parse = partial(FORMATS[fmt].parse, **options)
     tokenizer = None
     if tokenizer_path:
         from transformers import AutoTokenizer
@@ -418,6 +424,7 @@ def convert(
         "format_detected_at": detected_at,
         "mode": mode,
         "role": role,
+        "untrained_tags": list(untrained_tags) if chat else None,
         "records_in": records_in,
         "records_converted": records_in - sum(rejects_by_reason.values()),
         "records_rejected": sum(rejects_by_reason.values()),

@@ -28,9 +28,9 @@ list of them) and ``observation`` (a tool result); optional ``system`` and ``too
 Tool output inside an assistant turn (the Agent Foundation Models' chain-of-agents style:
 ``<plan>...</plan><code>...</code><observation>result</observation><reflection>...``, or
 Search-R1's ``<information>``): the environment wrote those spans, so they are never
-trained. Each span of an ``UNTRAINED_TAGS`` tag, tags included, is kept in the turn as
-context and listed in the message's ``untrained_spans`` (character offsets into its
-content); a tag opened and never closed is refused.
+trained. Each span of an ``UNTRAINED_TAGS`` tag, tags and the whitespace around it
+included, is kept in the turn as context and listed in the message's ``untrained_spans``
+(character offsets into its content); a tag opened and never closed is refused.
 
 Labelled data (KTO: ``label`` or ``kto_tag``, a boolean): a response labelled false is
 never an SFT target, so its record is rejected with that reason and counted; true
@@ -53,7 +53,8 @@ UNTRAINED_TAGS = ("observation", "information", "tool_response")
 
 
 def untrained_spans(content: str, name: str, tags=UNTRAINED_TAGS) -> list[list[int]]:
-    """[start, end) of every span of tool output in ``content``, tags included."""
+    """[start, end) of every span of tool output in ``content``, its tags and the whitespace
+    around it included."""
     spans = []
     for tag in tags:
         opening, closing, position = f"<{tag}>", f"</{tag}>", 0
@@ -61,12 +62,22 @@ def untrained_spans(content: str, name: str, tags=UNTRAINED_TAGS) -> list[list[i
             end = content.find(closing, start)
             if end < 0:
                 raise TraceError(f"{name}: <{tag}> at character {start} is never closed")
-            spans.append([start, end + len(closing)])
-            position = end + len(closing)
-    spans.sort()
-    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
-        raise TraceError(f"{name}: spans of tool output overlap ({', '.join(f'<{t}>' for t in tags)})")
-    return spans
+            end += len(closing)
+            position = end
+            # The environment writes the whitespace around its output too ("\n\n<information>
+            # ...</information>\n\n" in Search-R1): the model stopped before it.
+            while start > 0 and content[start - 1].isspace():
+                start -= 1
+            while end < len(content) and content[end].isspace():
+                end += 1
+            spans.append([start, end])
+    merged: list[list[int]] = []  # nested or touching spans (one result after another) become one
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
 
 
 def _json_value(value, name: str):
@@ -147,7 +158,13 @@ def _label(record: dict) -> None:
                 raise TraceError(f"{key!r} is false: a response labelled bad is never trained as an SFT target")
 
 
-def chat_trajectory(record: dict, named: list[tuple[str, dict]], tools, reasoning: str = "train") -> Trajectory:
+def chat_trajectory(
+    record: dict,
+    named: list[tuple[str, dict]],
+    tools,
+    reasoning: str = "train",
+    untrained_tags: tuple[str, ...] = UNTRAINED_TAGS,
+) -> Trajectory:
     """The trajectory of ``named``: (name for reasons, OpenAI-shaped message) in order."""
     _label(record)
     prompt, turns = [], []
@@ -175,7 +192,7 @@ def chat_trajectory(record: dict, named: list[tuple[str, dict]], tools, reasonin
             if not content.strip() and not calls:
                 raise TraceError(f"{name} is empty (no content and no tool call)")
             well_formed_turn(content, f"{name}.content")
-            if spans := untrained_spans(content, f"{name}.content"):
+            if spans := untrained_spans(content, f"{name}.content", untrained_tags):
                 out["untrained_spans"] = spans
         else:
             if not content.strip():
@@ -204,10 +221,11 @@ def _message_list(record: dict, key: str) -> list:
     return messages
 
 
-def parse_openai_chat(record: dict, reasoning: str = "train") -> Trajectory:
+def parse_openai_chat(record: dict, **options) -> Trajectory:
+    """``options``: ``reasoning`` and ``untrained_tags``, as ``chat_trajectory`` takes them."""
     messages = _message_list(record, "messages")
     tools = parse_tools(record.get("tools"))
-    return chat_trajectory(record, [(f"messages[{i}]", m) for i, m in enumerate(messages)], tools, reasoning)
+    return chat_trajectory(record, [(f"messages[{i}]", m) for i, m in enumerate(messages)], tools, **options)
 
 
 def sharegpt_message(turn: dict, name: str) -> dict:
@@ -238,6 +256,6 @@ def sharegpt_messages(record: dict, key: str = "conversations") -> list[tuple[st
     return named
 
 
-def parse_sharegpt(record: dict, reasoning: str = "train") -> Trajectory:
+def parse_sharegpt(record: dict, **options) -> Trajectory:
     tools = parse_tools(record.get("tools"))
-    return chat_trajectory(record, sharegpt_messages(record), tools, reasoning)
+    return chat_trajectory(record, sharegpt_messages(record), tools, **options)

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from afm_trainer.models.special_tokens import IM_START
 from afm_trainer.traces.chat import parse_openai_chat, parse_sharegpt
 from afm_trainer.traces.formats import TraceError, Trajectory, parse_agent_chain, parse_search_agent, parse_teacher_cot
+from afm_trainer.traces.rollout_text import parse_rollout_text
 
 
 def _has(record: dict, *keys: str) -> bool:
@@ -68,6 +70,17 @@ FORMATS = {
             lambda r: _list_of_dicts_with(r, "messages", "role"),
             "`messages` of `{role, content}`",
             "assistant turns (content, reasoning, tool calls) as the chat template renders them; never tool turns",
+            chat=True,
+        ),
+        Format(
+            "rollout_text",
+            parse_rollout_text,
+            lambda r: (
+                (isinstance(r.get("text"), str) and IM_START in r["text"])
+                or (isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str))
+            ),
+            f"`text` holding `{IM_START}` frames, or `prompt` + `response` strings",
+            "assistant turns; never other turns, nor tool output written into a turn (`<information>`...)",
             chat=True,
         ),
         Format(

@@ -354,3 +354,71 @@ def test_an_unclosed_span_of_tool_output_is_rejected(tmp_path):
     convert(write_json(tmp_path / "in.jsonl", records), str(tmp_path / "out.parquet"), "sharegpt")
     (line,) = [json.loads(line) for line in open(tmp_path / "out.parquet.rejects.jsonl")]
     assert line["reason"] == "conversations[1].content: <observation> at character 14 is never closed"
+
+
+def test_search_r1_rollout_text_trains_only_the_models_text(tmp_path, nano_model):
+    record = {
+        "prompt": "<|im_start|>user\nWho founded the archive?<|im_end|>\n<|im_start|>assistant\n",
+        "response": "<search>archive founder</search>\n\n<information>[1] Archive: founded by Maren Vik.</information>"
+        "\n\n<answer>Maren Vik</answer><|im_end|><|endoftext|><|endoftext|>",
+    }
+    src = write_json(tmp_path / "rollouts.jsonl", [record])
+    report = convert(src, str(tmp_path / "out.parquet"), "auto")
+    assert report["format"] == "rollout_text"
+    (messages,) = pd.read_parquet(tmp_path / "out.parquet")["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "Who founded the archive?"),
+        (
+            "assistant",
+            "<search>archive founder</search>\n\n<information>[1] Archive: founded by Maren Vik.</information>"
+            "\n\n<answer>Maren Vik</answer>",
+        ),
+    ]
+    ((_, trained),) = trained_text(nano_model, tmp_path / "out.parquet")
+    assert trained == ["<search>archive founder</search>", "<answer>Maren Vik</answer><|im_end|>"]
+
+
+def test_chatml_log_parses_into_turns(tmp_path):
+    text = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\nOk.<|im_end|>\n"
+    )
+    convert(write_json(tmp_path / "log.jsonl", [{"text": text}]), str(tmp_path / "out.parquet"), "rollout_text")
+    (messages,) = pd.read_parquet(tmp_path / "out.parquet")["messages"]
+    assert [(m["role"], m["content"], m["train"]) for m in messages] == [
+        ("system", "Be brief.", False),
+        ("user", "Hi", False),
+        ("assistant", "Hello.", True),
+        ("tool", "42", False),
+        ("assistant", "Ok.", True),
+    ]
+
+
+def test_broken_rollout_text_is_rejected_with_the_turn_named(tmp_path):
+    good = {"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"}
+    records = [
+        {"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHel"},
+        {"text": "log: <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>"},
+        {"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>planner\nx<|im_end|>"},
+        {"prompt": "Hi", "response": "Hello <|im_start|>assistant\nforged"},
+        {"prompt": "Hi", "response": "<code>x</code><observation>1"},
+    ]
+    convert(write_json(tmp_path / "in.jsonl", [*records, good]), str(tmp_path / "out.parquet"), "rollout_text")
+    reasons = [json.loads(line)["reason"] for line in open(tmp_path / "out.parquet.rejects.jsonl")]
+    assert reasons == [
+        "'text' turn 1 (assistant) has no <|im_end|>: the rollout was cut off",
+        "'text' has text before its first <|im_start|>: 'log:'",
+        "'text' turn 1 has role 'planner' (one of system, user, assistant, tool)",
+        "'response'.content contains '<|im_start|>', a reserved chat token (text is never trained as one)",
+        "'response'.content: <observation> at character 14 is never closed",
+    ]
+
+
+def test_untrained_tags_are_configurable(tmp_path, nano_model):
+    record = {"prompt": "Q", "response": "<code>x</code><result>1</result><answer>1</answer>"}
+    src = write_json(tmp_path / "in.jsonl", [record])
+    convert(src, str(tmp_path / "out.parquet"), "rollout_text", untrained_tags=("result",))
+    ((_, trained),) = trained_text(nano_model, tmp_path / "out.parquet")
+    assert trained == ["<code>x</code>", "<answer>1</answer><|im_end|>"]
+    with pytest.raises(InputError, match="untrained tags are tag names"):
+        convert(src, str(tmp_path / "out.parquet"), "rollout_text", untrained_tags=("<result>",))

@@ -22,12 +22,16 @@ GOOD = {
     "agent_chain": CHAIN,
     "teacher_cot": {"question": "Is 4 even?", "answer": "yes", "teacher_output": "4 ends in 4."},
     "messages": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+    "rollout_text": {
+        "prompt": "<|im_start|>user\nWho founded it?<|im_end|>\n<|im_start|>assistant\n",
+        "response": "<search>founder</search>\n\n<information>[1] Ada founded it.</information>\n\n<answer>Ada</answer>",
+    },
     "sharegpt": {
         "conversations": [
             {"from": "human", "value": "Area of a 5 by 3 rectangle?"},
             {"from": "function_call", "value": '{"name": "area", "arguments": {"w": 5, "h": 3}}'},
             {"from": "observation", "value": '{"area": 15}'},
-            {"from": "gpt", "value": "It is 15."},
+            {"from": "gpt", "value": "<code>print(5 * 3)</code><observation>15</observation>It is 15."},
         ],
         "system": "You compute areas.",
         "tools": '[{"name": "area", "description": "w times h", "parameters": {"type": "object"}}]',
