@@ -7,7 +7,8 @@
 
 FMT: auto (told from the file's first record; printed), search_agent, agent_chain,
 sharegpt, messages, teacher_cot (afm_trainer/traces/registry.py lists them and what each
-trains). Input: JSONL, a JSON array or parquet (by extension and first character). Writes
+trains). Input: JSONL, a JSON array or parquet (by extension and first character), a folder
+saved by the datasets library (save_to_disk), or a quoted glob ('data/*.jsonl'). Writes
 OUT.parquet (`messages` with a per-message `train` flag), OUT.parquet.rejects.jsonl and
 OUT.parquet.report.json. Agent chains: --mode one_call trains one model on every agent's
 turns as one message (the whole chain in one call); --role trains one agent's turns only
@@ -30,7 +31,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Convert agent trajectories to verl SFT parquet.")
     parser.add_argument("--format", required=True, choices=["auto", *sorted(FORMATS)])
     parser.add_argument("--mode", default="multiturn", choices=MODES)
-    parser.add_argument("--input_file", required=True)
+    parser.add_argument(
+        "--input_file", required=True, help="JSONL, JSON array, parquet, a save_to_disk folder, or a glob of files"
+    )
     parser.add_argument("--output_file", required=True)
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer for token-length percentiles")
     parser.add_argument("--min_score", type=float, default=None, help="reject trajectories scoring below this")

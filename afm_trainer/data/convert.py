@@ -12,6 +12,7 @@ All three are written to temporary names and renamed when complete.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -136,9 +137,51 @@ class BackgroundParquetWriter:
 
 
 def read_records(path: str) -> Iterator[tuple[str, object]]:
-    """Yield (location, record) pairs; a line that is not JSON yields (location, TraceError)."""
-    if not os.path.isfile(path):
-        raise InputError(f"input file not found: {path}")
+    """Yield (location, record) pairs; a line that is not JSON yields (location, TraceError).
+
+    ``path``: a JSONL file, a JSON array or a parquet file; a folder written by the
+    ``datasets`` library's ``save_to_disk``; or a glob of such files (``data/*.jsonl``),
+    read in name order, each record located by file and line. Globbed files are read here,
+    not by ``datasets``' JSON loader, which fails a whole file on one bad line: each line
+    is converted or rejected on its own."""
+    if os.path.isfile(path):
+        yield from _read_file(path)
+    elif os.path.isdir(path):
+        yield from _saved_dataset(path)
+    elif glob.has_magic(path):
+        files = sorted(f for f in glob.glob(path) if os.path.isfile(f))
+        if not files:
+            raise InputError(f"no file matches {path}")
+        for file in files:
+            for location, record in _read_file(file):
+                yield f"{file} {location}", record
+    else:
+        raise InputError(
+            f"input file not found: {path}"
+            + (
+                " (datasets are not downloaded from a hub: save one with the datasets library's save_to_disk, "
+                "or export it to JSONL, and give that path)"
+                if re.fullmatch(r"[\w.-]+/[\w.-]+", path)
+                else ""
+            )
+        )
+
+
+def _saved_dataset(path: str) -> Iterator[tuple[str, object]]:
+    from datasets import Dataset, load_from_disk
+
+    try:
+        dataset = load_from_disk(path)
+    except FileNotFoundError:
+        raise InputError(f"{path} is a folder, but not one written by the datasets library's save_to_disk") from None
+    if not isinstance(dataset, Dataset):
+        splits = list(dataset)
+        raise InputError(f"{path} holds the splits {', '.join(splits)}: give one of them, e.g. {path}/{splits[0]}")
+    for index, record in enumerate(dataset):
+        yield f"index {index}", record
+
+
+def _read_file(path: str) -> Iterator[tuple[str, object]]:
     if path.endswith(".parquet"):
         try:
             parquet = pq.ParquetFile(path)
