@@ -3,10 +3,10 @@
     python data_preprocess/convert_traces.py --format FMT --mode {multiturn,stepwise,one_call} \
         --input_file IN --output_file OUT.parquet [--tokenizer PATH] [--min_score X] \
         [--balance {none,downsample,upsample}] [--dedup] [--seed 0] [--role coder] \
-        [--reasoning {train,drop}] [--untrained_tags observation,information,tool_response]
+        [--agent_roles "Code Reviewer=reviewer"] [--reasoning {train,drop}] [--untrained_tags observation,information,tool_response]
 
 FMT: auto (told from the file's first record; printed), search_agent, agent_chain,
-sharegpt, messages, teacher_cot (afm_trainer/traces/registry.py lists them and what each
+sharegpt, messages, rollout_text, teacher_cot (afm_trainer/traces/registry.py lists them and what each
 trains). Input: JSONL, a JSON array or parquet (by extension and first character), a folder
 saved by the datasets library (save_to_disk), or a quoted glob ('data/*.jsonl'). Writes
 OUT.parquet (`messages` with a per-message `train` flag), OUT.parquet.rejects.jsonl and
@@ -47,6 +47,11 @@ def main(argv=None) -> int:
         help="agent_chain: train only this agent's turns (the others are context)",
     )
     parser.add_argument(
+        "--agent_roles",
+        default=None,
+        help='agent_chain: other agent names mapped onto the roles, e.g. "Code Reviewer=reviewer,Architect=planner"',
+    )
+    parser.add_argument(
         "--reasoning",
         choices=REASONING,
         default="train",
@@ -59,6 +64,12 @@ def main(argv=None) -> int:
         "trained (comma-separated; default %(default)s)",
     )
     args = parser.parse_args(argv)
+    agent_roles = None
+    if args.agent_roles:
+        pairs = [item.split("=", 1) for item in args.agent_roles.split(",") if item.strip()]
+        if any(len(pair) != 2 or not pair[0].strip() or not pair[1].strip() for pair in pairs):
+            parser.error(f'--agent_roles takes NAME=ROLE pairs separated by commas, got "{args.agent_roles}"')
+        agent_roles = {name.strip(): role.strip() for name, role in pairs}
     try:
         report = convert(
             args.input_file,
@@ -72,6 +83,7 @@ def main(argv=None) -> int:
             args.seed,
             role=f"<|{args.role}|>" if args.role else None,
             reasoning=args.reasoning,
+            agent_roles=agent_roles,
             untrained_tags=tuple(tag.strip() for tag in args.untrained_tags.split(",") if tag.strip()),
         )
     except InputError as exc:

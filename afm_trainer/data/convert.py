@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly, write_rows
 from afm_trainer.models.special_tokens import ROLE_TOKENS, first_of, special_tokens_of
 from afm_trainer.traces.chat import REASONING, UNTRAINED_TAGS
-from afm_trainer.traces.formats import MODES, TraceError, difficulty_of, preference_pair, to_samples
+from afm_trainer.traces.formats import MODES, TraceError, difficulty_of, preference_pair, role_token, to_samples
 from afm_trainer.traces.registry import FORMATS, UnknownFormat, detect_format
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
@@ -310,13 +310,15 @@ def convert(
     role: str | None = None,
     reasoning: str = "train",
     untrained_tags: tuple[str, ...] = UNTRAINED_TAGS,
+    agent_roles: dict[str, str] | None = None,
 ) -> dict:
     """Convert one trajectory file; returns the report (also written beside the output).
     ``fmt``: a name of ``afm_trainer.traces.registry.FORMATS``, or ``auto`` (told from the
     first record; the report says which). ``mode`` and ``role``: as
     ``afm_trainer.traces.formats.to_samples`` takes them. ``reasoning`` (chat formats):
     ``train`` an assistant's ``reasoning_content`` as ``<think>...</think>``, or ``drop`` it;
-    ``untrained_tags`` (chat formats): the tags of tool output written inside a turn."""
+    ``untrained_tags`` (chat formats): the tags of tool output written inside a turn;
+    ``agent_roles`` (agent_chain): other agent names mapped onto the known roles."""
     detected_at = None
     if fmt == "auto":
         try:
@@ -337,8 +339,11 @@ def convert(
         )
     check_output_file(output_file)
     chat = FORMATS[fmt].chat
-    options = {"reasoning": reasoning, "untrained_tags": tuple(untrained_tags)} if chat else {}
-    parse = partial(FORMATS[fmt].parse, **options)
+    unknown_roles = [r for r in (agent_roles or {}).values() if role_token(r) not in ROLE_TOKENS]
+    if unknown_roles:
+        raise InputError(f"--agent_roles maps onto {unknown_roles[0]!r}; the roles are {', '.join(ROLE_TOKENS)}")
+    options = {"reasoning": reasoning, "untrained_tags": tuple(untrained_tags), "agent_roles": agent_roles}
+    parse = partial(FORMATS[fmt].parse, **{k: v for k, v in options.items() if k in FORMATS[fmt].options})
     tokenizer = None
     if tokenizer_path:
         from transformers import AutoTokenizer

@@ -172,7 +172,19 @@ def role_token(agent: str) -> str:
 KNOWN_AGENTS = ", ".join(token[2:-2].capitalize() for token in ROLE_TOKENS)
 
 
-def parse_agent_chain(record: dict) -> Trajectory:
+def agent_role(agent, agent_roles: dict[str, str] | None = None) -> str | None:
+    """The role token of an agent's name: its own (``Planner`` -> ``<|planner|>``), or the
+    one ``agent_roles`` maps it to (``{"Code Reviewer": "reviewer"}``), or None."""
+    if not isinstance(agent, str):
+        return None
+    for name, role in (agent_roles or {}).items():
+        if agent.strip().lower() == name.strip().lower():
+            return role_token(role)
+    return role_token(agent) if role_token(agent) in ROLE_TOKENS else None
+
+
+def parse_agent_chain(record: dict, agent_roles: dict[str, str] | None = None) -> Trajectory:
+    """``agent_roles``: other agent names mapped onto the role tokens the tokenizer has."""
     task = _text(record, "task")
     steps = record.get("trajectory")
     if steps is not None and not isinstance(steps, list):
@@ -184,10 +196,13 @@ def parse_agent_chain(record: dict) -> Trajectory:
         if not isinstance(step, dict):
             raise TraceError(f"trajectory[{i}] is not an object")
         agent = step.get("agent")
-        if not isinstance(agent, str) or role_token(agent) not in ROLE_TOKENS:
-            raise TraceError(f"trajectory[{i}].agent {agent!r} is not a known agent role (known: {KNOWN_AGENTS})")
+        if (token := agent_role(agent, agent_roles)) is None:
+            raise TraceError(
+                f"trajectory[{i}].agent {agent!r} is not a known agent role (known: {KNOWN_AGENTS}; "
+                "map other names onto them with --agent_roles)"
+            )
         output = well_formed_turn(_text(step, "output", f"trajectory[{i}]."), f"trajectory[{i}].'output'")
-        turns.append({"role": "assistant", "content": f"{role_token(agent)}{output}"})
+        turns.append({"role": "assistant", "content": f"{token}{output}"})
     answer = plain_text(record["answer"], "'answer'") if isinstance(record.get("answer"), str) else None
     return Trajectory(_id(record), [{"role": "user", "content": task}], turns, answer=answer, score=_score(record))
 

@@ -19,6 +19,8 @@ from afm_trainer.traces.chat import parse_openai_chat, parse_sharegpt
 from afm_trainer.traces.formats import TraceError, Trajectory, parse_agent_chain, parse_search_agent, parse_teacher_cot
 from afm_trainer.traces.rollout_text import parse_rollout_text
 
+CHAT_OPTIONS = ("reasoning", "untrained_tags")
+
 
 def _has(record: dict, *keys: str) -> bool:
     return all(key in record for key in keys)
@@ -37,6 +39,7 @@ class Format:
     detected_by: str  # for the docs: the keys that identify it
     trained: str  # for the docs: what is trained
     chat: bool = False  # tool schemas and structured calls, rendered by the chat template
+    options: tuple[str, ...] = ()  # the converter's options its parser takes
 
 
 FORMATS = {
@@ -55,6 +58,7 @@ FORMATS = {
             lambda r: _has(r, "task", "trajectory"),
             "`task` + `trajectory`",
             "every agent's turn, after its role token",
+            options=("agent_roles",),
         ),
         Format(
             "sharegpt",
@@ -63,6 +67,7 @@ FORMATS = {
             "`conversations` of `{from, value}`",
             "`gpt` and `function_call` turns as the chat template renders them; never `observation`",
             chat=True,
+            options=CHAT_OPTIONS,
         ),
         Format(
             "messages",
@@ -71,6 +76,7 @@ FORMATS = {
             "`messages` of `{role, content}`",
             "assistant turns (content, reasoning, tool calls) as the chat template renders them; never tool turns",
             chat=True,
+            options=CHAT_OPTIONS,
         ),
         Format(
             "rollout_text",
@@ -82,6 +88,7 @@ FORMATS = {
             f"`text` holding `{IM_START}` frames, or `prompt` + `response` strings",
             "assistant turns; never other turns, nor tool output written into a turn (`<information>`...)",
             chat=True,
+            options=CHAT_OPTIONS,
         ),
         Format(
             "teacher_cot",

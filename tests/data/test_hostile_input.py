@@ -327,12 +327,28 @@ def test_a_reserved_chat_token_in_any_field_of_any_format_is_rejected(tmp_path):
 def test_agents_are_known_roles_and_never_control_tokens(tmp_path):
     steps = CHAIN["trajectory"]
     records = [{**CHAIN, "trajectory": [steps[0], {**steps[1], "agent": name}]} for name in ("im_end", "Tester", 3)]
-    known = "(known: Planner, Coder, Reviewer)"
+    known = "(known: Planner, Coder, Reviewer; map other names onto them with --agent_roles)"
     assert _reasons(tmp_path, "agent_chain", records) == [
         f"trajectory[1].agent 'im_end' is not a known agent role {known}",
         f"trajectory[1].agent 'Tester' is not a known agent role {known}",
         f"trajectory[1].agent 3 is not a known agent role {known}",
     ]
+
+
+def test_other_agent_names_take_the_role_they_are_mapped_to(tmp_path):
+    steps = CHAIN["trajectory"]
+    record = {**CHAIN, "trajectory": [steps[0], {**steps[1], "agent": "Code Reviewer"}]}
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(record) + "\n")
+    convert(str(src), str(tmp_path / "out.parquet"), "agent_chain", agent_roles={"code reviewer": "reviewer"})
+    (messages,) = pq.read_table(tmp_path / "out.parquet").column("messages").to_pylist()
+    assert messages[2]["content"] == "<|reviewer|>" + steps[1]["output"]
+    with pytest.raises(InputError, match="--agent_roles maps onto 'tester'; the roles are"):
+        convert(str(src), str(tmp_path / "out.parquet"), "agent_chain", agent_roles={"Code Reviewer": "tester"})
+    result = cli(
+        "--format", "agent_chain", "--input_file", src, "--output_file", tmp_path / "o.parquet", "--agent_roles", "x"
+    )
+    assert result.returncode == 2 and "--agent_roles takes NAME=ROLE pairs" in result.stderr
 
 
 def test_a_trace_tag_inside_a_tagged_field_or_a_broken_turn_is_rejected(tmp_path):
