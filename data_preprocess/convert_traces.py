@@ -98,6 +98,13 @@ def main(argv=None) -> int:
     )
     for reason, count in report["rejected_by_reason"].items():
         print(f"  rejected {count}: {reason}")
+    if report["samples_with_untrained_assistant_turns"]:
+        print(
+            f"note: {report['samples_with_untrained_assistant_turns']} samples hold assistant turns that are context, "
+            "not targets (train: false). afm-trainer's recipes honour that; with verl's own trainer set "
+            "data.custom_cls.path=pkg://afm_trainer.data.sft_dataset data.custom_cls.name=AgentSFTDataset, "
+            "or its MultiTurnSFTDataset trains every assistant turn"
+        )
     return 0
 
 

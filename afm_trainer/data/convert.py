@@ -244,6 +244,15 @@ def _refuse_multiline_object(path: str) -> None:
     )
 
 
+def untrained_assistant_samples(samples: list[list[dict]], mode: str, role: str | None) -> int:
+    """How many samples hold an assistant turn that is context (``train`` false)."""
+    if role is None and mode != "stepwise":
+        return 0  # every assistant turn is a target
+    if role is None:
+        return max(0, len(samples) - 1)  # stepwise: every sample after the first has earlier turns as context
+    return sum(any(m["role"] == "assistant" and not m["train"] for m in sample) for sample in samples)
+
+
 def rendered_texts(trajectory) -> Iterator[str]:
     """Every text of a trajectory that the chat template renders: contents, calls, tool schemas."""
     for m in trajectory.prompt + trajectory.turns:
@@ -399,7 +408,7 @@ def convert(
     tmp_out, tmp_rejects = output_file + ".tmp", output_file + ".rejects.jsonl.tmp"
     rejects_by_reason: Counter = Counter()
     labels_out: Counter = Counter()
-    records_in = trajectories_out = samples_out = 0
+    records_in = trajectories_out = samples_out = context_samples = 0
     samples_per_trajectory: list[int] = []
     token_lengths: list[int] = []
     schema = CHAT_SCHEMA if chat else SCHEMA
@@ -449,6 +458,7 @@ def convert(
                             token_lengths.append(len(rendered["input_ids"]))
                     trajectories_out += 1
                     samples_out += len(samples)
+                    context_samples += untrained_assistant_samples(samples, mode, role)
                     samples_per_trajectory.append(len(samples))
                     labels_out[label] += 1
                 if len(buffer) >= 2048:
@@ -479,6 +489,8 @@ def convert(
         "rejected_by_reason": dict(rejects_by_reason.most_common()),
         "trajectories_out": trajectories_out,
         "samples_out": samples_out,
+        # verl's own MultiTurnSFTDataset trains every assistant turn: these need AgentSFTDataset.
+        "samples_with_untrained_assistant_turns": context_samples,
         "samples_per_trajectory": _percentiles(samples_per_trajectory),
         "preference_pairs": len(pairs) if fmt == "teacher_cot" else None,
         "token_length": _percentiles(token_lengths),
