@@ -22,6 +22,24 @@ GOOD = {
     "agent_chain": CHAIN,
     "teacher_cot": {"question": "Is 4 even?", "answer": "yes", "teacher_output": "4 ends in 4."},
     "messages": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+    "openai_tools": {
+        "messages": [
+            {"role": "developer", "content": "Use the tool."},
+            {"role": "user", "content": [{"type": "text", "text": "Weather in Oslo?"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "reasoning_content": "Call it.",
+                "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+            {"role": "assistant", "content": "Rain.", "function_call": {"name": "weather", "arguments": {}}},
+            {"role": "function", "content": "rain"},
+            {"role": "assistant", "content": "<code>x</code><observation>1</observation>Rain."},
+        ],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+        "label": True,
+    },
     "rollout_text": {
         "prompt": "<|im_start|>user\nWho founded it?<|im_end|>\n<|im_start|>assistant\n",
         "response": "<search>founder</search>\n\n<information>[1] Ada founded it.</information>\n\n<answer>Ada</answer>",
@@ -230,11 +248,16 @@ def _control_tokens_are_only_the_templates(out, nano_model):
         assert not any(t and i == start for i, t in zip(ids, trained))
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_the_fuzz_covers_every_format():
+    assert set(FORMATS) <= set(GOOD)
+
+
+@pytest.mark.parametrize("sample", sorted(GOOD))
 @pytest.mark.parametrize("mode", ["multiturn", "stepwise"])
-def test_fuzz_every_record_is_converted_or_rejected_without_a_traceback(tmp_path, nano_model, fmt, mode):
-    rng = random.Random(f"{fmt}:{mode}")
-    lines = [json.dumps(GOOD[fmt]).encode()] + [_mangled(rng, GOOD[fmt]) for _ in range(200)]
+def test_fuzz_every_record_is_converted_or_rejected_without_a_traceback(tmp_path, nano_model, sample, mode):
+    fmt = "messages" if sample == "openai_tools" else sample
+    rng = random.Random(f"{sample}:{mode}")
+    lines = [json.dumps(GOOD[sample]).encode()] + [_mangled(rng, GOOD[sample]) for _ in range(200)]
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "out.parquet"
