@@ -44,7 +44,8 @@ the file; default: the record's line or index) and source (default "user").
 KTO data (one response with a true/false label or kto_tag, no rejected response) is not
 a pair: every such record is refused with that reason.
 Only the assistant's turns of a response are scored in preference training; tool
-results inside it are context. No text may hold a reserved chat token (<|im_end|>...),
+results are context, never scored: tool turns, and tool output written inside an
+assistant turn (<information>, <observation>, <tool_response>). No text may hold a reserved chat token (<|im_end|>...),
 and the trace tags of assistant messages (<think>...) must be well formed. Records
 breaking a rule are written with the reason to OUTPUT.rejects.jsonl; OUTPUT.report.json
 counts them.

@@ -2,8 +2,9 @@
 exactly as an SFT sample (``AgentSFTDataset``): the prompt unscored; in the response, the
 assistant's turns and their end-of-turn scored (the loss mask marks the tokens whose
 log-probabilities count) and an agent's tool results not: they are what the tools
-returned, context for the policy's next turn, never its own tokens. Tool calls and the
-pair's function schemas are rendered by the tokenizer's chat template.
+returned, context for the policy's next turn, never its own tokens; so is tool output
+written inside an assistant turn (``afm_trainer.traces.chat.untrained_spans``). Tool calls
+and the pair's function schemas are rendered by the tokenizer's chat template.
 
 Input: parquet with ``prompt``, ``chosen``, ``rejected`` (chat messages, optionally with
 ``tool_calls``) and optional ``pair_id``, ``weight`` and ``tools``
@@ -27,6 +28,7 @@ from afm_trainer.data.convert import CHAT_SCHEMA, json_or_none
 from afm_trainer.data.convert import SCHEMA as SFT_SCHEMA
 from afm_trainer.data.parquet_io import write_rows
 from afm_trainer.data.sft_dataset import AgentSFTDataset
+from afm_trainer.traces.chat import untrained_spans
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -63,11 +65,12 @@ def chosen_as_sft(pair_files: list[str], output_file: str) -> int:
     """The chosen half of every pair as SFT data (``afm_trainer.data.convert.SCHEMA``):
     supervised fine-tuning on the preferred answers, the baseline a preference run is
     compared with (on on-policy pairs: rejection-sampling fine-tuning). Returns the rows.
-    Pairs with tool calls or function schemas give the chat formats' SFT rows (``CHAT_SCHEMA``)."""
+    Pairs with tool calls, function schemas or tool output inside a turn give the chat
+    formats' SFT rows (``CHAT_SCHEMA``)."""
     pairs = read_pairs(pair_files)
     rows = [
         {
-            "messages": _calls_as_json_text(pair_conversations(pair)[0]),
+            "messages": _as_json_text(pair_conversations(pair)[0]),
             "trajectory_id": pair["pair_id"],
             "step": 0,
             "answer": pair["chosen"][-1]["content"],
@@ -76,33 +79,49 @@ def chosen_as_sft(pair_files: list[str], output_file: str) -> int:
         }
         for pair in pairs
     ]
-    with_tools = any(row["tools"] or any(m.get("tool_calls") for m in row["messages"]) for row in rows)
+    with_tools = any(
+        row["tools"] or any(m["tool_calls"] or m["untrained_spans"] for m in row["messages"]) for row in rows
+    )
     write_rows(rows, CHAT_SCHEMA if with_tools else SFT_SCHEMA, output_file)
     return len(rows)
 
 
 def pair_conversations(pair: dict) -> tuple[list[dict], list[dict]]:
     """(prompt + chosen, prompt + rejected) as the chat template takes them (tool calls as
-    objects), each message's ``train`` flag true only on the response's assistant turns."""
+    objects), each message's ``train`` flag true only on the response's assistant turns,
+    whose tool output written inside the turn (``<information>...</information>``) is
+    listed in ``untrained_spans``, as the chat formats' SFT samples list it."""
     prompt = [_message(m, train=False) for m in pair["prompt"]]
 
-    def response(messages):
-        return [_message(m, train=m["role"] == "assistant") for m in messages]
+    def response(key):
+        return [
+            _message(m, train=m["role"] == "assistant", name=f"pair {pair['pair_id']}: {key}[{i}]")
+            for i, m in enumerate(pair[key])
+        ]
 
-    return prompt + response(pair["chosen"]), prompt + response(pair["rejected"])
+    return prompt + response("chosen"), prompt + response("rejected")
 
 
-def _message(message: dict, train: bool) -> dict:
+def _message(message: dict, train: bool, name: str = "") -> dict:
     out = {"role": message["role"], "content": message["content"], "train": train}
     if calls := _decoded(message.get("tool_calls")):  # no null field: templates test for the key
         out["tool_calls"] = calls
+    if train and (spans := untrained_spans(message["content"], name)):
+        out["untrained_spans"] = spans
     return out
 
 
-def _calls_as_json_text(conversation: list[dict]) -> list[dict]:
-    """The SFT dataset's row shape: calls as JSON text (it checks the text for special tokens,
-    then decodes it for the template)."""
-    return [{**m, "tool_calls": json_or_none(m.get("tool_calls"))} for m in conversation]
+def _as_json_text(conversation: list[dict]) -> list[dict]:
+    """The chat formats' SFT row shape (``CHAT_SCHEMA``): calls and untrained spans as JSON
+    text (the SFT dataset checks the calls' text for special tokens, then decodes both)."""
+    return [
+        {
+            **m,
+            "tool_calls": json_or_none(m.get("tool_calls")),
+            "untrained_spans": json_or_none(m.get("untrained_spans")),
+        }
+        for m in conversation
+    ]
 
 
 class PairDataset(AgentSFTDataset):
@@ -113,7 +132,7 @@ class PairDataset(AgentSFTDataset):
         print(f"preference pairs: {len(self.pairs)}")
         # Rows 2i and 2i+1 are pair i's two conversations, tokenized by the SFT dataset.
         self.messages = [
-            _calls_as_json_text(conversation) for pair in self.pairs for conversation in pair_conversations(pair)
+            _as_json_text(conversation) for pair in self.pairs for conversation in pair_conversations(pair)
         ]
         self.dataframe = pd.DataFrame({self.messages_key: self.messages})
         tools = [pair_tools(pair) for pair in self.pairs for _ in range(2)]

@@ -54,7 +54,8 @@ Every format takes the optional ``weight`` (a finite number > 0, default 1.0),
 seen before is rejected) and ``source`` (a string, default ``"user"``).
 Text follows the rules of the trace formats (``afm_trainer.traces.formats``): no text
 holds a reserved chat token (``<|im_end|>``...), and the trace tags (``<think>``...) of
-every assistant message are well formed. Every record is converted or written to
+every assistant message are well formed; tool output written inside an assistant message
+(``<information>``, ``<observation>``, ``<tool_response>``) is closed, and is not scored. Every record is converted or written to
 ``OUT.rejects.jsonl`` with its location and reason; ``OUT.report.json`` counts them.
 """
 
@@ -72,7 +73,7 @@ import pyarrow.parquet as pq
 
 from afm_trainer.data.convert import no_records_message, read_records
 from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly
-from afm_trainer.traces.chat import parse_call, parse_tools, sharegpt_message, sharegpt_messages
+from afm_trainer.traces.chat import parse_call, parse_tools, sharegpt_message, sharegpt_messages, untrained_spans
 from afm_trainer.traces.formats import TraceError, plain_text, type_name, well_formed_turn
 
 CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -141,8 +142,13 @@ def _tool_calls(value, name: str) -> list[dict]:
 
 def _checked(role: str, content: str, name: str) -> dict:
     """A message obeying the trace formats' text rules: no reserved chat token anywhere,
-    and an assistant turn's trace tags well formed (it is what the model learns to write)."""
-    (well_formed_turn if role == "assistant" else plain_text)(content, name)
+    and an assistant turn's trace tags well formed (it is what the model learns to write),
+    tool output inside it closed (``<observation>...</observation>``: left unscored)."""
+    if role == "assistant":
+        well_formed_turn(content, name)
+        untrained_spans(content, name)
+    else:
+        plain_text(content, name)
     return {"role": role, "content": content}
 
 
