@@ -3,12 +3,17 @@
     python data_preprocess/convert_traces.py --format FMT --mode {multiturn,stepwise,one_call} \
         --input_file IN --output_file OUT.parquet [--tokenizer PATH] [--min_score X] \
         [--balance {none,downsample,upsample}] [--dedup] [--seed 0] [--role coder] \
-        [--agent_roles "Code Reviewer=reviewer"] [--reasoning {train,drop}] [--untrained_tags observation,information,tool_response]
+        [--agent_roles "Code Reviewer=reviewer"] [--reasoning {train,drop}] \
+        [--untrained_tags observation,information,tool_response]
+    python data_preprocess/convert_traces.py --dataset_info data/dataset_info.json --dataset NAME \
+        --output_file OUT.parquet [...]
 
 FMT: auto (told from the file's first record; printed), search_agent, agent_chain,
-sharegpt, messages, rollout_text, teacher_cot (afm_trainer/traces/registry.py lists them and what each
-trains). Input: JSONL, a JSON array or parquet (by extension and first character), a folder
-saved by the datasets library (save_to_disk), or a quoted glob ('data/*.jsonl'). Writes
+sharegpt, alpaca, messages, rollout_text, teacher_cot (afm_trainer/traces/registry.py lists
+them and what each trains). --dataset_info/--dataset: a dataset registered in
+LLaMA-Factory's dataset_info.json, with its file, format, column and tag names.
+Input: JSONL, a JSON array or parquet (by extension and first character), a folder saved
+by the datasets library (save_to_disk), or a quoted glob ('data/*.jsonl'). Writes
 OUT.parquet (`messages` with a per-message `train` flag), OUT.parquet.rejects.jsonl and
 OUT.parquet.report.json. Agent chains: --mode one_call trains one model on every agent's
 turns as one message (the whole chain in one call); --role trains one agent's turns only
@@ -23,17 +28,24 @@ import sys
 from afm_trainer.data.convert import InputError, convert
 from afm_trainer.models.special_tokens import ROLE_TOKENS
 from afm_trainer.traces.chat import REASONING, UNTRAINED_TAGS
+from afm_trainer.traces.dataset_info import DatasetInfoError, load_entry
 from afm_trainer.traces.formats import MODES
 from afm_trainer.traces.registry import FORMATS
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Convert agent trajectories to verl SFT parquet.")
-    parser.add_argument("--format", required=True, choices=["auto", *sorted(FORMATS)])
+    parser.add_argument("--format", default=None, choices=["auto", *sorted(FORMATS)])
     parser.add_argument("--mode", default="multiturn", choices=MODES)
     parser.add_argument(
-        "--input_file", required=True, help="JSONL, JSON array, parquet, a save_to_disk folder, or a glob of files"
+        "--input_file", default=None, help="JSONL, JSON array, parquet, a save_to_disk folder, or a glob of files"
     )
+    parser.add_argument(
+        "--dataset_info",
+        default=None,
+        help="LLaMA-Factory's dataset_info.json: with --dataset, its file, format, columns and tags",
+    )
+    parser.add_argument("--dataset", default=None, help="the dataset's name in --dataset_info")
     parser.add_argument("--output_file", required=True)
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer for token-length percentiles")
     parser.add_argument("--min_score", type=float, default=None, help="reject trajectories scoring below this")
@@ -64,6 +76,21 @@ def main(argv=None) -> int:
         "trained (comma-separated; default %(default)s)",
     )
     args = parser.parse_args(argv)
+    rename = None
+    if (args.dataset_info is None) != (args.dataset is None):
+        parser.error("--dataset_info and --dataset go together")
+    if args.dataset_info:
+        try:
+            entry = load_entry(args.dataset_info, args.dataset)
+        except DatasetInfoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if args.format not in (None, "auto", entry.format):
+            parser.error(f"--format {args.format}, but dataset {args.dataset!r} is {entry.format}")
+        args.format, rename = entry.format, entry.rename
+        args.input_file = args.input_file or entry.file
+    if args.format is None or args.input_file is None:
+        parser.error("give --format and --input_file, or --dataset_info and --dataset")
     agent_roles = None
     if args.agent_roles:
         pairs = [item.split("=", 1) for item in args.agent_roles.split(",") if item.strip()]
@@ -84,6 +111,7 @@ def main(argv=None) -> int:
             role=f"<|{args.role}|>" if args.role else None,
             reasoning=args.reasoning,
             agent_roles=agent_roles,
+            rename=rename,
             untrained_tags=tuple(tag.strip() for tag in args.untrained_tags.split(",") if tag.strip()),
         )
     except InputError as exc:

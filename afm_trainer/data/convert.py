@@ -19,7 +19,7 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 
@@ -320,6 +320,7 @@ def convert(
     reasoning: str = "train",
     untrained_tags: tuple[str, ...] = UNTRAINED_TAGS,
     agent_roles: dict[str, str] | None = None,
+    rename: Callable[[dict], dict] | None = None,
 ) -> dict:
     """Convert one trajectory file; returns the report (also written beside the output).
     ``fmt``: a name of ``afm_trainer.traces.registry.FORMATS``, or ``auto`` (told from the
@@ -327,7 +328,9 @@ def convert(
     ``afm_trainer.traces.formats.to_samples`` takes them. ``reasoning`` (chat formats):
     ``train`` an assistant's ``reasoning_content`` as ``<think>...</think>``, or ``drop`` it;
     ``untrained_tags`` (chat formats): the tags of tool output written inside a turn;
-    ``agent_roles`` (agent_chain): other agent names mapped onto the known roles."""
+    ``agent_roles`` (agent_chain): other agent names mapped onto the known roles;
+    ``rename``: applied to each record before it is parsed (a dataset_info.json entry's
+    column and tag names, ``afm_trainer.traces.dataset_info``)."""
     detected_at = None
     if fmt == "auto":
         try:
@@ -375,7 +378,7 @@ def convert(
                 yield location, record, "record is not a JSON object"
                 continue
             try:
-                trajectory = parse(record)
+                trajectory = parse(rename(record) if rename else record)
                 trajectory.meta["difficulty"] = difficulty_of(record)
                 samples = to_samples(trajectory, mode, role)  # one_call refuses tool turns between model turns
             except TraceError as exc:

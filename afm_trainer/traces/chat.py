@@ -24,6 +24,9 @@ the conversation's function schemas as ``tools: [{"type": "function", "function"
 ``sharegpt``: ``conversations`` of ``{from, value}`` with ``from`` one of ``human``,
 ``gpt``, ``system``, ``function_call`` (the value a JSON call ``{name, arguments}`` or a
 list of them) and ``observation`` (a tool result); optional ``system`` and ``tools``.
+``alpaca`` (LLaMA-Factory's other format): ``instruction``, optional ``input`` (the user
+turn is ``instruction\ninput``), ``output``, optional ``system`` and ``history`` (earlier
+``[instruction, response]`` pairs; their responses are trained too, as LLaMA-Factory does).
 
 Tool output inside an assistant turn (the Agent Foundation Models' chain-of-agents style:
 ``<plan>...</plan><code>...</code><observation>result</observation><reflection>...``, or
@@ -259,3 +262,30 @@ def sharegpt_messages(record: dict, key: str = "conversations") -> list[tuple[st
 def parse_sharegpt(record: dict, **options) -> Trajectory:
     tools = parse_tools(record.get("tools"))
     return chat_trajectory(record, sharegpt_messages(record), tools, **options)
+
+
+def _alpaca_text(record: dict, key: str, required: bool = True) -> str:
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TraceError(f"{key!r} must be a string, got {type_name(value)}")
+    if required and not (value or "").strip():
+        raise TraceError(f"missing or empty {key!r}")
+    return value or ""
+
+
+def parse_alpaca(record: dict, **options) -> Trajectory:
+    named = []
+    if system := _alpaca_text(record, "system", required=False):
+        named.append(("'system'", {"role": "system", "content": system}))
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise TraceError(f"'history' must be a list of [instruction, response] pairs, got {type_name(history)}")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise TraceError(f"history[{i}] must be an [instruction, response] pair of strings")
+        named += [(f"history[{i}][0]", {"role": "user", "content": pair[0]})]
+        named += [(f"history[{i}][1]", {"role": "assistant", "content": pair[1]})]
+    instruction, extra = _alpaca_text(record, "instruction"), _alpaca_text(record, "input", required=False)
+    named.append(("'instruction'", {"role": "user", "content": f"{instruction}\n{extra}" if extra else instruction}))
+    named.append(("'output'", {"role": "assistant", "content": _alpaca_text(record, "output")}))
+    return chat_trajectory(record, named, None, **options)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from afm_trainer.models.special_tokens import IM_START
-from afm_trainer.traces.chat import parse_openai_chat, parse_sharegpt
+from afm_trainer.traces.chat import parse_alpaca, parse_openai_chat, parse_sharegpt
 from afm_trainer.traces.formats import TraceError, Trajectory, parse_agent_chain, parse_search_agent, parse_teacher_cot
 from afm_trainer.traces.rollout_text import parse_rollout_text
 
@@ -91,6 +91,15 @@ FORMATS = {
             options=CHAT_OPTIONS,
         ),
         Format(
+            "alpaca",
+            parse_alpaca,
+            lambda r: _has(r, "instruction", "output"),
+            "`instruction` + `output`",
+            "`output` (and the responses of `history`)",
+            chat=True,
+            options=CHAT_OPTIONS,
+        ),
+        Format(
             "teacher_cot",
             parse_teacher_cot,
             lambda r: _has(r, "question", "answer") and not _has(r, "golden_answers"),
@@ -120,12 +129,12 @@ class UnknownFormat(ValueError):
 
 def format_of(record: dict) -> str:
     """The name of the format ``record`` has, or UnknownFormat saying why none."""
+    for looks_like, message in OTHER_DATA:  # first: a ShareGPT preference record has `conversations` too
+        if looks_like(record):
+            raise UnknownFormat(f"these are {message}")
     for fmt in FORMATS.values():
         if fmt.looks_like(record):
             return fmt.name
-    for looks_like, message in OTHER_DATA:
-        if looks_like(record):
-            raise UnknownFormat(f"these are {message}")
     keys = ", ".join(sorted(map(str, record))[:12]) or "none"
     known = "; ".join(f"{f.name}: {f.detected_by}" for f in FORMATS.values())
     raise UnknownFormat(f"no known format has these keys ({keys}); the formats: {known}")

@@ -269,6 +269,13 @@ def test_auto_tells_each_format_and_points_other_data_elsewhere():
     assert format_of({"question": "q", "answer": "a"}) == "teacher_cot"
     with pytest.raises(UnknownFormat, match="preference pairs: convert them with data_preprocess/make_pairs.py"):
         format_of({"prompt": "p", "chosen": "a", "rejected": "b"})
+    sharegpt_pair = {
+        **SHAREGPT_TOOLS,
+        "chosen": {"from": "gpt", "value": "a"},
+        "rejected": {"from": "gpt", "value": "b"},
+    }
+    with pytest.raises(UnknownFormat, match="preference pairs"):
+        format_of(sharegpt_pair)
     with pytest.raises(UnknownFormat, match="make_rl_data.py --qa_file"):
         format_of({"question": "q", "golden_answers": ["a", "b"]})
     with pytest.raises(UnknownFormat, match=r"no known format has these keys \(body, title\)"):
@@ -422,3 +429,73 @@ def test_untrained_tags_are_configurable(tmp_path, nano_model):
     assert trained == ["<code>x</code>", "<answer>1</answer><|im_end|>"]
     with pytest.raises(InputError, match="untrained tags are tag names"):
         convert(src, str(tmp_path / "out.parquet"), "rollout_text", untrained_tags=("<result>",))
+
+
+def test_alpaca_records_with_history(tmp_path):
+    record = {
+        "system": "Be exact.",
+        "history": [["2+2?", "4"]],
+        "instruction": "Add these:",
+        "input": "3 and 5",
+        "output": "8",
+    }
+    convert(write_json(tmp_path / "a.json", [record], array=True), str(tmp_path / "out.parquet"), "auto")
+    (messages,) = pd.read_parquet(tmp_path / "out.parquet")["messages"]
+    assert [(m["role"], m["content"], m["train"]) for m in messages] == [
+        ("system", "Be exact.", False),
+        ("user", "2+2?", False),
+        ("assistant", "4", True),  # LLaMA-Factory trains the history's responses too
+        ("user", "Add these:\n3 and 5", False),
+        ("assistant", "8", True),
+    ]
+
+
+# LLaMA-Factory's data/README.md: the OpenAI format registered as sharegpt with tags.
+DATASET_INFO = {
+    "my_chats": {
+        "file_name": "chats.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "system": "sys"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+            "system_tag": "system",
+        },
+    },
+    "my_pairs": {"file_name": "pairs.json", "ranking": True},
+    "from_hub": {"hf_hub_url": "someone/data"},
+}
+
+
+def test_a_dataset_registered_in_dataset_info_converts_under_its_name(tmp_path):
+    chats = [
+        {
+            "sys": "Be brief.",
+            "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+        },
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "robot", "content": "Hello."}]},
+    ]
+    write_json(tmp_path / "chats.json", chats, array=True)
+    info = write_json(tmp_path / "dataset_info.json", DATASET_INFO, array=True)
+    out = str(tmp_path / "out.parquet")
+    args = [sys.executable, CONVERT, "--dataset_info", info, "--output_file", out]
+    result = subprocess.run([*args, "--dataset", "my_chats"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "2 records in: 1 converted into 1 samples, 1 rejected" in result.stdout
+    (messages,) = pd.read_parquet(out)["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("system", "Be brief."),
+        ("user", "Hi"),
+        ("assistant", "Hello."),
+    ]
+    (reject,) = [json.loads(line) for line in open(out + ".rejects.jsonl")]
+    assert reject["where"] == "index 1" and reject["reason"].startswith("conversations[1].from is 'robot'")
+    for name, error in [
+        ("my_pairs", "error: dataset 'my_pairs' is preference data (ranking: true): convert it with make_pairs.py"),
+        ("from_hub", "error: dataset 'from_hub' has no local file_name (hub datasets are not downloaded here)"),
+        ("nope", "error: "),
+    ]:
+        result = subprocess.run([*args, "--dataset", name], capture_output=True, text=True)
+        assert result.returncode == 1 and result.stderr.startswith(error) and len(result.stderr.splitlines()) == 1

@@ -40,6 +40,13 @@ GOOD = {
         "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
         "label": True,
     },
+    "alpaca": {
+        "instruction": "Add:",
+        "input": "2 and 3",
+        "output": "5",
+        "system": "Be exact.",
+        "history": [["1+1?", "2"]],
+    },
     "rollout_text": {
         "prompt": "<|im_start|>user\nWho founded it?<|im_end|>\n<|im_start|>assistant\n",
         "response": "<search>founder</search>\n\n<information>[1] Ada founded it.</information>\n\n<answer>Ada</answer>",
