@@ -39,7 +39,8 @@ setup(
     ],
     extras_require={
         "gpu": ["vllm", "flash-attn"],
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff==0.17.5"],
+        # trl: the pair parquet's round trip through TRL's own DPO data preparation (tested).
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff==0.17.5", "trl==1.16.0"],
     },
     entry_points={
         # verl imports every "verl.plugins" entry point in every process (torchrun
