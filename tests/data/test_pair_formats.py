@@ -640,8 +640,8 @@ def test_dpo_scores_the_assistants_tokens_never_the_tools(tmp_path, nano_model):
 
 
 def test_trl_prepares_the_converted_pairs_as_they_are(tmp_path, nano_model):
-    import trl  # in the test extras: this round trip always runs
     import datasets
+    import trl  # in the test extras: this round trip always runs
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_extract_prompt
 
