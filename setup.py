@@ -39,8 +39,7 @@ setup(
     ],
     extras_require={
         "gpu": ["vllm", "flash-attn"],
-        # trl: the pair parquet's round trip through TRL's own DPO data preparation (tested).
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff==0.17.5", "trl==1.16.0"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff==0.17.5"],
     },
     entry_points={
         # verl imports every "verl.plugins" entry point in every process (torchrun

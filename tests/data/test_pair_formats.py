@@ -639,37 +639,40 @@ def test_dpo_scores_the_assistants_tokens_never_the_tools(tmp_path, nano_model):
 # --- TRL loads the file as it is --------------------------------------------------------
 
 
-def test_trl_prepares_the_converted_pairs_as_they_are(tmp_path, nano_model):
-    import datasets
-    import trl  # in the test extras: this round trip always runs
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_extract_prompt
+def trl_python() -> str | None:
+    """TRL's own environment (``make trl-env``): verl imports TRL's value-head model whenever
+    TRL is importable, and TRL 1.x no longer has it, so TRL never goes into the project's."""
+    python = os.environ.get("AFM_TRL_PYTHON") or os.path.join(REPO, ".venv-trl", "bin", "python")
+    return python if os.path.exists(python) else None
 
+
+def test_trl_prepares_the_converted_pairs_as_they_are(tmp_path, nano_model):
+    python = trl_python()
+    if python is None:
+        pytest.skip("TRL's environment is missing: make trl-env")
     out = tmp_path / "pairs.parquet"
     convert_pairs(write_jsonl(tmp_path / "pairs.jsonl", [AGENT_PAIR, PLAIN_PAIR]), str(out))
-    dataset = datasets.load_dataset("parquet", data_files=str(out), split="train")
-    agent = dataset[0]
-    assert agent["chosen"][0]["tool_calls"] == [call("calculate", expression="17 * 23")]  # objects, not JSON text
-    assert agent["tools"] == [CALCULATOR]
-    tokenizer = AutoTokenizer.from_pretrained(nano_model)
-    for example in dataset:
-        assert is_conversational(example) and maybe_extract_prompt(example) == example
-    texts = maybe_apply_chat_template(dataset[1], tokenizer)
-    assert texts["prompt"] == "<|im_start|>user\nIs 9 prime?<|im_end|>\n<|im_start|>assistant\n"
-    assert (texts["chosen"], texts["rejected"]) == (
+    script = os.path.join(os.path.dirname(__file__), "trl_round_trip.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [python, script, str(out), nano_model, str(tmp_path / "trl")], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["tool_calls"] == [call("calculate", expression="17 * 23")]  # objects, not JSON text
+    assert seen["tools"] == [CALCULATOR]
+    assert seen["conversational"] == [True, True] and seen["prompt_kept"] == [True, True]
+    assert seen["texts"]["prompt"] == "<|im_start|>user\nIs 9 prime?<|im_end|>\n<|im_start|>assistant\n"
+    assert (seen["texts"]["chosen"], seen["texts"]["rejected"]) == (
         "<answer>no</answer><|im_end|>\n",
         "<answer>yes</answer><|im_end|>\n",
     )
-
     # DPOTrainer's own preparation: its tokenisation of the file as loaded
-    model = AutoModelForCausalLM.from_pretrained(nano_model)
-    config = trl.DPOConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, max_steps=1)
-    prepared = trl.DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer).train_dataset
-    prompt = tokenizer.decode(prepared[0]["prompt_ids"])
+    prompt = seen["dpo_prompt"]
     assert prompt.startswith("<|im_start|>system\n# Tools\n") and CALCULATOR["function"]["description"] in prompt
     assert prompt.endswith("<|im_start|>user\nWhat is 17 * 23?<|im_end|>\n<|im_start|>assistant\n")
-    assert tokenizer.decode(prepared[0]["chosen_ids"]) == (
+    assert seen["dpo_chosen"] == (
         '<tool_call>\n{"name": "calculate", "arguments": {"expression": "17 * 23"}}\n</tool_call><|im_end|>\n'
         "<|im_start|>tool\n391<|im_end|>\n<|im_start|>assistant\n<answer>391</answer><|im_end|>\n"
     )
-    assert tokenizer.decode(prepared[1]["rejected_ids"]) == "<answer>yes</answer><|im_end|>\n"
+    assert seen["dpo_rejected_1"] == "<answer>yes</answer><|im_end|>\n"
