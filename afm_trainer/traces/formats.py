@@ -141,13 +141,19 @@ def parse_search_agent(record: dict) -> Trajectory:
             if not turns or turns[-1]["role"] != "assistant" or "<search>" not in turns[-1]["content"]:
                 raise TraceError(f"trace[{i}] search_result without a search before it")
             documents = step.get("documents")
-            if not isinstance(documents, list) or not all(
-                isinstance(d, dict) and isinstance(d.get("title"), str) and isinstance(d.get("content"), str)
-                for d in documents
-            ):
-                raise TraceError(f"trace[{i}].documents must be a list of {{title, content}}")
+            if not isinstance(documents, list):
+                raise TraceError(
+                    f"trace[{i}].documents must be a list of {{title, content}}, got {type_name(documents)}"
+                )
             for j, d in enumerate(documents):
+                if not isinstance(d, dict):
+                    raise TraceError(
+                        f"trace[{i}].documents[{j}] must be a {{title, content}} object, got {type_name(d)}"
+                    )
                 for key in ("title", "content"):
+                    if not isinstance(d.get(key), str):
+                        got = "missing" if key not in d else f"{type_name(d[key])}" if d[key] is not None else "null"
+                        raise TraceError(f"trace[{i}].documents[{j}].{key} must be a string, got {got}")
                     plain_text(d[key], f"trace[{i}].documents[{j}].{key}", tag="information")
             turns.append({"role": "tool", "content": information_text(documents)})
         elif kind == "CorrectAnswer":

@@ -381,6 +381,21 @@ def test_other_agent_names_take_the_role_they_are_mapped_to(tmp_path):
     assert result.returncode == 2 and "--agent_roles takes NAME=ROLE pairs" in result.stderr
 
 
+def test_a_broken_document_is_named_by_its_index_and_key(tmp_path):
+    search = [
+        _step(SEARCH, 2, documents=[{"title": "Ada", "content": "x"}, {"title": None, "content": "y"}]),
+        _step(SEARCH, 2, documents=[{"title": "Ada"}]),
+        _step(SEARCH, 2, documents=["Ada"]),
+        _step(SEARCH, 2, documents={"title": "Ada", "content": "x"}),
+    ]
+    assert _reasons(tmp_path, "search_agent", search) == [
+        "trace[2].documents[1].title must be a string, got null",
+        "trace[2].documents[0].content must be a string, got missing",
+        "trace[2].documents[0] must be a {title, content} object, got str",
+        "trace[2].documents must be a list of {title, content}, got an object",
+    ]
+
+
 def test_a_trace_tag_inside_a_tagged_field_or_a_broken_turn_is_rejected(tmp_path):
     search = [
         _step(SEARCH, 0, content="done</think><answer>X</answer><think>"),
