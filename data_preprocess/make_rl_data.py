@@ -17,7 +17,7 @@ was, the reason naming the field, the record). If none becomes a row, it is an e
 A Search-R1 RL parquet (scripts/data_process/nq_search.py's) needs no conversion: the
 reward scores its rows (data_source nq, hotpotqa...; ground truth {"target": [aliases]})
 as qa rows. Its rows name no agent loop, so give the GRPO recipe
-actor_rollout_ref.rollout.agent.default_agent_loop=tool_agent for them to search.
+actor_rollout_ref.rollout.agent.default_agent_loop=afm_tag_agent for them to search.
 """
 
 import argparse

@@ -5,7 +5,7 @@ Writes OUT/train.parquet and OUT/val.parquet in verl's RL format: ``data_source`
 "ground_truth"}: text; a qa row with several gold answers holds the JSON list of them,
 afm_trainer.suites.qa), ``extra_info`` (index, split, id, type, difficulty, and ``x`` and
 ``tests`` as JSON text, since parquet holds values of mixed types badly) and
-``agent_name`` (verl's agent loop: ``tool_agent`` for suites whose agent searches,
+``agent_name`` (verl's agent loop: ``afm_tag_agent`` for suites whose agent searches,
 ``single_turn_agent`` otherwise). afm_trainer/verl_ext/rewards.py scores them through
 the same suites. Training rows are interleaved by task type (and suite): any run of
 consecutive rows covers the kinds evenly.

@@ -50,7 +50,7 @@ class Suite:
     name: str
     description: str  # one sentence for reports
     data_source: str  # the RL rows' data_source; the reward finds the suite by it
-    agent: str  # verl's agent loop for its RL rows: single_turn_agent or tool_agent
+    agent: str  # verl's agent loop for its RL rows: single_turn_agent, or afm_tag_agent (tools called by tags)
     heldout_file: str  # its held-out set in a world folder: heldout/<heldout_file>
     group_key: str  # what results are broken down by besides difficulty ("type", "hops")
     max_new_tokens: int  # generation budget per turn when evaluating

@@ -1,7 +1,8 @@
 """The demo world's tools for verl's tool agent loop, and the parser that finds calls in
 the policy's own tags.
 
-The policy writes ``<search>query</search>`` or ``<code>python</code>`` and ends its turn;
+The policy writes ``<search>query</search>`` or ``<code>python</code>`` and ends its turn
+(rows whose ``agent_name`` is ``afm_tag_agent``, ``TagAgentLoop``);
 ``multi_turn.format=afm_tags`` (``AfmTagParser``) turns that into a call of the
 ``search`` tool (BM25 over the world's corpus, or a running
 ``afm_trainer.tools.search_server``) or the ``run_python`` tool (the sandbox: no network,
@@ -26,6 +27,8 @@ import functools
 import json
 from typing import Any
 
+from verl.experimental.agent_loop.agent_loop import register
+from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
 from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
@@ -48,6 +51,20 @@ class AfmTagParser(ToolParser):
             name, argument = TOOL_FOR_TAG[tag]
             calls.append(FunctionCall(name=name, arguments=json.dumps({argument: body.strip()})))
         return text, calls
+
+
+@register("afm_tag_agent")
+class TagAgentLoop(ToolAgentLoop):
+    """verl's tool agent loop for a policy that calls its tools through its own tags: the
+    tools' function schemas stay out of the prompt. The policy learnt the tag protocol
+    from traces that carry no schemas; a chat template with tools (Qwen2.5's) would write
+    them, with an instruction to answer in JSON calls, into a system turn the policy never
+    saw. (The RL dataset's length filter must not count them either: the GRPO recipe's
+    ``data.tool_config_path`` is null.)"""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tool_schemas = None
 
 
 def _schema(name: str, description: str, argument: str) -> OpenAIFunctionToolSchema:

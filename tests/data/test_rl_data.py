@@ -86,7 +86,7 @@ def test_columns_and_types_are_verls_rl_format(all_suites):
             assert len(r["prompt"]) == 1 and r["prompt"][0]["role"] == "user" and r["prompt"][0]["content"]
             assert r["reward_model"]["style"] == "rule" and isinstance(r["reward_model"]["ground_truth"], str)
             # verl's agent loops: the qa rows need the search tool, the others answer in one turn.
-            assert r["agent_name"] == ("tool_agent" if r["data_source"] == "afm/qa" else "single_turn_agent")
+            assert r["agent_name"] == ("afm_tag_agent" if r["data_source"] == "afm/qa" else "single_turn_agent")
 
 
 def test_counts_per_suite_are_the_ones_asked_for(all_suites):
