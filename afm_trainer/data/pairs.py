@@ -71,9 +71,17 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afm_trainer.data.convert import no_records_message, read_records
+from afm_trainer.data.convert import json_or_none, no_records_message, read_records
 from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly
-from afm_trainer.traces.chat import parse_call, parse_tools, sharegpt_message, sharegpt_messages, untrained_spans
+from afm_trainer.traces.chat import (
+    alpaca_prompt,
+    alpaca_text,
+    parse_call,
+    parse_tools,
+    sharegpt_message,
+    sharegpt_messages,
+    untrained_spans,
+)
 from afm_trainer.traces.formats import TraceError, plain_text, type_name, well_formed_turn
 
 CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -387,36 +395,10 @@ def _sharegpt_response(record: dict, key: str) -> list[dict]:
 def parse_alpaca_pair(record: dict, location: str) -> dict:
     """One LLaMA-Factory Alpaca preference record as a row of ``PAIR_SCHEMA``."""
     _refuse_unpaired(record)
-    instruction = _string(record, "instruction", required=True)
-    query = _string(record, "input")
-    prompt = []
-    if system := _string(record, "system"):
-        prompt.append(_checked("system", system, "'system'"))
-    history = record.get("history") or []
-    if not isinstance(history, list):
-        raise TraceError(f"'history' must be a list of [instruction, response] pairs, got {type_name(history)}")
-    for i, turn in enumerate(history):
-        if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) and t.strip() for t in turn)):
-            raise TraceError(f"history[{i}] must be an [instruction, response] pair of non-empty strings")
-        prompt.append(_checked("user", turn[0], f"history[{i}][0]"))
-        prompt.append(_checked("assistant", turn[1], f"history[{i}][1]"))
-    user = f"{instruction}\n{query}" if query else instruction  # LLaMA-Factory joins them with a newline
-    prompt.append(_checked("user", user, "'instruction'" if not query else "'instruction' + 'input'"))
-    chosen = [_checked("assistant", _string(record, "chosen", required=True), "'chosen'")]
-    rejected = [_checked("assistant", _string(record, "rejected", required=True), "'rejected'")]
+    prompt = [_checked(m["role"], m["content"], name) for name, m in alpaca_prompt(record)]
+    chosen = [_checked("assistant", alpaca_text(record, "chosen"), "'chosen'")]
+    rejected = [_checked("assistant", alpaca_text(record, "rejected"), "'rejected'")]
     return _pair(record, location, prompt, chosen, rejected)
-
-
-def _string(record: dict, key: str, required: bool = False) -> str | None:
-    """An optional text field (blank reads as absent); ``required``: the TraceError when absent."""
-    value = record.get(key)
-    if value is not None and not isinstance(value, str):
-        raise TraceError(f"{key!r} must be a string, got {type_name(value)}")
-    if value is None or not value.strip():
-        if required:
-            raise TraceError(f"missing or empty {key!r}")
-        return None
-    return value
 
 
 # --- formats and their detection ------------------------------------------------------
@@ -492,17 +474,13 @@ def _needs_tool_fields(pair: dict) -> bool:
 
 def _as_json_text(pair: dict) -> dict:
     def messages(key):
-        return [{**m, "tool_calls": _json_or_none(m.get("tool_calls"))} for m in pair[key]]
+        return [{**m, "tool_calls": json_or_none(m.get("tool_calls"))} for m in pair[key]]
 
     return {
         **pair,
         **{key: messages(key) for key in ("prompt", "chosen", "rejected")},
-        "tools": _json_or_none(pair.get("tools")),
+        "tools": json_or_none(pair.get("tools")),
     }
-
-
-def _json_or_none(value) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 class PairWriter:

@@ -264,7 +264,8 @@ def parse_sharegpt(record: dict, **options) -> Trajectory:
     return chat_trajectory(record, sharegpt_messages(record), tools, **options)
 
 
-def _alpaca_text(record: dict, key: str, required: bool = True) -> str:
+def alpaca_text(record: dict, key: str, required: bool = True) -> str:
+    """An Alpaca record's text field ("" when absent and not ``required``)."""
     value = record.get(key)
     if value is not None and not isinstance(value, str):
         raise TraceError(f"{key!r} must be a string, got {type_name(value)}")
@@ -273,19 +274,26 @@ def _alpaca_text(record: dict, key: str, required: bool = True) -> str:
     return value or ""
 
 
-def parse_alpaca(record: dict, **options) -> Trajectory:
+def alpaca_prompt(record: dict) -> list[tuple[str, dict]]:
+    """(name, message) of an Alpaca record's prompt: system, history, instruction + input.
+    Shared by the SFT format and the preference pairs of the same shape."""
     named = []
-    if system := _alpaca_text(record, "system", required=False):
+    if (system := alpaca_text(record, "system", required=False)).strip():
         named.append(("'system'", {"role": "system", "content": system}))
     history = record.get("history") or []
     if not isinstance(history, list):
         raise TraceError(f"'history' must be a list of [instruction, response] pairs, got {type_name(history)}")
     for i, pair in enumerate(history):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise TraceError(f"history[{i}] must be an [instruction, response] pair of strings")
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)):
+            raise TraceError(f"history[{i}] must be an [instruction, response] pair of non-empty strings")
         named += [(f"history[{i}][0]", {"role": "user", "content": pair[0]})]
         named += [(f"history[{i}][1]", {"role": "assistant", "content": pair[1]})]
-    instruction, extra = _alpaca_text(record, "instruction"), _alpaca_text(record, "input", required=False)
+    instruction, extra = alpaca_text(record, "instruction"), alpaca_text(record, "input", required=False)
+    # LLaMA-Factory joins them with a newline.
     named.append(("'instruction'", {"role": "user", "content": f"{instruction}\n{extra}" if extra else instruction}))
-    named.append(("'output'", {"role": "assistant", "content": _alpaca_text(record, "output")}))
+    return named
+
+
+def parse_alpaca(record: dict, **options) -> Trajectory:
+    named = [*alpaca_prompt(record), ("'output'", {"role": "assistant", "content": alpaca_text(record, "output")})]
     return chat_trajectory(record, named, None, **options)
