@@ -91,8 +91,8 @@ class AgentSFTDataset(MultiTurnSFTDataset):
         text = self.tokenizer.apply_chat_template([message], tools=tools, tokenize=False, **kwargs)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"][-len(input_ids) :], encoded["offset_mapping"][-len(input_ids) :]
-        content_at = text.rfind(message["content"])
-        if ids != input_ids.tolist() or content_at < 0:
+        content_at = text.find(message["content"])
+        if ids != input_ids.tolist() or text.count(message["content"]) != 1:  # the spans' offsets must be unambiguous
             raise ValueError("a turn with untrained spans does not tokenize the same as text and as a chat turn")
         spans = [(content_at + start, content_at + end) for start, end in message["untrained_spans"]]
         return torch.tensor([any(s < e_tok and s_tok < e for s, e in spans) for s_tok, e_tok in offsets])

@@ -499,3 +499,14 @@ def test_a_dataset_registered_in_dataset_info_converts_under_its_name(tmp_path):
     ]:
         result = subprocess.run([*args, "--dataset", name], capture_output=True, text=True)
         assert result.returncode == 1 and result.stderr.startswith(error) and len(result.stderr.splitlines()) == 1
+
+
+def test_spans_whose_place_in_the_rendered_turn_is_ambiguous_are_refused(tmp_path, nano_model):
+    turn = "<code>x</code><observation>1</observation>"
+    call = {"function": {"name": "note", "arguments": {"text": turn}}}  # the turn's text again, inside a call
+    record = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": turn, "tool_calls": [call]}]
+    }
+    convert(write_json(tmp_path / "in.jsonl", [record]), str(tmp_path / "out.parquet"), "messages")
+    with pytest.raises(ValueError, match="does not tokenize the same as text and as a chat turn"):
+        trained_text(nano_model, tmp_path / "out.parquet")
