@@ -15,8 +15,6 @@ a pair in one micro-batch and find its two halves again.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,7 +25,7 @@ from verl.utils.tokenizer.chat_template import extract_system_prompt_and_generat
 from afm_trainer.data.convert import CHAT_SCHEMA, json_or_none
 from afm_trainer.data.convert import SCHEMA as SFT_SCHEMA
 from afm_trainer.data.parquet_io import write_rows
-from afm_trainer.data.sft_dataset import AgentSFTDataset
+from afm_trainer.data.sft_dataset import AgentSFTDataset, decoded_json
 from afm_trainer.traces.chat import untrained_spans
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -54,11 +52,7 @@ def read_pairs(files: list[str]) -> list[dict]:
 
 def pair_tools(pair: dict) -> list[dict] | None:
     """The pair's function schemas as the chat template takes them (None: no tools)."""
-    return _decoded(pair.get("tools"))
-
-
-def _decoded(value):
-    return json.loads(value) if isinstance(value, str) else value
+    return decoded_json(pair.get("tools"))
 
 
 def chosen_as_sft(pair_files: list[str], output_file: str) -> int:
@@ -104,7 +98,7 @@ def pair_conversations(pair: dict) -> tuple[list[dict], list[dict]]:
 
 def _message(message: dict, train: bool, name: str = "") -> dict:
     out = {"role": message["role"], "content": message["content"], "train": train}
-    if calls := _decoded(message.get("tool_calls")):  # no null field: templates test for the key
+    if calls := decoded_json(message.get("tool_calls")):  # no null field: templates test for the key
         out["tool_calls"] = calls
     if train and (spans := untrained_spans(message["content"], name)):
         out["untrained_spans"] = spans

@@ -76,6 +76,7 @@ from afm_trainer.data.parquet_io import InputError, check_output_file, remove_qu
 from afm_trainer.traces.chat import (
     alpaca_prompt,
     alpaca_text,
+    json_value,
     parse_call,
     parse_tools,
     sharegpt_message,
@@ -136,11 +137,7 @@ def _message(message, name: str, roles: tuple[str, ...], text_name: str | None =
 
 
 def _tool_calls(value, name: str) -> list[dict]:
-    if isinstance(value, str):  # how the pair parquet stores them, read back as input
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise TraceError(f"{name}.tool_calls is a string but not JSON ({exc.msg})") from None
+    value = json_value(value, f"{name}.tool_calls")  # the pair parquet stores them as JSON text
     if value is None:
         return []
     if not isinstance(value, list):

@@ -39,7 +39,7 @@ class AgentSFTDataset(MultiTurnSFTDataset):
     def _read_files_and_process(self):
         super()._read_files_and_process()
         if self.tools is not None:
-            self.tools = [_decoded(tools) for tools in self.tools]
+            self.tools = [decoded_json(tools) for tools in self.tools]
         self._refuse_special_tokens()
 
     def _refuse_special_tokens(self):
@@ -61,7 +61,7 @@ class AgentSFTDataset(MultiTurnSFTDataset):
         for message in messages:
             for key in ("tool_calls", "untrained_spans"):
                 if key in message:
-                    value = _decoded(message.pop(key))
+                    value = decoded_json(message.pop(key))
                     if value:
                         message[key] = value
         return messages
@@ -98,7 +98,7 @@ class AgentSFTDataset(MultiTurnSFTDataset):
         return torch.tensor([any(s < e_tok and s_tok < e for s, e in spans) for s_tok, e_tok in offsets])
 
 
-def _decoded(value):
+def decoded_json(value):
     """A column the converter wrote as JSON text, as the chat template takes it (None: absent)."""
     if value is None or pd.isna(value) is True:  # pandas reads a null as NA
         return None

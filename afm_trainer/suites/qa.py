@@ -149,7 +149,7 @@ def _answers(record: dict) -> list[str]:
     answers, kept = [], set()
     for i, alias in enumerate(value):
         if not isinstance(alias, str) or not normalise(alias):
-            got = "an empty string" if isinstance(alias, str) else type_name(alias) if alias is not None else "null"
+            got = "an empty string" if isinstance(alias, str) else type_name(alias)
             raise ValueError(f"{field!r}[{i}] must be a non-empty string, got {got}")
         plain_text(alias, f"{field!r}[{i}]")
         if normalise(alias) not in kept:

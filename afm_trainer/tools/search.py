@@ -37,13 +37,13 @@ def document_of(record, where: str, position: int) -> dict:
             if key not in record:
                 raise ValueError(f"{where}: no {key!r} (a document is {SHAPES})")
             if not isinstance(record[key], str):
-                got = type_name(record[key]) if record[key] is not None else "null"
-                raise ValueError(f"{where}: {key!r} must be a string, got {got} (a document is {SHAPES})")
+                raise ValueError(
+                    f"{where}: {key!r} must be a string, got {type_name(record[key])} (a document is {SHAPES})"
+                )
         document = dict(record)
     else:  # FlashRAG's and Search-R1's: {"id", "contents"}
         if not isinstance(record["contents"], str):
-            got = type_name(record["contents"]) if record["contents"] is not None else "null"
-            raise ValueError(f"{where}: 'contents' must be a string, got {got}")
+            raise ValueError(f"{where}: 'contents' must be a string, got {type_name(record['contents'])}")
         title, text = split_contents(record["contents"])
         document = {**record, "title": title, "content": text}
     document["id"] = str(position) if record.get("id") is None else str(record["id"])
@@ -68,11 +68,14 @@ def shown_documents(documents: list[dict]) -> tuple[list[dict], int]:
 
 
 class SearchIndex:
-    def __init__(self, documents: list[dict]):
+    def __init__(self, documents: list[dict], wheres: list[str] | None = None):
+        """``documents``: corpus records of either shape; ``wheres``: where each came from,
+        for errors (default ``document i``)."""
         if not documents:
             raise ValueError("the corpus is empty")
+        wheres = wheres or [f"document {i}" for i in range(len(documents))]
         # Copies: the caller's records stay as they were.
-        self.documents = [document_of(record, f"document {i}", i) for i, record in enumerate(documents)]
+        self.documents = [document_of(record, where, i) for i, (record, where) in enumerate(zip(documents, wheres))]
         self._retriever = bm25s.BM25()
         texts = [f"{d['title']} {d['content']}" for d in self.documents]
         self._retriever.index(self._tokenize(texts), show_progress=False)
@@ -84,14 +87,15 @@ class SearchIndex:
         ``afm_trainer.data.convert.read_records``); a bad record is a ValueError naming its line."""
         from afm_trainer.data.convert import read_records  # the project's one reader of record files
 
-        documents = []
+        records, wheres = [], []
         for where, record in read_records(path):
             if isinstance(record, TraceError):  # a line that is not JSON
                 raise ValueError(f"{path} {where}: {record}")
-            documents.append(document_of(record, f"{path} {where}", len(documents)))
-        if not documents:
+            records.append(record)
+            wheres.append(f"{path} {where}")
+        if not records:
             raise ValueError(f"{path}: the corpus is empty")
-        return cls(documents)
+        return cls(records, wheres)
 
     @staticmethod
     def _tokenize(texts: list[str]):

@@ -83,7 +83,7 @@ def untrained_spans(content: str, name: str, tags=UNTRAINED_TAGS) -> list[list[i
     return merged
 
 
-def _json_value(value, name: str):
+def json_value(value, name: str):
     """``value``, or the JSON it holds when it is a string."""
     if not isinstance(value, str):
         return value
@@ -101,7 +101,7 @@ def _checked_json(value, name: str):
 
 def parse_tools(value, name: str = "'tools'") -> list[dict] | None:
     """The function schemas as the template takes them, or None for no tools."""
-    tools = _json_value(value, name)
+    tools = json_value(value, name)
     if tools is None or tools == []:
         return None
     if not isinstance(tools, list):
@@ -126,7 +126,7 @@ def parse_call(call, name: str) -> dict:
     function = call.get("function", call) if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"].strip():
         raise TraceError(f"{name} has no function name")
-    arguments = _json_value(function.get("arguments", {}), f"{name}.arguments")
+    arguments = json_value(function.get("arguments", {}), f"{name}.arguments")
     if not isinstance(arguments, dict):
         raise TraceError(f"{name}.arguments must be a JSON object, got {type_name(arguments)}")
     plain_text(function["name"], f"{name}.name")
@@ -235,7 +235,7 @@ def sharegpt_message(turn: dict, name: str) -> dict:
     """One ShareGPT ``{from, value}`` turn as an OpenAI message."""
     sender, value = turn.get("from"), turn.get("value")
     if sender == "function_call":
-        calls = _json_value(value, f"{name}.value")
+        calls = json_value(value, f"{name}.value")
         calls = calls if isinstance(calls, list) else [calls]
         return {"role": "assistant", "content": None, "tool_calls": calls}
     if sender not in SHAREGPT_ROLES:

@@ -48,9 +48,8 @@ class Trajectory:
 
 
 def type_name(value) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), type(value).__name__
-    )
+    names = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__) if value is not None else "null"
 
 
 def plain_text(text: str, name: str, tag: str | None = None) -> str:
@@ -152,7 +151,7 @@ def parse_search_agent(record: dict) -> Trajectory:
                     )
                 for key in ("title", "content"):
                     if not isinstance(d.get(key), str):
-                        got = "missing" if key not in d else f"{type_name(d[key])}" if d[key] is not None else "null"
+                        got = type_name(d[key]) if key in d else "missing"
                         raise TraceError(f"trace[{i}].documents[{j}].{key} must be a string, got {got}")
                     plain_text(d[key], f"trace[{i}].documents[{j}].{key}", tag="information")
             turns.append({"role": "tool", "content": information_text(documents)})
