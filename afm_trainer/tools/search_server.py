@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -151,7 +152,14 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    uvicorn.run(create_app(SearchIndex.from_jsonl(args.corpus)), host=args.host, port=args.port, log_level="warning")
+    from afm_trainer.data.parquet_io import InputError
+
+    try:
+        index = SearchIndex.from_jsonl(args.corpus)
+    except (InputError, ValueError) as exc:  # a missing file or a bad record: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(create_app(index), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -390,3 +390,20 @@ def test_a_reply_of_another_shape_is_an_error_that_quotes_none_of_it(retriever, 
     assert message in str(error.value) and "<|im_end|>" not in str(error.value)
     with pytest.raises(ValueError, match="reply is not"):
         reply_documents([["not", "a", "reply"]])
+
+
+def test_the_server_refuses_a_bad_corpus_in_one_line(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "1", "contents": "\\"Oslo\\"\\nThe capital."}\n{"id": 2}\n')
+    for path, message in [
+        (corpus, f"error: {corpus} line 2: no 'title' (a document is"),
+        (tmp_path / "missing.jsonl", "error: input file not found:"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "afm_trainer.tools.search_server", "--corpus", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
