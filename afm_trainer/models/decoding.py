@@ -112,8 +112,11 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, -1).cumsum(-1)
-        drop = cumulative - torch.softmax(sorted_logits, -1) >= top_p  # keep the token that crosses top_p
+        # Summed in float64, against top_p of their own sum: over a vocabulary of 150k, float32
+        # softmax's total is off 1 by more than the tail's mass (top_p = 0.99 dropped tokens).
+        probs = torch.softmax(sorted_logits, -1).double()
+        cumulative = probs.cumsum(-1)
+        drop = cumulative - probs >= top_p * cumulative[-1]  # keep the token that crosses top_p
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     return logits
 

@@ -12,6 +12,7 @@ import os
 
 from afm_trainer.suites.base import (
     RLDataRequest,
+    RowError,
     Suite,
     answers_by_group,
     read_jsonl,
@@ -85,7 +86,11 @@ def rl_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
 
 
 def credit(answer: str, ground_truth: str, extra_info: dict) -> float:
-    return 1.0 if verify(task_of_extra_info(extra_info, ground_truth), answer) else 0.0
+    try:
+        task = task_of_extra_info(extra_info, ground_truth)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RowError(f"afm/algorithmic row {extra_info.get('index')}: {exc!r}") from None
+    return 1.0 if verify(task, answer) else 0.0
 
 
 def prompt_of(item: dict) -> str:

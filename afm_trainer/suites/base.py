@@ -20,6 +20,11 @@ class SuiteInputError(Exception):
     """An input a suite cannot build data from (one line for the user)."""
 
 
+class RowError(ValueError):
+    """An RL row a suite cannot score (a field missing or unreadable): a bug in the data,
+    raised loudly, never the model's doing."""
+
+
 @dataclass
 class RLDataRequest:
     """What to build RL rows from (afm_trainer.data.rl_data)."""

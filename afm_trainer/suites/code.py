@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import zlib
 
 from afm_trainer.suites import algorithmic
-from afm_trainer.suites.base import RLDataRequest, Suite, kept, read_jsonl, register, rl_row, sample, scored_row
+from afm_trainer.suites.base import (
+    RLDataRequest,
+    RowError,
+    Suite,
+    kept,
+    read_jsonl,
+    register,
+    rl_row,
+    sample,
+    scored_row,
+)
 from afm_trainer.suites.responses import code_of
 from afm_trainer.tools.sandbox import run_python
 from afm_trainer.world.algorithmic import (
@@ -30,33 +39,40 @@ N_TESTS = 4
 CODE_TIMEOUT_S = 5.0  # wall time for all of a response's tests together; an endless loop scores 0
 
 # Runs after the model's code in the same file. Each test is caught on its own, so code
-# that fails one input still scores on the others; results go out on one line behind a
-# marker the model cannot know, so whatever the model's code prints is not mistaken for them.
+# that fails one input still scores on the others. The results go to the sandbox's result
+# channel, not stdout, so nothing the code prints passes for them; whatever arrives there
+# is validated (the code could write there too, but only answers it could have returned).
 HARNESS = """
-import json as _json
+import json as _json, os as _os
 _results = []
 for _x in _json.loads({tests!r}):
     try:
         _results.append(str(solve(_x)))
     except BaseException:
         _results.append(None)
-print({marker!r} + _json.dumps(_results))
+_os.write(int(_os.environ["AFM_RESULT_FD"]), _json.dumps(_results).encode())
 """
 
 
 def run_tests(code: str, xs: list) -> list[str | None] | None:
     """str(solve(x)) for each x (None where it raised), or None if the program failed as a
-    whole (syntax error, no solve, time or memory limit). Runs only in the sandbox."""
-    marker = f"@@results-{secrets.token_hex(8)}@@"
-    program = code + "\n" + HARNESS.format(tests=json.dumps(xs), marker=marker)
+    whole (syntax error, no solve, time or memory limit, results not a list of that many
+    strings or nulls). Runs only in the sandbox."""
+    program = code + "\n" + HARNESS.format(tests=json.dumps(xs))
     # Lone surrogates cannot be encoded, and run_python would fail to start the child.
     program = program.encode("utf-8", "replace").decode("utf-8")
-    result = run_python(program, timeout_s=CODE_TIMEOUT_S)
-    lines = [line for line in result.stdout.splitlines() if line.startswith(marker)]
-    if result.status != "ok" or not lines:
+    result = run_python(program, timeout_s=CODE_TIMEOUT_S, with_result=True)
+    if result.status != "ok":
         return None
-    outputs = json.loads(lines[-1][len(marker) :])
-    return outputs if len(outputs) == len(xs) else None
+    try:
+        outputs = json.loads(result.result)
+    except ValueError:
+        return None
+    if not isinstance(outputs, list) or len(outputs) != len(xs):
+        return None
+    if not all(out is None or isinstance(out, str) for out in outputs):
+        return None
+    return outputs
 
 
 def _row(task: Task) -> dict:
@@ -89,9 +105,13 @@ def rl_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
 def credit(code: str, ground_truth: str, extra_info: dict) -> float:
     """Fraction of the tests passed: partial credit gives RL a gradient before the code is
     fully right; ``correct`` still means all of them."""
-    tests = algorithmic.json_field(extra_info, "tests")
+    try:
+        tests = algorithmic.json_field(extra_info, "tests")
+        extra_info["type"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RowError(f"afm/code row {extra_info.get('index')}: no readable {exc}") from None
     if not tests:
-        raise ValueError(f"afm/code row {extra_info.get('index')} has no tests")
+        raise RowError(f"afm/code row {extra_info.get('index')} has no tests")
     outputs = run_tests(code, [t["x"] for t in tests]) or [None] * len(tests)
     # verify, not string equality: two_sum accepts any right pair
     passed = sum(

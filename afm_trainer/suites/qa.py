@@ -31,6 +31,7 @@ from collections import Counter
 
 from afm_trainer.suites.base import (
     RLDataRequest,
+    RowError,
     Suite,
     SuiteInputError,
     answers_by_group,
@@ -67,7 +68,7 @@ def ground_truth_of(answers: list[str]) -> str:
 
 def golden_answers(ground_truth) -> list[str]:
     """The gold answers of a row's ground truth: our text (one answer, or a JSON list of
-    aliases) or Search-R1's {"target": [aliases]}; ValueError for any other object."""
+    aliases) or Search-R1's {"target": [aliases]}; RowError for any other object."""
     if isinstance(ground_truth, dict):
         target = ground_truth.get("target")
         if hasattr(target, "tolist"):  # a numpy array, when the rows went through pandas
@@ -75,7 +76,7 @@ def golden_answers(ground_truth) -> list[str]:
         if isinstance(target, str):
             return [target]
         if not isinstance(target, list | tuple) or not target:
-            raise ValueError(
+            raise RowError(
                 f"a ground truth object needs 'target', a non-empty list of answers; got {type_name(target)}"
             )
         return [str(alias) for alias in target]
@@ -193,7 +194,7 @@ def file_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
     JSONL file, each blank line as blank)."""
     # Imported here: the reward imports this module, and needs none of the readers.
     from afm_trainer.data.convert import read_records
-    from afm_trainer.data.parquet_io import InputError
+    from afm_trainer.data.parquet_io import InputError, reject_line, unreadable_reason
 
     path = request.qa_file
     if not os.path.isfile(path):
@@ -207,25 +208,20 @@ def file_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
                 if isinstance(record, TraceError):  # a line that is not JSON
                     raise record
                 question, answers = _check_record(record, seen)
-            except ValueError as exc:
+                item_id = str(record["id"]) if record.get("id") is not None and str(record["id"]).strip() else where
+            except (ValueError, RecursionError) as exc:  # RecursionError: a field nested too deep
+                reason = unreadable_reason(exc) or str(exc)
                 kind, number = where.split()
-                rejects.append(
-                    {
-                        "where": where,
-                        kind: int(number),
-                        "reason": str(exc),
-                        "record": None if isinstance(record, TraceError) else record,
-                    }
-                )
+                kept = None if isinstance(record, TraceError) else record
+                rejects.append(reject_line(where, reason, kept, **{kind: int(number)}))
                 continue
             seen[normalise(question)] = where
-            item_id = str(record["id"]) if record.get("id") is not None and str(record["id"]).strip() else where
             rows.append(_row(question, answers, item_id, None))
     except InputError as exc:
         raise SuiteInputError(str(exc)) from None
     rejects_file = os.path.join(request.out, "rejects.jsonl")
-    with open(rejects_file, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects)
+    with open(rejects_file + ".tmp", "w", encoding="utf-8") as f:  # make_rl_data commits it with the splits
+        f.writelines(rejects)
     if not records:
         raise SuiteInputError(f"no records in {path} (an empty file?)")
     rows = sample(rows, len(rows), TRAIN_SEED)
@@ -242,7 +238,7 @@ def file_rows(request: RLDataRequest) -> tuple[list[dict], list[dict]]:
     else:
         print(f"{path}: {records} records = {counted}")
     if not rows:
-        reasons = _summary([r["reason"] for r in rejects])
+        reasons = _summary([json.loads(line)["reason"] for line in rejects])
         raise SuiteInputError(f"none of the {records} records of {path} gave a question and answer: {reasons}")
     return train, val
 

@@ -1,4 +1,4 @@
-"""Run untrusted Python (model output, code-execution rewards) inside limits.
+"""Run untrusted Python (model output, code-execution rewards) in a sandbox.
 
     python -m afm_trainer.tools.sandbox [--timeout S] [--memory_mb M] FILE.py
     # prints one JSON object: {"status", "stdout", "stderr", "returncode", "duration_s", "truncated"}
@@ -6,56 +6,64 @@
     from afm_trainer.tools.sandbox import run_python
     result = run_python("print(1 + 1)", timeout_s=5)
 
-status: "ok" (exit 0), "timeout" (wall or CPU time), "memory" (allocation refused),
-"blocked" (a sandbox rule stopped it: network, file system outside its folder, process
-count), "error" (any other failure).
+status: "ok" (exit 0), "timeout" (wall or CPU time), "memory" (allocation refused, or
+the memory cap reached), "blocked" (a sandbox rule stopped it: network, file system,
+process count), "error" (any other failure).
 
-The result is the main program's: a run ends when it exits, even if processes it
-started still hold stdout open; those are killed then, and status and returncode come
-from the main program's exit alone (so "ok" always means returncode 0). On a timeout
-the main program is killed, so returncode is -9 (-SIGKILL), or -24 (-SIGXCPU) when
-the CPU limit hit first.
+The result is the main program's: a run ends when it exits; every process it started
+dies with it, and status and returncode come from the main program's exit alone (so
+"ok" always means returncode 0). A program killed by signal N has returncode -N: -9 on
+a timeout, -24 when the CPU limit hit first.
 
-How each limit is enforced (Linux), in the child between fork and exec:
-- a fresh network namespace: no interface but a downed loopback, so no connection
-  leaves, not even to 127.0.0.1 of the host;
-- a fresh mount namespace with small private tmpfs over /tmp, /var/tmp and /dev/shm:
-  the program's working folder is a new empty folder there, nothing it writes survives,
-  and the rest of the file system is read-only to it because
-- it runs under a user id of its own (not root, not shared with another run), so it can
-  write nowhere else, and RLIMIT_NPROC caps its processes (a fork bomb hits the cap);
-- rlimits: CPU seconds, address space (memory), file size, open files, no core dumps;
-- a seccomp filter denies new user namespaces (unshare or clone with CLONE_NEWUSER
-  fail with EPERM): inside one the program would be root again, able to mount and to
-  reach kernel code that unprivileged users cannot;
-- wall time from the parent, which then kills every process of that user id;
-- stdout/stderr are read up to a cap each; the rest is drained and dropped (flagged).
-Namespaces need root or unprivileged user namespaces; without either the sandbox
-refuses to run (``SandboxUnavailable``) rather than run code unconfined.
+What the sandbox promises (each is a test in tests/tools/test_sandbox.py):
+1. Files: the program sees a minimal root: ``/usr`` (with the ``/bin``, ``/lib``
+   links), its interpreter, read-only; a ``/proc`` of its own; a minimal ``/dev``; and
+   small private tmpfs over ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``. No
+   home, project, data or outputs of the host are there, and nothing it writes survives.
+2. Processes: a PID namespace: it sees and can signal only its own processes, and when
+   the main program exits or the run times out, every process it started is killed,
+   daemons included.
+3. Network: none (a network namespace with only a downed loopback).
+4. IPC: an IPC namespace: SysV shared memory and message queues die with the run.
+5. Privileges: all capabilities dropped, no setuid, no new user namespaces.
+6. As root, the program runs under a user id of its own, held by no other run on the
+   machine at the same time (a lock file each), and everything it holds in memory
+   (heap, tmpfs files, memfds) counts against a memory cgroup capped at ``memory_mb``;
+   reaching the cap ends the run with status "memory". Without root it runs as the
+   caller's uid mapped into a user namespace: promises 1-5 hold, and memory is capped
+   by rlimits only (address space; file size times open files).
+7. Limits: wall time, CPU seconds, processes, open files, file size, output bytes kept.
+
+The namespaces and the minimal root are bubblewrap's (``bwrap``, the sandbox Flatpak
+runs apps in): a PID namespace needs an init process and a fresh ``/proc``, and a
+minimal root needs a pivot_root, which bubblewrap has done, reviewed, for years. What it
+does not do (a memory cgroup, a unique user id, output caps) is done here. Without
+``bwrap`` (``apt install bubblewrap``) or user namespaces the sandbox refuses to run
+(``SandboxUnavailable``) rather than run code unconfined.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import fcntl
 import json
 import os
+import select
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x40000000, 0x10000000
-MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV = 0x4000, 0x40000, 0x2, 0x4
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
-# audit arch, then syscall numbers of unshare, clone, clone3
-SECCOMP_ARCHES = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}
-PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 WORKDIR = "/tmp/sandbox"
-FIRST_UID = 200_000  # sandbox user ids: no real account uses these
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+ROOT_LINKS = ("/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin")  # links into /usr on merged-/usr systems
+FIRST_UID, N_UIDS = 200_000, 10_000  # sandbox user ids (as root): no real account uses these
+LOCK_DIR = "/run/afm-sandbox"  # one lock file per sandbox uid in use
+CGROUP_ROOT = "/sys/fs/cgroup"
 BLOCKED_MARKERS = (
     "Network is unreachable",
     "Errno 101",
@@ -72,7 +80,7 @@ BLOCKED_MARKERS = (
 
 
 class SandboxUnavailable(RuntimeError):
-    """This machine cannot isolate code (no root, no user namespaces)."""
+    """This machine cannot isolate code (no bwrap, or no user namespaces)."""
 
 
 @dataclass
@@ -83,55 +91,7 @@ class SandboxResult:
     returncode: int | None
     duration_s: float
     truncated: bool = False
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
-
-
-def _deny_user_namespaces() -> None:
-    """Install a seccomp filter: unshare/clone with CLONE_NEWUSER get EPERM, and clone3
-    ENOSYS (its flags sit in memory a filter cannot read; glibc then falls back to clone).
-    Other architectures than this machine's (32-bit entry points, x32) get EPERM for all."""
-    machine = os.uname().machine  # no import here: after setuid the stdlib may be unreadable
-    if machine not in SECCOMP_ARCHES:
-        raise OSError(f"no seccomp filter for {machine}")
-    arch, nr_unshare, nr_clone, nr_clone3 = SECCOMP_ARCHES[machine]
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
-    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
-    program = [
-        (ld, 0, 0, 4),  # seccomp_data.arch
-        (jeq, 1, 0, arch),
-        (ret, 0, 0, eperm),
-        (ld, 0, 0, 0),  # seccomp_data.nr
-        (jge, 0, 1, 0x40000000),  # the x32 ABI shares x86_64's arch value
-        (ret, 0, 0, eperm),
-        (jeq, 0, 1, nr_clone3),
-        (ret, 0, 0, enosys),
-        (jeq, 1, 0, nr_unshare),
-        (jeq, 0, 3, nr_clone),
-        (ld, 0, 0, 16),  # low half of args[0], the flags of both
-        (jset, 0, 1, CLONE_NEWUSER),
-        (ret, 0, 0, eperm),
-        (ret, 0, 0, allow),
-    ]
-    filters = (_SockFilter * len(program))(*program)
-    fprog = _SockFprog(len(program), filters)
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl no_new_privs")
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "prctl seccomp")
+    result: str = ""  # what the program wrote to the result channel (with_result=True)
 
 
 def sandbox_python() -> str:
@@ -139,6 +99,7 @@ def sandbox_python() -> str:
     lives under a private home (a venv or pyenv under /root is closed to other users)."""
     candidates = [os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
     for path in candidates:
+        path = os.path.realpath(path)
         parts = path.split(os.sep)
         folders = [os.sep.join(parts[:i]) or "/" for i in range(1, len(parts))]
         if os.path.isfile(path) and all(os.stat(d).st_mode & 0o001 for d in folders) and os.stat(path).st_mode & 0o001:
@@ -146,79 +107,152 @@ def sandbox_python() -> str:
     raise SandboxUnavailable("no Python interpreter that other users may run (tried: " + ", ".join(candidates) + ")")
 
 
-_uid_lock = threading.Lock()
-_uids_in_use: set[int] = set()
-
-
-def _acquire_uid() -> int:
-    """A uid no other run holds, so limits and the final kill apply to this run only.
-    Runs may overlap (verl scores rewards in threads); each process owns 100 uids."""
-    base = FIRST_UID + (os.getpid() % 10_000) * 100
-    with _uid_lock:
-        for uid in range(base, base + 100):
-            if uid not in _uids_in_use:
-                _uids_in_use.add(uid)
-                return uid
-    raise SandboxUnavailable("more than 100 sandboxed runs at once in one process")
-
-
-def _confine(uid: int, code: bytes, memory_mb: int, cpu_s: int, max_procs: int, max_file_mb: int):
-    """Runs in the child after fork, before exec: namespaces, private folders, limits, user."""
-    import resource
-
-    os.setsid()
-    if os.geteuid() == 0:
-        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare")
-    else:  # an unprivileged user namespace makes us root inside it, for the mounts
-        real_uid, real_gid = os.getuid(), os.getgid()
-        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET), "unshare")
-        with open("/proc/self/setgroups", "w") as f:
-            f.write("deny")
-        with open("/proc/self/uid_map", "w") as f:
-            f.write(f"0 {real_uid} 1")
-        with open("/proc/self/gid_map", "w") as f:
-            f.write(f"0 {real_gid} 1")
-    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
+def bwrap_argv(python: str, code_fd: int, status_fd: int, max_file_mb: int, max_procs: int) -> list[str]:
+    """The bubblewrap command line of promises 1-5."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxUnavailable("the sandbox needs bubblewrap: install it (apt install bubblewrap)")
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
+    argv += ["--cap-drop", "ALL", "--json-status-fd", str(status_fd), "--ro-bind", "/usr", "/usr"]
+    for path in ROOT_LINKS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    if not python.startswith("/usr/"):  # an interpreter installed elsewhere: its prefix, read-only
+        prefix = os.path.dirname(os.path.dirname(python))
+        argv += ["--ro-bind", prefix, prefix]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
     for folder in PRIVATE_DIRS:
-        if os.path.isdir(folder):
-            _check(
-                _libc.mount(
-                    b"tmpfs",
-                    folder.encode(),
-                    b"tmpfs",
-                    MS_NOSUID | MS_NODEV,
-                    f"size={max_file_mb * 2}m,mode=1777".encode(),
-                ),
-                f"mount {folder}",
-            )
-    os.mkdir(WORKDIR, 0o700)
-    with open(os.path.join(WORKDIR, "main.py"), "wb") as f:
-        f.write(code)
-    try:
-        os.chown(WORKDIR, uid, uid)
-        os.chown(os.path.join(WORKDIR, "main.py"), uid, uid)
-    except OSError:
-        pass  # in a user namespace the sandbox user is us, and owns these already
-    os.chdir(WORKDIR)
-    limits = {
-        resource.RLIMIT_AS: memory_mb * 2**20,
-        resource.RLIMIT_CPU: cpu_s,
-        resource.RLIMIT_FSIZE: max_file_mb * 2**20,
-        resource.RLIMIT_NOFILE: 64,
-        resource.RLIMIT_CORE: 0,
-        resource.RLIMIT_NPROC: max_procs,
-    }
-    for kind, value in limits.items():
-        resource.setrlimit(kind, (value, value))
-    try:
+        argv += ["--perms", "1777", "--size", str(max_file_mb * 2 * 2**20), "--tmpfs", folder]
+    argv += ["--dir", WORKDIR, "--perms", "0444", "--file", str(code_fd), f"{WORKDIR}/main.py", "--chdir", WORKDIR]
+    # The process cap is set inside the sandbox's user namespace, where it counts the
+    # program's processes only (processes are counted per user namespace and uid).
+    prlimit = shutil.which("prlimit", path="/usr/bin:/bin") or "/usr/bin/prlimit"
+    return argv + ["--", prlimit, f"--nproc={max_procs}", "--", python, "-I", "-S", f"{WORKDIR}/main.py"]
+
+
+class SandboxUser:
+    """As root: a uid no other run holds (an flock'ed file per uid, released when the run
+    ends or its process dies) and a memory cgroup for it where the machine has one."""
+
+    def __init__(self, memory_mb: int):
+        self.uid, self.lock, self.cgroup = None, None, None
+        if os.geteuid() != 0:
+            return
+        lock_dir = (
+            LOCK_DIR if os.path.isdir(os.path.dirname(LOCK_DIR)) else os.path.join(tempfile.gettempdir(), "afm-sandbox")
+        )
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        for uid in range(FIRST_UID, FIRST_UID + N_UIDS):
+            fd = os.open(os.path.join(lock_dir, str(uid)), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.uid, self.lock = uid, fd
+            break
+        else:
+            raise SandboxUnavailable(f"all {N_UIDS} sandbox user ids are in use")
+        self.cgroup = memory_cgroup(f"afm-sandbox-{self.uid}", memory_mb * 2**20)
+        self.oom_kills_before = oom_kills(self.cgroup) if self.cgroup else 0
+
+    def enter(self) -> None:
+        """In the child, before bwrap runs: join the cgroup, become the sandbox uid."""
+        if self.uid is None:
+            return
+        if self.cgroup:
+            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
         os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
+        os.setgid(self.uid)
+        os.setuid(self.uid)
+
+    def out_of_memory(self) -> bool:
+        return bool(self.cgroup) and oom_kills(self.cgroup) > self.oom_kills_before
+
+    def release(self) -> None:
+        if self.cgroup:
+            remove_cgroup(self.cgroup, wait=False)
+        if self.lock is not None:
+            os.close(self.lock)
+
+
+def oom_kills(cgroup: str) -> int:
+    """How many processes the kernel has killed in the cgroup for reaching its cap."""
+    for name in ("memory.events", "memory.oom_control"):  # cgroup v2, v1
+        try:
+            with open(os.path.join(cgroup, name)) as f:
+                counts = dict(line.split() for line in f if len(line.split()) == 2)
+        except FileNotFoundError:
+            continue
+        return int(counts.get("oom_kill", 0))
+    return 0
+
+
+def memory_cgroup(name: str, limit_bytes: int) -> str | None:
+    """A fresh memory cgroup under this process's own, capped at limit_bytes (swap
+    included); None where the machine gives us none to write."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
     except OSError:
-        # Inside an unprivileged user namespace only our own id is mapped; the
-        # namespace itself then separates us from the host's files and processes.
-        pass
-    _deny_user_namespaces()  # last: nothing above may be filtered
+        return None
+    v1 = next((path for _, controllers, path in lines if "memory" in controllers.split(",")), None)
+    if v1 is not None:
+        parent, limits = f"{CGROUP_ROOT}/memory{v1}", {"memory.limit_in_bytes": limit_bytes}
+        limits["memory.memsw.limit_in_bytes"] = limit_bytes
+    else:
+        v2 = next((path for _, controllers, path in lines if controllers == ""), None)
+        if v2 is None:
+            return None
+        parent, limits = f"{CGROUP_ROOT}{v2}", {"memory.max": limit_bytes, "memory.swap.max": 0}
+    path = os.path.join(parent.rstrip("/"), name)
+    try:
+        os.mkdir(path)
+    except FileExistsError:  # an earlier run's under this uid, not yet removable: emptied and reused
+        kill_members(path)
+    except OSError:
+        return None
+    for i, (file, value) in enumerate(limits.items()):
+        try:
+            with open(os.path.join(path, file), "w") as f:
+                f.write(str(value))
+        except OSError:
+            if i == 0:  # the memory cap itself: without it the cgroup is no use
+                remove_cgroup(path)
+                return None
+    return path
+
+
+def kill_members(cgroup: str) -> None:
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            pids = [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def remove_cgroup(path: str, wait: bool = True) -> None:
+    """Kill what is left in the cgroup, then remove it. Its processes may take a moment to
+    leave it (a zombie stays until reaped); without ``wait`` a busy cgroup is left for the
+    uid's next run to reuse."""
+    for _ in range(100 if wait else 1):
+        kill_members(path)
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if wait:
+                time.sleep(0.01)
 
 
 def _exited(pid: int) -> bool:
@@ -227,12 +261,14 @@ def _exited(pid: int) -> bool:
     return info is not None and info.si_pid == pid
 
 
-def _read_capped(process: subprocess.Popen, cap: int, deadline: float, on_exit) -> tuple[bytes, bytes, bool, bool]:
-    """(stdout, stderr, truncated, timed_out): read both pipes up to cap bytes each until
-    they close. When the program exits, on_exit() kills what it left behind: a child
+def _read_capped(
+    process: subprocess.Popen, streams: list, cap: int, deadline: float, on_exit
+) -> tuple[list, bool, bool]:
+    """([bytes of each stream], truncated, timed_out): read the pipes up to cap bytes each
+    until they close. When the program exits, on_exit() kills what it left behind: a child
     holding a pipe open cannot then stall the read, and what is already in the pipes
     is still read. timed_out means the program itself was still running at deadline."""
-    buffers, truncated = {process.stdout: bytearray(), process.stderr: bytearray()}, False
+    buffers, truncated = {stream: bytearray() for stream in streams}, False
     selector = selectors.DefaultSelector()
     for stream in buffers:
         selector.register(stream, selectors.EVENT_READ)
@@ -270,41 +306,61 @@ def _read_capped(process: subprocess.Popen, cap: int, deadline: float, on_exit) 
     finally:
         if pidfd is not None:
             os.close(pidfd)
-    return bytes(buffers[process.stdout]), bytes(buffers[process.stderr]), truncated, timed_out
+    return [bytes(buffers[stream]) for stream in streams], truncated, timed_out
 
 
-def _live_pids_of(uid: int) -> list[int]:
-    """Processes of uid that are not zombies (a zombie is already dead, awaiting its reaper)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    pids.append(int(pid))
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            pass
-    return pids
+def _open_sandbox_init(status_fd: int, bwrap_pid: int, deadline: float) -> tuple[int | None, bytes]:
+    """(a pidfd of the sandbox's init, what was read of bwrap's status): bwrap reports the
+    pid of its child, the init of the sandbox's PID namespace, in its first status line.
+    None when bwrap could not start it, or it was gone before the pidfd was opened."""
+    read, poller = b"", select.poll()
+    poller.register(status_fd, select.POLLIN)
+    while b"\n" not in read and (remaining := deadline - time.monotonic()) > 0:
+        if not poller.poll(remaining * 1000):
+            break
+        chunk = os.read(status_fd, 4096)
+        if not chunk:
+            break
+        read += chunk
+    try:
+        child_pid = json.loads(read.split(b"\n", 1)[0])["child-pid"]
+        pidfd = os.pidfd_open(child_pid)
+    except (ValueError, KeyError, OSError, AttributeError):
+        return None, read
+    try:  # still bwrap's child, so the pid was not reused
+        with open(f"/proc/{child_pid}/stat") as f:
+            if int(f.read().rsplit(")", 1)[1].split()[1]) == bwrap_pid:
+                return pidfd, read
+    except (OSError, ValueError, IndexError):
+        pass
+    os.close(pidfd)
+    return None, read
 
 
-def _kill_all(uid: int, process: subprocess.Popen) -> None:
-    """Kill the run's process group and every process left under its user id, pass after
-    pass, since a fork bomb forks again between the listing and the kill."""
+def _end_sandbox(pidfd: int | None, wait_s: float = 10.0) -> None:
+    """Kill the sandbox's init and wait until it has exited: the kernel kills and reaps
+    every other process of its PID namespace before that, so when this returns nothing
+    the program started is alive (killing bwrap alone ends them a moment later)."""
+    if pidfd is None:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:  # exited already
+        pass
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.poll(wait_s * 1000)
+    os.close(pidfd)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kill bwrap; its PID namespace, and every process the program started, dies with it."""
+    if process.returncode is not None:  # reaped: its pid may be another process's now
+        return
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    for _ in range(200):
-        pids = _live_pids_of(uid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.01)
 
 
 def _classify(returncode: int | None, stderr: str, timed_out: bool) -> str:
@@ -327,8 +383,14 @@ def run_python(
     max_procs: int = 16,
     max_output_bytes: int = 1_000_000,
     max_file_mb: int = 16,
+    with_result: bool = False,
 ) -> SandboxResult:
-    """Run ``code`` with ``python3 -I`` (isolated mode: no user site, no env paths) in the sandbox."""
+    """Run ``code`` with ``python3 -I`` (isolated mode: no user site, no env paths) in the sandbox.
+
+    ``with_result``: the program also gets a result channel apart from its stdout, a pipe
+    whose descriptor is in its environment as ``AFM_RESULT_FD``; what it writes there
+    (up to ``max_output_bytes``) comes back as ``result``. A harness that runs the
+    program's code writes its results there, so nothing the code prints passes for them."""
     if not 0 < timeout_s < float("inf"):  # a negative limit would mean none at all
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout_s}")
     for name, value in (("memory_mb", memory_mb), ("max_procs", max_procs), ("max_output_bytes", max_output_bytes)):
@@ -336,55 +398,107 @@ def run_python(
             raise ValueError(f"{name} must be 1 or more, got {value}")
     if sys.platform != "linux":
         raise SandboxUnavailable("the sandbox needs Linux namespaces")
-    uid = _acquire_uid()
+    user = SandboxUser(memory_mb)
     try:
-        return _run_as(uid, code, timeout_s, memory_mb, max_procs, max_output_bytes, max_file_mb)
+        return _run(user, code, timeout_s, memory_mb, max_procs, max_output_bytes, max_file_mb, with_result)
     finally:
-        with _uid_lock:
-            _uids_in_use.discard(uid)
+        user.release()
 
 
-def _run_as(
-    uid: int, code: str, timeout_s: float, memory_mb: int, max_procs: int, max_output_bytes: int, max_file_mb: int
+def _limit(user: SandboxUser, memory_mb: int, cpu_s: int, max_file_mb: int) -> None:
+    """In the child, before bwrap runs (bwrap and the program inherit these)."""
+    import resource
+
+    user.enter()
+    limits = {
+        resource.RLIMIT_AS: memory_mb * 2**20,
+        resource.RLIMIT_CPU: cpu_s,
+        resource.RLIMIT_FSIZE: max_file_mb * 2**20,
+        resource.RLIMIT_NOFILE: 64,
+        resource.RLIMIT_CORE: 0,
+    }
+    for kind, value in limits.items():
+        resource.setrlimit(kind, (value, value))
+
+
+def _run(
+    user: SandboxUser,
+    code: str,
+    timeout_s: float,
+    memory_mb: int,
+    max_procs: int,
+    max_output_bytes: int,
+    max_file_mb: int,
+    with_result: bool,
 ) -> SandboxResult:
     started = time.monotonic()
+    code_fd = os.memfd_create("main.py")
+    status_read, status_write = os.pipe()
+    result_read, result_write = os.pipe() if with_result else (None, None)
+    env = {"PATH": "/usr/bin:/bin", "HOME": WORKDIR, "LANG": "C.UTF-8"}
+    if with_result:
+        env["AFM_RESULT_FD"] = str(result_write)
     try:
+        os.write(code_fd, code.encode())
+        os.lseek(code_fd, 0, os.SEEK_SET)
         process = subprocess.Popen(
-            [sandbox_python(), "-I", "-S", f"{WORKDIR}/main.py"],
+            bwrap_argv(sandbox_python(), code_fd, status_write, max_file_mb, max_procs),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={"PATH": "/usr/bin:/bin", "HOME": WORKDIR, "LANG": "C.UTF-8"},
-            preexec_fn=lambda: _confine(
-                uid, code.encode(), memory_mb, max(1, int(timeout_s) + 1), max_procs, max_file_mb
-            ),
+            env=env,
+            pass_fds=(code_fd, status_write) + ((result_write,) if with_result else ()),
+            start_new_session=True,
+            preexec_fn=lambda: _limit(user, memory_mb, max(1, int(timeout_s) + 1), max_file_mb),
         )
-    except subprocess.SubprocessError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
+        for fd in (status_read, result_read):
+            if fd is not None:
+                os.close(fd)
         raise SandboxUnavailable(f"cannot isolate code on this machine: {exc}") from None
+    finally:
+        for fd in (code_fd, status_write, result_write):
+            if fd is not None:
+                os.close(fd)
+    streams = [process.stdout, process.stderr] + ([os.fdopen(result_read, "rb")] if with_result else [])
+    init_pidfd, status = None, b""
     try:
-        stdout, stderr, truncated, timed_out = _read_capped(
-            process, max_output_bytes, started + timeout_s, on_exit=lambda: _kill_all(uid, process)
+        init_pidfd, status = _open_sandbox_init(status_read, process.pid, started + timeout_s)
+        (stdout, stderr, *result), truncated, timed_out = _read_capped(
+            process, streams, max_output_bytes, started + timeout_s, on_exit=lambda: _kill(process)
         )
         if timed_out:
-            _kill_all(uid, process)
+            _kill(process)
         try:
             returncode = process.wait(timeout=max(0.1, started + timeout_s - time.monotonic()))
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_all(uid, process)
+            _kill(process)
             returncode = process.wait()
     finally:
-        _kill_all(uid, process)  # whatever it left behind (daemonised children)
+        _kill(process)
+        _end_sandbox(init_pidfd)
+        if with_result:
+            streams[2].close()
+        with os.fdopen(status_read, "rb") as f:
+            status += f.read()
+    if b'"child-pid"' not in status:  # bwrap could not set the sandbox up: the program never ran
+        reason = stderr.decode(errors="replace").strip().splitlines()
+        raise SandboxUnavailable(f"cannot isolate code on this machine: {reason[-1] if reason else returncode}")
+    if returncode > 128:  # bwrap exits 128 + N for a program killed by signal N
+        returncode = 128 - returncode
     if returncode >= 0:  # it exited on its own, if only just before the kill: report that
         timed_out = False
     text_err = stderr.decode(errors="replace")
+    status = "memory" if user.out_of_memory() else _classify(returncode, text_err, timed_out)
     return SandboxResult(
-        status=_classify(returncode, text_err, timed_out),
+        status=status,
         stdout=stdout.decode(errors="replace"),
         stderr=text_err,
         returncode=returncode,
         duration_s=round(time.monotonic() - started, 3),
         truncated=truncated,
+        result=result[0].decode(errors="replace") if result else "",
     )
 
 

@@ -75,27 +75,49 @@ class SearchIndex:
             raise ValueError("the corpus is empty")
         wheres = wheres or [f"document {i}" for i in range(len(documents))]
         # Copies: the caller's records stay as they were.
-        self.documents = [document_of(record, where, i) for i, (record, where) in enumerate(zip(documents, wheres))]
+        self._index([document_of(record, where, i) for i, (record, where) in enumerate(zip(documents, wheres))])
+
+    def _index(self, documents: list[dict]) -> None:
+        """Index documents already in their indexed form (``document_of``)."""
+        self.documents = documents
+        tokens = self._tokenize([f"{d['title']} {d['content']}" for d in documents])
+        if not tokens.vocab:  # bm25s would fail on it with an obscure message
+            raise ValueError("no document has a word to index (words of two or more letters, not stopwords)")
         self._retriever = bm25s.BM25()
-        texts = [f"{d['title']} {d['content']}" for d in self.documents]
-        self._retriever.index(self._tokenize(texts), show_progress=False)
+        self._retriever.index(tokens, show_progress=False)
         self._lock = threading.Lock()  # retrieval shares scratch state
 
     @classmethod
-    def from_jsonl(cls, path: str) -> SearchIndex:
+    def from_jsonl(cls, path: str, rejects: list[str] | None = None) -> SearchIndex:
         """The index of a corpus file: JSONL (a JSON array and parquet are read too, by
-        ``afm_trainer.data.convert.read_records``); a bad record is a ValueError naming its line."""
+        ``afm_trainer.data.convert.read_records``). A bad record (not JSON, not an object,
+        no title or text) is a ValueError naming its line; given a list ``rejects``, it is
+        appended there instead ("PATH line N: reason") and the other records are indexed,
+        a ValueError only if none is usable. A document without an id keeps its position
+        among all the records read, rejected ones included, as its id."""
         from afm_trainer.data.convert import read_records  # the project's one reader of record files
 
-        records, wheres = [], []
-        for where, record in read_records(path):
-            if isinstance(record, TraceError):  # a line that is not JSON
-                raise ValueError(f"{path} {where}: {record}")
-            records.append(record)
-            wheres.append(f"{path} {where}")
-        if not records:
+        documents, seen = [], 0
+        for position, (where, record) in enumerate(read_records(path)):
+            seen += 1
+            try:
+                if isinstance(record, TraceError):  # a line that is not JSON
+                    raise ValueError(f"{path} {where}: {record}")
+                documents.append(document_of(record, f"{path} {where}", position))
+            except ValueError as exc:
+                if rejects is None:
+                    raise
+                rejects.append(str(exc))
+        if not seen:
             raise ValueError(f"{path}: the corpus is empty")
-        return cls(records, wheres)
+        if not documents:
+            raise ValueError(f"{path}: no usable document ({seen} rejected; the first: {rejects[0]})")
+        index = cls.__new__(cls)
+        try:
+            index._index(documents)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return index
 
     @staticmethod
     def _tokenize(texts: list[str]):

@@ -17,7 +17,8 @@ SEARCH_URL (``multi_turn.tool_config_path``). SEARCH_URL may be our search serve
 a Search-R1/FlashRAG retrieval server: the tool reads either reply (``reply_documents``).
 Whatever a server sends enters the model's tool turn only through
 ``afm_trainer.tools.search.shown_documents``: a document holding a reserved chat token or
-a trace tag is left out (counted in the tool's ``refused`` metric).
+a trace tag is left out (counted in the tool's ``refused`` metric). A program's output is
+shown with such strings neutralised (``afm_trainer.models.special_tokens.neutralised``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
-from afm_trainer.traces.formats import TOOL_CALL, information_text
+from afm_trainer.traces.formats import information_text, tool_calls
 
 TOOL_FOR_TAG = {"search": ("search", "query"), "code": ("run_python", "code")}
 
@@ -47,7 +48,7 @@ class AfmTagParser(ToolParser):
         if "<answer>" in text:  # a final answer: no more tool use
             return text, []
         calls = []
-        for tag, body in TOOL_CALL.findall(text):
+        for tag, body in tool_calls(text):
             name, argument = TOOL_FOR_TAG[tag]
             calls.append(FunctionCall(name=name, arguments=json.dumps({argument: body.strip()})))
         return text, calls
@@ -143,6 +144,7 @@ class SandboxTool(BaseTool):
         super().__init__(config, tool_schema or _schema("run_python", "Run Python code; returns its output.", "code"))
 
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs) -> tuple[ToolResponse, float, dict]:
+        from afm_trainer.models.special_tokens import neutralised
         from afm_trainer.tools.sandbox import run_python
 
         result = await asyncio.to_thread(
@@ -151,5 +153,5 @@ class SandboxTool(BaseTool):
             timeout_s=float(self.config.get("timeout_s", 5)),
             memory_mb=int(self.config.get("memory_mb", 256)),
         )
-        text = f"status: {result.status}\n{result.stdout[-1000:]}{result.stderr[-500:]}".strip()
+        text = neutralised(f"status: {result.status}\n{result.stdout[-1000:]}{result.stderr[-500:]}".strip())
         return ToolResponse(text=f"<information>{text}</information>"), 0.0, {"status": result.status}

@@ -1,5 +1,6 @@
 """The RL rewards (afm_trainer/verl_ext/rewards.py) on right, wrong and malformed output."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -29,7 +30,7 @@ FORMAT_ONLY = rewards.FORMAT_WEIGHT
 ZERO = {"score": 0.0, "correct": 0, "format": 0}
 
 
-def score(data_source, response, ground_truth, extra_info=None):
+def scored(data_source, response, ground_truth, extra_info=None):
     # Keyword arguments, as verl's naive reward manager calls it, plus an extra kwarg it may pass.
     return rewards.compute_score(
         data_source=data_source,
@@ -38,6 +39,13 @@ def score(data_source, response, ground_truth, extra_info=None):
         extra_info=extra_info,
         reward_router_address=None,
     )
+
+
+def score(data_source, response, ground_truth, extra_info=None):
+    """The reward without its ``reason`` text (a string on every row, empty when scored)."""
+    result = scored(data_source, response, ground_truth, extra_info)
+    assert isinstance(result.pop("reason"), str)
+    return result
 
 
 def algorithmic_info(task):
@@ -62,6 +70,17 @@ MALFORMED = {
     "unclosed code call": "<code>print(1)<answer>Kafen</answer>",
     "empty code call": "<code></code><answer>Kafen</answer>",
     "garbage bytes": "\x00\xff\ufffd<answ\x07er>Kafen</ans\udcffwer>\ud800",
+    # Blocks must close before the next opens: interleaved or nested tags are malformed.
+    "think and answer interleaved": "<think>Rakaur<answer></think>Kafen</answer>",
+    "answer closed after think": "<think>Rakaur<answer>Kafen</think></answer>",
+    "answer inside think": "<think>Rakaur <answer>Kafen</answer></think>",
+    "think inside answer": "<answer><think>Rakaur</think>Kafen</answer>",
+    "search and think interleaved": "<search>Rakaur<think>born in</search></think><answer>Kafen</answer>",
+    "code and think interleaved": "<think>run it<code>print(1)</think></code><answer>Kafen</answer>",
+    "summary and answer interleaved": "<summary>Rakaur<answer>Kafen</summary></answer>",
+    "unclosed think": "<think>Rakaur<answer>Kafen</answer>",
+    "stray think close": "</think><answer>Kafen</answer>",
+    "think after answer": "<answer>Kafen</answer><think>done</think>",
 }
 
 
@@ -81,8 +100,9 @@ def test_non_text_responses_score_zero_or_are_decoded(response):
 
 def test_the_keys_are_the_same_for_every_outcome():
     # verl gathers extra keys per batch: a key missing from one row breaks the column.
-    outcomes = [score("afm/qa", r, "Kafen") for r in ("", "<answer>Kafen</answer>", "<answer>x</answer>")]
-    assert all(set(o) == {"score", "correct", "format"} for o in outcomes)
+    outcomes = [scored("afm/qa", r, "Kafen") for r in ("", "<answer>Kafen</answer>", "<answer>x</answer>")]
+    assert all(set(o) == {"score", "correct", "format", "reason"} for o in outcomes)
+    assert [o["reason"] for o in outcomes] == ["no well-formed answer", "", ""]
 
 
 def test_unknown_data_source_is_an_error_naming_it():
@@ -103,6 +123,8 @@ def test_unknown_data_source_is_an_error_naming_it():
         "<search>Rakaur</search>\n<information>[1] Rakaur: Rakaur was born in Kafen.</information>\n"
         "<search>Kafen</search><information>[1] Kafen: ...</information><answer>Kafen</answer>",
         "<code>print(2 + 2)</code><information>status: ok\n4</information><answer>Kafen</answer>",
+        "<summary>Who is Rakaur?</summary><think>Search him.</think><search>Rakaur</search>"
+        "<information>[1] Rakaur: born in Kafen.</information><think>Kafen.</think>\n<answer>Kafen</answer>",
     ],
 )
 def test_qa_exact_match_after_normalising_is_full_score(response):
@@ -243,6 +265,8 @@ FIB = "def solve(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b,
         f"<answer>\n{FIB}</answer>",
         f"Here it is.\n<answer>\n```python\n{FIB}```\n</answer>",
         f"Here it is.\n```python\n{FIB}```\nDone.",  # no tags: one python block is the answer
+        f"<think>Iterate.</think>\n```python\n{FIB}```",  # reasoning, then the one block
+        f"<think>Iterate.</think><answer>\n{FIB}</answer>",
     ],
 )
 def test_right_code_passes_every_test(response):
@@ -251,6 +275,18 @@ def test_right_code_passes_every_test(response):
 
 def test_two_python_blocks_without_tags_are_malformed():
     assert score("afm/code", f"```python\n{FIB}```\n```python\n{FIB}```", "", FIB_INFO) == ZERO
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        f"<think>Iterate.\n```python\n{FIB}```",  # unclosed reasoning around the block
+        f"<think>Iterate.</think></think>\n```python\n{FIB}```",
+        f"<think><summary>Iterate.</think></summary>\n```python\n{FIB}```",
+    ],
+)
+def test_an_untagged_code_block_after_broken_reasoning_tags_is_malformed(response):
+    assert score("afm/code", response, "", FIB_INFO) == ZERO
 
 
 @pytest.mark.parametrize(
@@ -281,8 +317,8 @@ def test_an_endless_loop_is_cut_by_the_sandbox_time_limit(monkeypatch):
     statuses = []
     real_run = code_suite.run_python
 
-    def spy(program, timeout_s):
-        result = real_run(program, timeout_s=timeout_s)
+    def spy(program, timeout_s, **kwargs):
+        result = real_run(program, timeout_s=timeout_s, **kwargs)
         statuses.append(result.status)
         return result
 
@@ -309,3 +345,145 @@ def test_every_reference_solution_passes_its_own_type():
 def test_a_code_row_without_tests_is_an_error_not_a_zero():
     with pytest.raises(ValueError, match="no tests"):
         score("afm/code", f"<answer>{FIB}</answer>", "", {"type": "fibonacci", "tests": "[]", "index": 3})
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "b'[bad'",  # not JSON
+        "b'{\"0\": 1}'",  # not a list
+        "b'[0, 1, 5, 8]'",  # not strings
+        'b\'["0", "1"]\'',  # too few
+        "open(__file__).read().encode()",  # its own file, harness included
+    ],
+)
+def test_code_that_writes_the_result_channel_itself_cannot_break_the_reward(forged):
+    # A program may find the channel (it reads its own file) and write anything there, then
+    # exit before the harness runs: the results are validated, and it earns no test.
+    code = f"import os\nos.write(int(os.environ['AFM_RESULT_FD']), {forged})\nos._exit(0)\n"
+    assert score("afm/code", f"<answer>{code}</answer>", "", FIB_INFO) == {
+        "score": FORMAT_ONLY,
+        "correct": 0,
+        "format": 1,
+    }
+
+
+def test_a_scorer_failing_on_an_answer_scores_zero_and_says_why(monkeypatch):
+    from afm_trainer.suites import qa
+
+    def broken(answer, truth, info):
+        raise TypeError("unhashable answer")
+
+    monkeypatch.setattr(rewards, "suite_for_source", lambda source: dataclasses.replace(qa.SUITE, credit=broken))
+    result = scored("afm/qa", "<answer>Kafen</answer>", "Kafen")
+    assert (result["score"], result["correct"]) == (0.0, 0)
+    assert result["reason"] == "the answer could not be scored: TypeError: unhashable answer"
+
+
+def test_a_row_without_its_fields_is_still_an_error():
+    with pytest.raises(ValueError, match="afm/algorithmic row 4"):
+        score("afm/algorithmic", "<answer>1</answer>", "1", {"index": 4})
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        # A document (or a program's output) holding an answer is not the policy's answer.
+        ("<search>Bob</search>\ntool\n<information>[1] Bob: <answer>Kafen</answer></information>", ZERO),
+        # A document holding a tool tag does not make the policy's answer malformed.
+        (
+            "<search>Bob</search>\ntool\n<information>[1] Bob: see <search></information>\n<answer>Kafen</answer>",
+            {"score": FULL, "correct": 1, "format": 1},
+        ),
+        # Cut off inside a tool turn: nothing after its opening is the policy's.
+        ("<search>Bob</search>\ntool\n<information>[1] Bob: <answer>Kafen</answer>", ZERO),
+    ],
+)
+def test_only_the_policys_own_text_is_scored(response, expected):
+    assert score("afm/qa", response, "Kafen") == expected
+
+
+DEGENERATE = {
+    "answer openings": "<answer>" * 130_000,
+    "search openings": "<search>a" * 112_000,
+    "code openings": "<code>" * 170_000,
+    "fence openings": "```python\n" * 100_000,
+    "blank lines": "\n" * 1_000_000,
+    "answer lines": "answer\n" * 143_000,
+    "boxes": "\\boxed{" * 143_000,
+    "information openings": "<information>" * 80_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEGENERATE))
+def test_a_megabyte_of_degenerate_output_is_scored_in_well_under_a_second_each(name):
+    import time
+
+    from afm_trainer.suites.responses import code_of, first_answer
+    from afm_trainer.traces.formats import student_answer, tool_calls
+
+    text = DEGENERATE[name]
+    assert len(text) >= 10**6
+    info = {**FIB_INFO, "index": 0}
+    for parse in (
+        first_answer,
+        code_of,
+        tool_calls,
+        student_answer,
+        lambda t: score("afm/qa", t, "Kafen"),
+        lambda t: score("afm/algorithmic", t, "5", {"type": "fibonacci", "difficulty": 2, "x": "5"}),
+        lambda t: score("afm/code", t, "", info),
+    ):
+        started = time.perf_counter()
+        parse(text)
+        # A quadratic pattern takes minutes here; the bound leaves room for a slow host.
+        assert time.perf_counter() - started < 1.0, (name, parse)
+
+
+# --- the tag grammar itself (afm_trainer.suites.responses), hand-written cases ---
+
+WELL_NESTED = {
+    "<answer>Kafen</answer>": "Kafen",
+    "<think>a</think><answer>Kafen</answer>": "Kafen",
+    "<think>a</think><search>q</search><think>b</think><code>c</code><answer>Kafen</answer>": "Kafen",
+    "<summary>s</summary>\n<think>a</think>\n<answer> Kafen </answer>\ntrailing text": "Kafen",
+    # tool output is not the policy's text, whatever tags it shows
+    "<search>q</search><information><think><answer>x</think></information><answer>Kafen</answer>": "Kafen",
+}
+INTERLEAVED = [
+    "<think><answer></think></answer>",
+    "<think>a<answer>Kafen</think></answer>",
+    "<answer>Kafen<think></answer></think>",
+    "<think>a<search>q</think></search><answer>Kafen</answer>",
+    "<search>q<code>c</search></code><answer>Kafen</answer>",
+    "<summary>s<think>a</summary></think><answer>Kafen</answer>",
+    "<think><think>a</think></think><answer>Kafen</answer>",
+    "<think>a<answer>Kafen</answer></think>",
+]
+
+
+@pytest.mark.parametrize("response", sorted(WELL_NESTED))
+def test_well_nested_responses_have_their_answer(response):
+    from afm_trainer.suites.responses import answer_of, code_of
+
+    assert answer_of(response) == code_of(response) == WELL_NESTED[response]
+
+
+@pytest.mark.parametrize("response", INTERLEAVED)
+def test_interleaved_or_nested_tags_are_a_format_failure(response):
+    from afm_trainer.suites.responses import answer_of, code_of
+
+    assert answer_of(response) is None and code_of(response) is None
+    assert score("afm/qa", response, "Kafen") == ZERO
+
+
+def test_the_data_side_tag_check_refuses_interleaved_trace_tags_too():
+    """A training turn (afm_trainer.models.special_tokens.tag_structure_problem) may nest
+    trace tags but never interleave them."""
+    from afm_trainer.models.special_tokens import tag_structure_problem
+
+    assert tag_structure_problem("<think>a</think><search>q</search><answer>x</answer>") is None
+    assert tag_structure_problem("<answer><think>a</think>x</answer>") is None  # nested, not interleaved
+    assert tag_structure_problem("<think><answer></think></answer>") == "</think> closes <think> too early"
+    assert tag_structure_problem("<summary>s<search>q</summary></search>") == "</summary> closes <summary> too early"
+    assert tag_structure_problem("<answer>x</think>") == "</think> without its opening tag"

@@ -68,8 +68,8 @@ def test_a_registered_suite_builds_rl_data_is_rewarded_and_evaluated(toy_suite, 
     truth = row["reward_model"]["ground_truth"]
     right = compute_score(row["data_source"], f"<answer>{truth}</answer>", truth, row["extra_info"])
     wrong = compute_score(row["data_source"], "<answer>nope</answer>", truth, row["extra_info"])
-    assert right == {"score": FORMAT_WEIGHT + 1.0, "correct": 1, "format": 1}
-    assert wrong == {"score": FORMAT_WEIGHT, "correct": 0, "format": 1}
+    assert right == {"score": FORMAT_WEIGHT + 1.0, "correct": 1, "format": 1, "reason": ""}
+    assert wrong == {"score": FORMAT_WEIGHT, "correct": 0, "format": 1, "reason": ""}
 
     heldout = tmp_path / "toy.jsonl"
     heldout.write_text(

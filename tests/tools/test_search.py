@@ -392,11 +392,11 @@ def test_a_reply_of_another_shape_is_an_error_that_quotes_none_of_it(retriever, 
         reply_documents([["not", "a", "reply"]])
 
 
-def test_the_server_refuses_a_bad_corpus_in_one_line(tmp_path):
+def test_the_server_refuses_a_corpus_with_no_usable_line_in_one_line(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text('{"id": "1", "contents": "\\"Oslo\\"\\nThe capital."}\n{"id": 2}\n')
+    corpus.write_text('{"id": 2}\nnot json\n')
     for path, message in [
-        (corpus, f"error: {corpus} line 2: no 'title' (a document is"),
+        (corpus, f"error: {corpus}: no usable document (2 rejected; the first: {corpus} line 1: no 'title'"),
         (tmp_path / "missing.jsonl", "error: input file not found:"),
     ]:
         result = subprocess.run(
@@ -407,3 +407,239 @@ def test_the_server_refuses_a_bad_corpus_in_one_line(tmp_path):
         )
         assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+BAD_LINES = [
+    ('{"id": "9", "text": "a record with no title and no contents"}', "no 'title'"),
+    ('{"title": "Oslo", "content": ', "not valid JSON"),
+    ('{"id": "8", "contents": null}', "'contents' must be a string, got null"),
+    ('["Oslo", "The capital."]', "not a JSON object"),
+    ('{"title": "Oslo"}', "no 'content'"),
+]
+
+
+def test_the_server_serves_the_usable_corpus_lines_and_names_the_rest(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    lines = ['{"id": "1", "contents": "\\"Oslo\\"\\nOslo is the capital of Norway."}']
+    lines += [line for line, _ in BAD_LINES]
+    lines += ['{"title": "Kafen", "content": "Kafen is a port town."}']
+    lines += ['{"id": "x"}'] * 25  # more rejects than are named one by one
+    corpus.write_text("\n".join(lines) + "\n")
+    stderr = open(tmp_path / "stderr.txt", "w")
+    process, url = _start_server(["--corpus", str(corpus)], stderr)
+    try:
+        assert httpx.get(url + "/health", timeout=10).json() == {"status": "ok", "documents": 2}
+        reply = httpx.post(url + "/retrieve", json={"queries": ["port town"], "topk": 1}, timeout=10).json()
+        top = reply["result"][0][0]
+        assert (top["title"], top["id"]) == ("Kafen", "6")  # an id-less document keeps its line's position
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        stderr.close()
+    log = (tmp_path / "stderr.txt").read_text().splitlines()
+    for number, (_, reason) in enumerate(BAD_LINES, start=2):
+        assert any(line.startswith(f"rejected: {corpus} line {number}: {reason}") for line in log), log
+    assert sum(line.startswith("rejected: ") for line in log) == 20
+    assert "warning: 30 corpus records rejected (10 more not shown), 2 documents served" in log, log
+    assert not any("Traceback" in line for line in log)
+
+
+def test_a_corpus_read_with_a_rejects_list_keeps_the_usable_records(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join([BAD_LINES[0][0], '{"title": "Kafen", "content": "Kafen is a port."}', "not json"]))
+    rejects = []
+    index = SearchIndex.from_jsonl(str(corpus), rejects=rejects)
+    assert [(d["title"], d["id"]) for d in index.documents] == [("Kafen", "1")]
+    assert [r.split(": ", 1)[0] for r in rejects] == [f"{corpus} line 1", f"{corpus} line 3"]
+    with pytest.raises(ValueError, match="line 1: no 'title'"):
+        SearchIndex.from_jsonl(str(corpus))  # without the list, as before: the first bad line is an error
+
+
+def test_a_corpus_with_no_word_to_index_is_a_clear_error(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"title": "A", "content": "the"}\n')
+    with pytest.raises(ValueError, match="no document has a word to index"):
+        SearchIndex.from_jsonl(str(corpus), rejects=[])
+
+
+# --- stalled clients, a bounded number of connections and an open-file limit --------
+
+STALLED_REQUEST = (
+    b'POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"queries": '
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(args, stderr, limit_files=None):
+    """The search server in a subprocess (optionally under an open-file limit), its
+    stderr to the open file ``stderr``; (process, URL)."""
+    import resource
+
+    port = _free_port()
+
+    def limit():
+        if limit_files:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit_files, limit_files))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "afm_trainer.tools.search_server", *args, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,  # a file, not a pipe nobody reads while it runs
+        preexec_fn=limit,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+    process.kill()
+    process.wait()
+    pytest.fail("search server did not start: " + open(stderr.name).read()[-2000:])
+
+
+def _closed_by_server(sock) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) in (b"", b"H")  # EOF, or a 503 before it
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_stalled_clients_are_dropped_and_cannot_starve_the_server_of_descriptors(tmp_path):
+    # 300 clients that send half a request and stall, against a server allowed 256 open
+    # files and 100 connections: the extra ones displace the longest-waiting, /health
+    # still answers at once, and each stalled client is dropped at its deadline.
+    timeout, bound = 3.0, 100
+    stderr = open(tmp_path / "stderr.txt", "w")
+    process, url = _start_server(
+        ["--corpus", SAMPLE_CORPUS, "--request_timeout", str(timeout), "--max_connections", str(bound)],
+        stderr,
+        limit_files=256,
+    )
+    address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    stalled = []
+    try:
+        for i in range(300):
+            sock = socket.create_connection(address, timeout=5)
+            sock.sendall(STALLED_REQUEST)
+            sock.settimeout(None)  # blocking: MSG_DONTWAIT peeks then return at once
+            stalled.append((time.monotonic(), sock))
+            if i % 20 == 19:
+                time.sleep(0.01)  # paced, not a SYN flood: the test is about stalled requests
+        last_opened, last = stalled[-1]
+
+        start = time.monotonic()
+        reply = None
+        while reply is None and time.monotonic() - start < timeout + 5:
+            try:
+                reply = httpx.get(url + "/health", timeout=1)
+            except httpx.HTTPError:
+                pass
+        waited = time.monotonic() - start
+        assert reply is not None and reply.status_code == 200 and waited < 1.5, f"/health after {waited:.1f} s"
+
+        time.sleep(0.3)
+        assert sum(not _closed_by_server(sock) for _, sock in stalled) <= bound
+        assert not _closed_by_server(last)  # the newest wait until their deadline
+
+        last.settimeout(timeout + 5)
+        try:
+            assert last.recv(100) == b""  # the server hangs up, sending nothing
+        except ConnectionResetError:
+            pass
+        dropped_after = time.monotonic() - last_opened
+        assert timeout - 0.5 < dropped_after < timeout + 1.5, dropped_after
+        time.sleep(0.5)
+        assert all(_closed_by_server(sock) for _, sock in stalled)
+
+        # A client trickling its body in, a byte at a time and well within the timeout
+        # between bytes, is still dropped once the whole request is overdue.
+        with socket.create_connection(address, timeout=5) as sock:
+            opened = time.monotonic()
+            sock.sendall(STALLED_REQUEST)
+            try:
+                while time.monotonic() - opened < timeout + 3:
+                    sock.sendall(b" ")
+                    time.sleep(0.25)
+            except OSError:  # broken pipe or reset: the server hung up
+                pass
+            assert time.monotonic() - opened < timeout + 1.5
+
+        reply = httpx.post(url + "/retrieve", json={"queries": ["red planet"], "topk": 1}, timeout=10)
+        assert reply.status_code == 200 and reply.json()["result"][0][0]["title"] == "Mars"
+    finally:
+        for _, sock in stalled:
+            sock.close()
+        process.terminate()
+        process.wait(timeout=10)
+        stderr.close()
+    log = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in log and "out of system resource" not in log, log[-2000:]
+
+
+def test_a_connection_over_the_bound_is_refused_at_once_when_none_is_waiting():
+    # Two connections whose requests are being answered (slowly) fill a bound of two: a
+    # third gets a 503 at once; once they wait again (keep-alive), a new one displaces one.
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from afm_trainer.tools.search_server import guarded_protocol
+
+    async def slow_app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await receive()
+        await asyncio.sleep(1)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = _free_port()
+    config = uvicorn.Config(
+        slow_app, host="127.0.0.1", port=port, log_level="warning", http=guarded_protocol(5, 2), ws="none"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        first = socket.create_connection(("127.0.0.1", port), timeout=5)
+        second = socket.create_connection(("127.0.0.1", port), timeout=5)
+        first.sendall(request)
+        second.sendall(request)
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            started = time.monotonic()
+            reply = third.recv(1000)
+            assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply
+            assert third.recv(1000) == b"" and time.monotonic() - started < 0.5
+        for sock in (first, second):
+            reply = b""
+            while not reply.endswith(b"\r\n\r\nok"):
+                reply += sock.recv(1000) or pytest.fail(f"hung up after {reply!r}")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as fourth:
+            fourth.sendall(request)
+            assert first.recv(1000) == b""  # the longest waiting, displaced
+            assert b"200 OK" in fourth.recv(1000)
+        first.close()
+        second.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
