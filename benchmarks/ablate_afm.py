@@ -32,10 +32,10 @@ import os
 import re
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+# sibling benchmarks: python puts this script's folder first on sys.path
+from distill_vs_ce import scores, train
 
-from distill_vs_ce import scores, train  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ROWS = ("base", "+ filtering", "+ role tokens", "+ curriculum", "+ augmentation", "+ distillation")
 ROLE_NAMES = {"<|planner|>": "Planner: ", "<|coder|>": "Coder: ", "<|reviewer|>": "Reviewer: "}
@@ -45,6 +45,8 @@ PLAIN_ROLE = re.compile(r"(?:(?<=\n)|^)(Planner|Coder|Reviewer): ")
 def plain_roles(source: str, target: str) -> None:
     """The AFM's set with each role token written as the agent's name in plain text."""
     import pandas as pd
+
+    from afm_trainer.data.convert import messages_column
 
     frame = pd.read_parquet(source)
 
@@ -57,7 +59,8 @@ def plain_roles(source: str, target: str) -> None:
             out.append({**m, "content": content})
         return out
 
-    frame["messages"] = frame["messages"].map(rename)
+    key = messages_column(frame.columns)
+    frame[key] = frame[key].map(rename)
     frame.to_parquet(target + ".tmp.parquet")
     os.replace(target + ".tmp.parquet", target)
 

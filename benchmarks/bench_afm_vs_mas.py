@@ -39,16 +39,16 @@ ROWS = [
 
 def child(system: str, out: str, config: str | None, latency_items: int | None) -> int:
     """Serve one system and print its figures as one JSON line (the parent reads it)."""
+    from afm_trainer.checkpoints import latest_export
     from afm_trainer.demo import load_settings
     from afm_trainer.demo.afm import ROLE_STAGES, embedded_paths, heldout_items, serve
-    from afm_trainer.recipes.chain.main import final_model
 
     settings = load_settings("afm", config)
     if latency_items is not None:
         settings["evaluation"]["latency_items"] = latency_items
     models = {}
     for folder in ("afm", *ROLE_STAGES.values()):
-        models[folder], exists = final_model(os.path.join(out, folder))
+        models[folder], exists = latest_export(os.path.join(out, folder))
         if not exists:
             print(
                 f"error: no trained model in {os.path.join(out, folder)} (run `make demo-afm` first)", file=sys.stderr

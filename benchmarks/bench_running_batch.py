@@ -19,15 +19,14 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import time
 
 import torch
 
-from afm_trainer.models import decoding
+# sibling benchmarks: python puts this script's folder first on sys.path
+from bench_rollout import WORK, default_model
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_rollout import WORK, default_model  # noqa: E402
+from afm_trainer.models import decoding
 
 JOIN_EVERY, JOINING = 8, 8
 

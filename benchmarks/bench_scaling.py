@@ -29,9 +29,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_convert import convert_ours, convert_plain, make_traces  # noqa: E402
-from bench_sft import REPO, WORK, bench_afm, bench_plain, make_data, run_recipe, tiny_model  # noqa: E402
+# sibling benchmarks: python puts this script's folder first on sys.path
+from bench_convert import convert_ours, convert_plain, make_traces
+from bench_sft import REPO, WORK, bench_afm, bench_plain, make_data, run_recipe, tiny_model
 
 SFT_LENGTHS, SFT_BATCHES = [256, 512, 1024, 2048], [4, 8, 16, 32]
 TRACE_COUNTS, PLAIN_UP_TO = [1_000, 10_000, 50_000, 200_000], 50_000

@@ -33,12 +33,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def train(recipe: str, out: str, args: list[str]) -> str:
-    from afm_trainer.recipes.chain.main import final_model
+    from afm_trainer.checkpoints import latest_export
 
-    model, exists = final_model(out)
+    model, exists = latest_export(out)
     if not exists:
         subprocess.run(["bash", os.path.join(REPO, "recipes", f"{recipe}.sh"), "2", out, *args], check=True)
-        model, exists = final_model(out)
+        model, exists = latest_export(out)
     return model
 
 
@@ -46,12 +46,14 @@ def scores(agent, val_file: str, items: list[dict]) -> dict:
     """An AFM's validation CE per token, and its held-out accuracy greedy and sampled."""
     import pandas as pd
 
+    from afm_trainer.data.convert import messages_column
     from afm_trainer.eval.agent_chain import run_afm, summary
     from afm_trainer.eval.lm import assistant_loss
 
+    frame = pd.read_parquet(val_file)
     conversations = [
         [{"role": m["role"], "content": m["content"]} for m in messages]
-        for messages in pd.read_parquet(val_file)["messages"]
+        for messages in frame[messages_column(frame.columns)]
     ]
     out = {"val_ce": round(assistant_loss(agent.model, agent.tokenizer, conversations), 4)}
     out["greedy"] = summary(run_afm(agent, items), 0)["accuracy"]

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail, refuse_overwriting_inputs
 from afm_trainer.data.summaries import add_summaries
 
 
@@ -26,7 +26,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="gpt-4o-mini")
     parser.add_argument("--max_concurrent", type=int, default=8)
     parser.add_argument("--max_retries", type=int, default=5)
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds per request attempt, all of it: connecting, sending and the full reply (then retried)",
+    )
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each retry)")
     parser.add_argument("--cache_dir", default=None)
     args = parser.parse_args(argv)
@@ -40,10 +45,10 @@ def main(argv=None) -> int:
         "backoff_s": args.backoff,
     }
     try:
+        refuse_overwriting_inputs([args.input_file], [args.output_file, args.output_file + ".rejects.jsonl"])
         counts = add_summaries(args.input_file, args.output_file, args.backend, **options)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     print(
         f"{counts['samples']} samples: {counts['summarised']} summarised, {counts['rejected']} rejected "
         f"(see {args.output_file}.rejects.jsonl)"

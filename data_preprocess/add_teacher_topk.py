@@ -15,7 +15,7 @@ import json
 import sys
 
 from afm_trainer.data.distill_dataset import add_teacher_topk
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail, refuse_overwriting_inputs
 
 
 def main(argv=None) -> int:
@@ -28,12 +28,12 @@ def main(argv=None) -> int:
     parser.add_argument("--max_length", type=int, default=2048, help="the trainer's data.max_length")
     args = parser.parse_args(argv)
     try:
+        refuse_overwriting_inputs([args.input_file, args.teacher], [args.output_file])
         report = add_teacher_topk(
             args.input_file, args.output_file, args.teacher, args.k, args.temperature, args.max_length
         )
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     print(json.dumps(report))
     return 0
 

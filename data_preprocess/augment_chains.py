@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail, refuse_overwriting_inputs
 from afm_trainer.world.augment import augment_chains
 
 
@@ -26,10 +26,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
+        written = [args.output_file, args.output_file + ".not_augmented.jsonl"]
+        refuse_overwriting_inputs([args.input_file, args.exclude], written)
         report = augment_chains(args.input_file, args.output_file, args.copies, args.seed, args.exclude)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     print(
         f"{args.output_file}: {report['records_in']} records in, {report['generated']} generated; "
         f"{report['not_augmented']} not augmented {json.dumps(report['not_augmented_by_reason'])}"

@@ -15,8 +15,10 @@ LLaMA-Factory's dataset_info.json, with its file, format, column and tag names.
 Input: JSONL, a JSON array or parquet (by extension and first character), a folder saved
 by the datasets library (save_to_disk), or a quoted glob ('data/*.jsonl'). Writes
 OUT.parquet (`messages` with a per-message `train` flag), OUT.parquet.rejects.jsonl and
-OUT.parquet.report.json. Agent chains: --mode one_call trains one model on every agent's
-turns as one message (the whole chain in one call); --role trains one agent's turns only
+OUT.parquet.report.json (last, naming each file's sha256 and rows; an earlier run's files
+are replaced whole). An output that is an input (the same file by any name) is refused
+(exit 2) before anything is written. Agent chains: --mode one_call trains one model on
+every agent's turns as one message (the whole chain in one call); --role trains one agent's turns only
 (one model of a multi-agent system). Rejected records do not fail the run (exit 0, counted) unless none is
 left (exit 1, with the reasons counted); an unreadable
 input file does (exit 1, one error line).
@@ -25,7 +27,8 @@ input file does (exit 1, one error line).
 import argparse
 import sys
 
-from afm_trainer.data.convert import InputError, convert
+from afm_trainer.data.convert import convert
+from afm_trainer.data.parquet_io import InputError, fail
 from afm_trainer.models.special_tokens import ROLE_TOKENS
 from afm_trainer.traces.chat import REASONING, UNTRAINED_TAGS
 from afm_trainer.traces.dataset_info import DatasetInfoError, load_entry
@@ -115,8 +118,7 @@ def main(argv=None) -> int:
             untrained_tags=tuple(tag.strip() for tag in args.untrained_tags.split(",") if tag.strip()),
         )
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     if report["format_detected_at"]:
         print(f"format: {report['format']} (told from {report['format_detected_at']} of {args.input_file})")
     print(
@@ -128,10 +130,11 @@ def main(argv=None) -> int:
         print(f"  rejected {count}: {reason}")
     if report["samples_with_untrained_assistant_turns"]:
         print(
-            f"note: {report['samples_with_untrained_assistant_turns']} samples hold assistant turns that are context, "
-            "not targets (train: false). afm-trainer's recipes honour that; with verl's own trainer set "
-            "data.custom_cls.path=pkg://afm_trainer.data.sft_dataset data.custom_cls.name=AgentSFTDataset, "
-            "or its MultiTurnSFTDataset trains every assistant turn"
+            f"note: {report['samples_with_untrained_assistant_turns']} samples hold assistant text that is context, "
+            f"not a target, so their column is `{report['messages_column']}`: verl's own MultiTurnSFTDataset, "
+            "which would train every assistant turn whole, refuses the file; afm-trainer's recipes read it, and "
+            "so does verl's trainer with data.custom_cls.path=pkg://afm_trainer.data.sft_dataset "
+            "data.custom_cls.name=AgentSFTDataset"
         )
     return 0
 

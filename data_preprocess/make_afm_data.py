@@ -18,7 +18,7 @@ import os
 import sys
 
 from afm_trainer.data.agent_chains import SETS, write_chain_data
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail, refuse_overwriting_inputs, write_json
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer for token-length percentiles")
     args = parser.parse_args(argv)
+    report_file = os.path.join(args.output_dir, "report.json")
     try:
+        folders = [os.path.join(args.output_dir, name) for name in ("work", *SETS)]
+        refuse_overwriting_inputs([args.input_file], [report_file], output_folders=folders)
         report = write_chain_data(
             args.input_file,
             args.output_dir,
@@ -40,8 +43,7 @@ def main(argv=None) -> int:
             tokenizer=args.tokenizer,
         )
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     for name in SETS:
         r, split = report[f"convert {name}"], report[f"split {name}"]
         print(
@@ -49,10 +51,10 @@ def main(argv=None) -> int:
             f"{r['records_rejected']} rejected ({json.dumps(r['rejected_by_reason'])}); "
             f"{split['train_rows']} train, {split['val_rows']} val rows"
         )
-    path = os.path.join(args.output_dir, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
+    try:
+        write_json(report, report_file)
+    except InputError as exc:
+        return fail(exc)
     return 0
 
 

@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from afm_trainer.data.pairs import CHOSEN_FORMATS, convert_pairs
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail
 
 DESCRIPTION = """\
 Make preference-pair parquet (TRL's conversational format plus pair_id, source, weight).
@@ -81,8 +81,7 @@ def main(argv=None) -> int:
             return on_policy_pairs(args)
         report = convert_pairs(args.input_file, args.output_file, args.format, on_detected=print_format)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     print(
         f"{report['records_in']} records in: {report['records_converted']} pairs written to {args.output_file}, "
         f"{report['records_rejected']} rejected (see {args.output_file}.rejects.jsonl); "

@@ -4,9 +4,10 @@
         [--world WORLD_DIR] [--qa_file QA.jsonl|QA.json|QA.parquet] [--difficulties 1,2,3] [--n_train 1000] [--n_val 100]
 
 Writes DIR/train.parquet and DIR/val.parquet in verl's RL format (afm_trainer/data/rl_data.py
-says which columns). --n_train and --n_val count rows per suite; --world is a demo world
-folder (python -m afm_trainer.world.make_world): validation is then its held-out sets,
-and no training prompt shows a held-out task. --qa_file takes the user's questions
+says which columns), then DIR/split.report.json (each file's sha256 and rows). --n_train
+and --n_val count rows per suite; --world is a demo world folder (python -m
+afm_trainer.world.make_world): validation is then its held-out sets, and no training
+prompt shows a held-out task. --qa_file takes the user's questions
 instead of the world's: JSONL, a JSON array or parquet, of {"question", "answer"} (text
 or a number), {"question", "answer": [aliases]} or FlashRAG's / Search-R1's
 {"question", "golden_answers": [aliases]} records; each record becomes a row (every
@@ -24,6 +25,7 @@ import argparse
 import json
 import sys
 
+from afm_trainer.data.parquet_io import InputError, fail
 from afm_trainer.data.rl_data import make_rl_data
 from afm_trainer.suites import SUITES, RLDataRequest
 from afm_trainer.suites.base import SuiteInputError
@@ -80,6 +82,8 @@ def main(argv=None) -> int:
     except SuiteInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except InputError as exc:  # an output that is the --qa_file, a full disk
+        return fail(exc)
     for split, by_source in counts.items():
         print(f"{args.out}/{split}.parquet: {sum(by_source.values())} rows", json.dumps(by_source))
     return 0

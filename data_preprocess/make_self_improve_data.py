@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail, refuse_overwriting_inputs, write_json
 from afm_trainer.data.self_improve import write_self_improve_data
 
 
@@ -31,7 +31,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer for token-length percentiles")
     args = parser.parse_args(argv)
+    report_file = os.path.join(args.output_dir, "report.json")
     try:
+        folders = [os.path.join(args.output_dir, name) for name in ("work", "track_a", "track_b", "pairs")]
+        refuse_overwriting_inputs([args.input_file], [report_file], output_folders=folders)
         report = write_self_improve_data(
             args.input_file,
             args.output_dir,
@@ -42,8 +45,7 @@ def main(argv=None) -> int:
             tokenizer=args.tokenizer,
         )
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     for track in ("track_a", "track_b"):
         r = report[f"convert {track}"]
         labels = r["label_balance"]
@@ -56,10 +58,10 @@ def main(argv=None) -> int:
     for name in ("track_a", "track_b", "pairs"):
         split = report[f"split {name}"]
         print(f"{os.path.join(args.output_dir, name)}: {split['train_rows']} train, {split['val_rows']} val rows")
-    path = os.path.join(args.output_dir, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
+    try:
+        write_json(report, report_file)
+    except InputError as exc:
+        return fail(exc)
     return 0
 
 

@@ -5,13 +5,15 @@
 
 Writes DIR/train.parquet and DIR/val.parquet, or with --shards N,
 DIR/train-0000K-of-0000N.parquet (and val likewise): the recipes take DIR, the folder,
-or the shards' names. No trajectory has samples in both sets.
+or the shards' names. No trajectory has samples in both sets, nor does a source and its
+copies (ID#copyN, ID#augN). The split files an earlier run left in DIR are replaced, and
+DIR/split.report.json, written last, names each file's sha256 and rows.
 """
 
 import argparse
 import sys
 
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail
 from afm_trainer.data.splits import prepare_train_val
 
 
@@ -29,8 +31,7 @@ def main(argv=None) -> int:
     try:
         c = prepare_train_val(args.input_file, args.output_dir, args.val_ratio, args.seed, args.shards)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     print(
         f"{args.output_dir}: train {c['train_samples']} samples ({c['train_trajectories']} trajectories), "
         f"val {c['val_samples']} samples ({c['val_trajectories']} trajectories)"

@@ -12,7 +12,7 @@ from the environment.) Writes OUT_DIR/{multiturn,summary_only,summary_prefix}/
 import argparse
 import sys
 
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail
 from afm_trainer.data.pipeline import DATASETS, run_pipeline
 
 
@@ -50,8 +50,7 @@ def main(argv=None) -> int:
             shards=args.shards,
         )
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     for mode in ("multiturn", "stepwise"):
         r = report[f"convert {mode}"]
         print(

@@ -10,7 +10,7 @@ Summary only: the summary as the only context -> the target turn.
 import argparse
 import sys
 
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, fail, refuse_overwriting_inputs
 from afm_trainer.data.summaries import write_summary_datasets
 
 
@@ -21,10 +21,10 @@ def main(argv=None) -> int:
     parser.add_argument("--summary_only_file", required=True, help="summary-only parquet (seed 002's dataset 2)")
     args = parser.parse_args(argv)
     try:
+        refuse_overwriting_inputs([args.input_file], [args.summary_prefix_file, args.summary_only_file])
         n = write_summary_datasets(args.input_file, args.summary_prefix_file, args.summary_only_file)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     print(f"{n} samples -> {args.summary_prefix_file}, {args.summary_only_file}")
     return 0
 

@@ -45,7 +45,11 @@ def parse_args(argv):
         choices=["right", "left", "error"],
         help="data.truncation of the training run (default right, as the SFT recipe)",
     )
-    parser.add_argument("--messages_key", default="messages", help="data.messages_key (default messages)")
+    parser.add_argument(
+        "--messages_key",
+        default="messages",
+        help="data.messages_key (default: messages, or messages_with_untrained_turns in a file that has it)",
+    )
     return parser.parse_args(argv)
 
 

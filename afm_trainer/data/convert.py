@@ -7,7 +7,9 @@ Output, next to ``OUT.parquet``:
   token-length percentiles (with a tokenizer), label balance before/after filtering;
 - ``OUT.pairs.parquet`` (teacher_cot only): preference pairs (prompt, chosen, rejected)
   from records whose student draft is wrong, in the pair format of ``afm_trainer.data.pairs``.
-All three are written to temporary names and renamed when complete.
+They are one output set (``afm_trainer.data.parquet_io.OutputSet``): none may be an input,
+all are written to temporary names and renamed when complete, the report last (naming
+each file's sha256 and row count), and an earlier run's set is replaced whole.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -27,7 +30,14 @@ import orjson  # verl's own dependency; parses JSON lines ~2x faster than json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly, write_rows
+from afm_trainer.data.parquet_io import (
+    InputError,
+    OutputSet,
+    UsageError,
+    check_output_file,
+    reject_line,
+    unreadable_reason,
+)
 from afm_trainer.models.special_tokens import ROLE_TOKENS, first_of, special_tokens_of
 from afm_trainer.traces.chat import REASONING, UNTRAINED_TAGS
 from afm_trainer.traces.formats import MODES, TraceError, difficulty_of, preference_pair, role_token, to_samples
@@ -53,6 +63,48 @@ SCHEMA = pa.schema(
 CHAT_MESSAGE = pa.struct([*MESSAGE, ("tool_calls", pa.string()), ("untrained_spans", pa.string())])
 CHAT_SCHEMA = pa.schema([("messages", pa.list_(CHAT_MESSAGE)), *list(SCHEMA)[1:], ("tools", pa.string())])
 
+# verl's own MultiTurnSFTDataset trains every assistant message whole: it honours neither
+# ``train`` nor spans. A file in which some assistant text is context names its column
+# CONTEXT_MESSAGES instead, so that verl's dataset refuses it (KeyError: 'messages')
+# rather than training the context; AgentSFTDataset reads either name.
+CONTEXT_MESSAGES = "messages_with_untrained_turns"
+
+
+def has_untrained_assistant_text(messages: list[dict]) -> bool:
+    """Whether verl's own dataset would train text of these messages that afm-trainer does not."""
+    return any(
+        m["role"] == "assistant" and (m.get("train") is False or m.get("untrained_spans") not in (None, [], "[]"))
+        for m in messages
+    )
+
+
+def untrained_assistant_samples(samples: list[list[dict]], mode: str, role: str | None) -> int:
+    """How many of a trajectory's samples hold assistant text that is context."""
+    if mode == "stepwise" and role is None and samples:  # each sample after the first has earlier turns as context
+        return len(samples) - 1 + has_untrained_assistant_text(samples[0])
+    return sum(map(has_untrained_assistant_text, samples))
+
+
+def messages_column(column_names) -> str:
+    """The name under which a file holds its messages."""
+    return CONTEXT_MESSAGES if CONTEXT_MESSAGES in column_names else "messages"
+
+
+def with_messages_column(schema: pa.Schema, name: str) -> pa.Schema:
+    """``schema`` with its messages column called ``name``."""
+    index = schema.get_field_index(messages_column(schema.names))
+    return schema.set(index, schema.field(index).with_name(name))
+
+
+def rename_messages_column(path: str, name: str) -> None:
+    """Rewrite a parquet file, row group by row group, with its messages column called ``name``."""
+    source = pq.ParquetFile(path)
+    schema = with_messages_column(source.schema_arrow, name)
+    with pq.ParquetWriter(path + ".renamed", schema) as writer:
+        for group in range(source.num_row_groups):
+            writer.write_table(source.read_row_group(group).rename_columns(schema.names))
+    os.replace(path + ".renamed", path)
+
 
 def json_or_none(value) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
@@ -69,9 +121,9 @@ class SampleBuffer:
 
     def __init__(self, schema: pa.Schema = SCHEMA):
         self.schema = schema
-        self.chat = schema is CHAT_SCHEMA
+        self.chat = "tools" in schema.names
         self.offsets, self.roles, self.contents, self.trains, self.calls, self.spans = [0], [], [], [], [], []
-        self.columns = {name: [] for name in schema.names if name != "messages"}
+        self.columns = {field.name: [] for field in list(schema)[1:]}
 
     def __len__(self):
         return len(self.offsets) - 1
@@ -98,9 +150,9 @@ class SampleBuffer:
         ]
         if self.chat:
             fields += [pa.array(self.calls, pa.string()), pa.array(self.spans, pa.string())]
-        messages = pa.StructArray.from_arrays(fields, fields=list(self.schema.field("messages").type.value_type))
+        messages = pa.StructArray.from_arrays(fields, fields=list(self.schema.field(0).type.value_type))
         arrays = [pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), messages)]
-        arrays += [pa.array(self.columns[f.name], f.type) for f in self.schema if f.name != "messages"]
+        arrays += [pa.array(self.columns[f.name], f.type) for f in list(self.schema)[1:]]
         writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
         self.__init__(self.schema)
 
@@ -182,6 +234,14 @@ def _saved_dataset(path: str) -> Iterator[tuple[str, object]]:
 
 
 def _read_file(path: str) -> Iterator[tuple[str, object]]:
+    """One file's records; an error reading it (no permission, a bad disk) is the file's InputError."""
+    try:
+        yield from _file_records(path)
+    except OSError as exc:  # raised by reading only: the consumer's errors are not thrown in here
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _file_records(path: str) -> Iterator[tuple[str, object]]:
     if path.endswith(".parquet"):
         try:
             parquet = pq.ParquetFile(path)
@@ -217,17 +277,64 @@ def _read_file(path: str) -> Iterator[tuple[str, object]]:
                 yield f"line {number}", TraceError(f"not valid JSON ({exc.msg} at column {exc.colno})")
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+_VALUE_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[][{},]', re.S)  # a string, a bracket or a comma
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON value starting at ``start`` ends, found without decoding it (for a
+    value too deep or too large to decode)."""
+    depth = 0
+    for match in _VALUE_TOKEN.finditer(text, start):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+        elif token in "]}" and depth:
+            depth -= 1
+            if not depth:
+                return match.end()
+        elif token in ",]}" and not depth:
+            return match.start()
+    return len(text)
+
+
 def _json_array(path: str) -> Iterator[tuple[str, object]]:
+    """A JSON array's elements, decoded one by one: an element Python cannot hold (nested
+    too deep, an integer of too many digits) is that index's TraceError, not the file's;
+    a syntax error anywhere makes the file unreadable (InputError)."""
     with open(path, "rb") as f:
         data = f.read().removeprefix(BOM)
     try:
-        records = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    for index, record in enumerate(records):
+    del data
+
+    def invalid(message: str, position: int) -> InputError:
+        return InputError(f"{path} is not valid JSON: {json.JSONDecodeError(message, text, position)}")
+
+    decoder = json.JSONDecoder()
+    position = _SPACE.match(text, _SPACE.match(text).end() + 1).end()  # past "["
+    index = 0
+    while not (index == 0 and text.startswith("]", position)):  # "[]" has no element
+        try:
+            record, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise invalid(exc.msg, exc.pos) from None
+        except (RecursionError, ValueError) as exc:
+            if (reason := unreadable_reason(exc)) is None:
+                raise
+            record, end = TraceError(reason), _value_end(text, position)
         yield f"index {index}", record
+        index += 1
+        position = _SPACE.match(text, end).end()
+        if text.startswith("]", position):
+            break
+        if not text.startswith(",", position):
+            raise invalid("Expecting ',' delimiter", position)
+        position = _SPACE.match(text, position + 1).end()
+    if (after := _SPACE.match(text, position + 1).end()) != len(text):
+        raise invalid("Extra data", after)
 
 
 def _refuse_multiline_object(path: str) -> None:
@@ -236,21 +343,12 @@ def _refuse_multiline_object(path: str) -> None:
     try:
         with open(path, "rb") as f:
             json.loads(f.read().removeprefix(BOM).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSONDecodeError, a too long integer
         return  # really broken lines: each is a reject
     raise InputError(
         f"{path} is one JSON object spread over several lines, not JSON Lines: "
         "write one record per line, or a JSON array of records"
     )
-
-
-def untrained_assistant_samples(samples: list[list[dict]], mode: str, role: str | None) -> int:
-    """How many samples hold an assistant turn that is context (``train`` false)."""
-    if role is None and mode != "stepwise":
-        return 0  # every assistant turn is a target
-    if role is None:
-        return max(0, len(samples) - 1)  # stepwise: every sample after the first has earlier turns as context
-    return sum(any(m["role"] == "assistant" and not m["train"] for m in sample) for sample in samples)
 
 
 def rendered_texts(trajectory) -> Iterator[str]:
@@ -345,6 +443,8 @@ def convert(
         raise InputError(f"unknown reasoning option {reasoning!r} (one of {', '.join(REASONING)})")
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    if min_score is not None and not math.isfinite(min_score):  # every score passes a NaN bound
+        raise UsageError(f"--min_score must be a finite number, got {min_score}")
     if role is not None and (fmt != "agent_chain" or role not in ROLE_TOKENS or mode == "one_call"):
         raise InputError(
             f"role {role!r}: a role is one of {', '.join(ROLE_TOKENS)}, for agent_chain data in multiturn or stepwise mode"
@@ -366,6 +466,25 @@ def convert(
 
     labels_parsed: Counter = Counter()  # every parsed record's label, before any filter
 
+    def parsed(record) -> tuple | str:
+        """(trajectory, its samples), or the reason the record is rejected."""
+        if not isinstance(record, dict):
+            return "record is not a JSON object"
+        try:
+            trajectory = parse(rename(record) if rename else record)
+            trajectory.meta["difficulty"] = difficulty_of(record)
+            samples = to_samples(trajectory, mode, role)  # one_call refuses tool turns between model turns
+            texts = list(rendered_texts(trajectory))  # also proves the calls and tools can be written
+        except TraceError as exc:
+            return str(exc)
+        except (RecursionError, ValueError) as exc:  # a field nested too deep, an integer too long
+            if (reason := unreadable_reason(exc)) is None:
+                raise
+            return reason
+        if special and (token := next(filter(None, (first_of(special, t) for t in texts)), None)):
+            return f"holds {token!r}, a special token of the tokenizer (never trained as one)"
+        return trajectory, samples
+
     def accepted() -> Iterator[tuple[str, object, tuple | str]]:
         """(location, record, (trajectory, its samples) or the reason it is rejected) for every input record."""
         seen: dict[str, str] = {}
@@ -374,20 +493,11 @@ def convert(
             if isinstance(record, TraceError):
                 yield location, None, str(record)
                 continue
-            if not isinstance(record, dict):
-                yield location, record, "record is not a JSON object"
+            result = parsed(record)
+            if isinstance(result, str):
+                yield location, record, result
                 continue
-            try:
-                trajectory = parse(rename(record) if rename else record)
-                trajectory.meta["difficulty"] = difficulty_of(record)
-                samples = to_samples(trajectory, mode, role)  # one_call refuses tool turns between model turns
-            except TraceError as exc:
-                yield location, record, str(exc)
-                continue
-            texts = rendered_texts(trajectory)
-            if special and (token := next(filter(None, (first_of(special, t) for t in texts)), None)):
-                yield location, record, f"holds {token!r}, a special token of the tokenizer (never trained as one)"
-                continue
+            trajectory, samples = result
             labels_parsed[label_of(trajectory.answer)] += 1
             if min_score is not None and (trajectory.score is None or trajectory.score < min_score):
                 yield location, record, f"score {trajectory.score} below --min_score {min_score}"
@@ -400,6 +510,12 @@ def convert(
                 seen[key] = location
             yield location, record, (trajectory, samples)
 
+    outputs = OutputSet(
+        output_file + ".report.json",
+        [output_file, output_file + ".rejects.jsonl", *([pairs_file(output_file)] if fmt == "teacher_cot" else [])],
+        inputs=[input_file],
+        companions=[pairs_file(output_file)],
+    )
     # Balancing needs every label first: one cheap pass records them, the next writes.
     plan = None
     if balance != "none":
@@ -408,38 +524,34 @@ def convert(
             raise InputError("--balance needs categorical answers (yes/no, A/B/C...); these look like free text")
         plan = _balance_plan(labels, balance, seed)
 
-    tmp_out, tmp_rejects = output_file + ".tmp", output_file + ".rejects.jsonl.tmp"
+    tmp_out, tmp_rejects = outputs.tmp(output_file), outputs.tmp(output_file + ".rejects.jsonl")
+    outputs.extra_temporaries.append(tmp_out + ".renamed")
     rejects_by_reason: Counter = Counter()
     labels_out: Counter = Counter()
     records_in = trajectories_out = samples_out = context_samples = 0
     samples_per_trajectory: list[int] = []
     token_lengths: list[int] = []
-    schema = CHAT_SCHEMA if chat else SCHEMA
+    # Stepwise and per-role samples hold earlier turns as context; if the guess is wrong
+    # the column is renamed at the end.
+    column = CONTEXT_MESSAGES if mode == "stepwise" or role is not None else "messages"
+    schema = with_messages_column(CHAT_SCHEMA if chat else SCHEMA, column)
     buffer = SampleBuffer(schema)
     pairs: list[dict] = []
-    try:
+    with outputs:  # an unreadable input, a full disk or an interrupt leaves no temporary files
         with BackgroundParquetWriter(tmp_out, schema) as writer, open(tmp_rejects, "w", encoding="utf-8") as rejects:
             for location, record, result in accepted():
                 records_in += 1
                 if isinstance(result, str):
                     reason = result.split(" of ")[0] if result.startswith("duplicate") else result
                     rejects_by_reason[reason if len(reason) < 80 else reason[:77] + "..."] += 1
-                    rejects.write(
-                        json.dumps({"where": location, "reason": result, "record": record}, default=str) + "\n"
-                    )
+                    rejects.write(reject_line(location, result, record))
                     continue
                 trajectory, samples = result
                 label = label_of(trajectory.answer)
                 copies = 1 if plan is None else plan.get(location, 0)
                 if copies == 0:
                     rejects_by_reason["dropped by --balance downsample"] += 1
-                    rejects.write(
-                        json.dumps(
-                            {"where": location, "reason": "dropped by --balance downsample", "record": record},
-                            default=str,
-                        )
-                        + "\n"
-                    )
+                    rejects.write(reject_line(location, "dropped by --balance downsample", record))
                     continue
                 if fmt == "teacher_cot" and (pair := preference_pair(trajectory)):
                     pairs.append({**pair, "pair_id": trajectory.id or location, "source": "teacher_cot", "weight": 1.0})
@@ -467,47 +579,48 @@ def convert(
                 if len(buffer) >= 2048:
                     buffer.write_to(writer)
             buffer.write_to(writer)
-    except BaseException:  # an unreadable input or an interrupt leaves no temporary files
-        remove_quietly(tmp_out, tmp_rejects)
-        raise
+        written_column, column = column, CONTEXT_MESSAGES if context_samples else "messages"
+        if column != written_column:
+            rename_messages_column(tmp_out, column)
+        if fmt == "teacher_cot":
+            # Imported here: pairs.py reads its input with this module's read_records.
+            from afm_trainer.data.pairs import PAIR_SCHEMA
 
-    os.replace(tmp_out, output_file)
-    if fmt == "teacher_cot":
-        # Imported here: pairs.py reads its input with this module's read_records.
-        from afm_trainer.data.pairs import PAIR_SCHEMA
-
-        write_rows(pairs, PAIR_SCHEMA, output_file.removesuffix(".parquet") + ".pairs.parquet")
-    os.replace(tmp_rejects, output_file + ".rejects.jsonl")
-    categorical = is_categorical(labels_parsed)
-    report = {
-        "input_file": input_file,
-        "format": fmt,
-        "format_detected_at": detected_at,
-        "mode": mode,
-        "role": role,
-        "untrained_tags": list(untrained_tags) if chat else None,
-        "records_in": records_in,
-        "records_converted": records_in - sum(rejects_by_reason.values()),
-        "records_rejected": sum(rejects_by_reason.values()),
-        "rejected_by_reason": dict(rejects_by_reason.most_common()),
-        "trajectories_out": trajectories_out,
-        "samples_out": samples_out,
-        # verl's own MultiTurnSFTDataset trains every assistant turn: these need AgentSFTDataset.
-        "samples_with_untrained_assistant_turns": context_samples,
-        "samples_per_trajectory": _percentiles(samples_per_trajectory),
-        "preference_pairs": len(pairs) if fmt == "teacher_cot" else None,
-        "token_length": _percentiles(token_lengths),
-        "label_balance": {
-            "before_filtering": dict(labels_parsed) if categorical else None,
-            "after_filtering": dict(labels_out) if categorical else None,
-        },
-    }
-    with open(output_file + ".report.json.tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(output_file + ".report.json.tmp", output_file + ".report.json")
+            pq.write_table(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA), outputs.tmp(pairs_file(output_file)))
+        categorical = is_categorical(labels_parsed)
+        report = outputs.commit(
+            {
+                "input_file": input_file,
+                "format": fmt,
+                "format_detected_at": detected_at,
+                "mode": mode,
+                "role": role,
+                "untrained_tags": list(untrained_tags) if chat else None,
+                "records_in": records_in,
+                "records_converted": records_in - sum(rejects_by_reason.values()),
+                "records_rejected": sum(rejects_by_reason.values()),
+                "rejected_by_reason": dict(rejects_by_reason.most_common()),
+                "trajectories_out": trajectories_out,
+                "samples_out": samples_out,
+                "samples_with_untrained_assistant_turns": context_samples,  # these need AgentSFTDataset
+                "messages_column": column,
+                "samples_per_trajectory": _percentiles(samples_per_trajectory),
+                "preference_pairs": len(pairs) if fmt == "teacher_cot" else None,
+                "token_length": _percentiles(token_lengths),
+                "label_balance": {
+                    "before_filtering": dict(labels_parsed) if categorical else None,
+                    "after_filtering": dict(labels_out) if categorical else None,
+                },
+            }
+        )
     if report["records_converted"] == 0:
         raise InputError(no_records_message(input_file, report))
     return report
+
+
+def pairs_file(output_file: str) -> str:
+    """Where a teacher_cot conversion writes its preference pairs, beside ``output_file``."""
+    return output_file.removesuffix(".parquet") + ".pairs.parquet"
 
 
 def no_records_message(input_file: str, report: dict) -> str:

@@ -16,6 +16,12 @@ run continues at the same place: the data loader's state holds how far into the
 epoch it got, and the order it skips through is the one it was trained on.
 ``write_order`` writes that order for a run, one line per global step, in
 ``OUT_DIR/data_order.jsonl``: which rows each step trains, with their keys.
+
+Preference pairs (DPO, ``afm_trainer.data.pair_dataset``): a row is a pair; its columns
+are the pair file's (``weight``, or any other numeric column the file holds), and its
+``length`` is the longer of its two conversations, prompt + chosen and prompt + rejected,
+in tokens: the longest sequence the pair puts through the model, so a stage of short pairs
+holds no long answer on either side.
 """
 
 from __future__ import annotations
@@ -29,16 +35,27 @@ from torch.utils.data import DistributedSampler
 LENGTH = "length"
 
 
+def _tokens(item: dict) -> float:
+    mask = item.get("attention_mask")
+    return float(mask.sum()) if mask is not None else float(len(item["input_ids"]))
+
+
 def curriculum_keys(dataset, key: str) -> list[float]:
-    """Each row's key: a numeric column of the dataset's parquet, or ``length``."""
+    """Each row's key: a numeric column of the dataset's parquet, or ``length``. A
+    dataset whose ``dataframe`` rows are not its items (a pair dataset's holds two
+    conversations per pair) gives its items' table as ``curriculum_frame``."""
     if key == LENGTH:
         keys = []
         for index in range(len(dataset)):
             item = dataset[index]
-            mask = item.get("attention_mask")
-            keys.append(float(mask.sum()) if mask is not None else float(len(item["input_ids"])))
+            if "chosen" in item and "rejected" in item:  # a preference pair: its longer conversation
+                keys.append(max(_tokens(item["chosen"]), _tokens(item["rejected"])))
+            else:
+                keys.append(_tokens(item))
         return keys
-    frame = getattr(dataset, "dataframe", None)
+    frame = getattr(dataset, "curriculum_frame", None)
+    if frame is None:
+        frame = getattr(dataset, "dataframe", None)
     if frame is None or key not in frame.columns:
         columns = ", ".join(map(str, frame.columns)) if frame is not None else "none"
         raise ValueError(

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.parquet_io import InputError, cannot_write, remove_quietly
 from afm_trainer.data.sft_dataset import AgentSFTDataset
 
 TEACHER_COLUMNS = (
@@ -89,8 +89,12 @@ def add_teacher_topk(
         .append_column("teacher_temperature", pa.array([float(temperature)] * n, pa.float64()))
         .append_column("teacher", pa.array([identity] * n, pa.string()))
     )
-    pq.write_table(table, output_file + ".tmp")
-    os.replace(output_file + ".tmp", output_file)
+    try:  # a failed write (a full disk) leaves no temporary and the earlier file as it was
+        pq.write_table(table, output_file + ".tmp")
+        os.replace(output_file + ".tmp", output_file)
+    except OSError as exc:
+        remove_quietly(output_file + ".tmp")
+        raise cannot_write(output_file, exc) from None
     return {"rows": n, "k": k, "temperature": temperature, "teacher": identity}
 
 

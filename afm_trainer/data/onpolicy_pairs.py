@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 
 from afm_trainer.data.pairs import PAIR_SCHEMA
-from afm_trainer.data.parquet_io import InputError, check_output_file, write_rows
+from afm_trainer.data.parquet_io import InputError, check_output_file, refuse_overwriting_inputs, write_json, write_rows
 from afm_trainer.models.decoding import Request, decode_batch
 from afm_trainer.models.special_tokens import reserved_token_in
 from afm_trainer.suites import suite_for_source
@@ -78,6 +78,8 @@ def make_onpolicy_pairs(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_output_file(output_file)
+    written = [output_file, output_file + ".rejects.jsonl", output_file + ".report.json"]
+    refuse_overwriting_inputs([rl_file, checkpoint], written)
     if samples < 2:
         raise InputError(f"--samples must be 2 or more to find a right and a wrong answer, got {samples}")
     if not os.path.isfile(rl_file):
@@ -143,7 +145,5 @@ def make_onpolicy_pairs(
     if not pairs:
         raise InputError(f"no pair could be made from {len(rows)} prompts: {dict(outcomes)}")
     write_rows(pairs, PAIR_SCHEMA, output_file)
-    with open(output_file + ".report.json.tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(output_file + ".report.json.tmp", output_file + ".report.json")
+    write_json(report, output_file + ".report.json")
     return report

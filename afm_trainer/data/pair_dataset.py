@@ -11,6 +11,11 @@ Input: parquet with ``prompt``, ``chosen``, ``rejected`` (chat messages, optiona
 (``afm_trainer.data.pairs``). ``PairCollator`` lays a batch out as rows ``[chosen 0,
 rejected 0, chosen 1, rejected 1, ...]`` with each row's pair index, so a trainer can keep
 a pair in one micro-batch and find its two halves again.
+
+A curriculum (``data.curriculum.key``, ``afm_trainer.data.curriculum``) reads the pair
+file's other columns (``curriculum_frame``: ``pair_id``, ``source``, ``weight`` and any
+column beyond the schema, such as a ``difficulty``), one row per pair; a pair's ``length``
+is its longer conversation's tokens.
 """
 
 from __future__ import annotations
@@ -48,6 +53,21 @@ def read_pairs(files: list[str]) -> list[dict]:
             table = table.append_column("tools", pa.nulls(len(table), pa.string()))
         pairs += table.select([*PAIR_COLUMNS, "pair_id", "weight", "tools"]).to_pylist()
     return pairs
+
+
+def pair_columns(files: list[str], pairs: list[dict]) -> pd.DataFrame:
+    """The files' columns other than the conversations and tools, one row per pair of
+    ``pairs`` (``read_pairs`` of the files, maybe cut short), with its ``pair_id`` and
+    ``weight`` filled in as ``read_pairs`` fills them."""
+    skip = {*PAIR_COLUMNS, "tools"}
+    frames = [
+        pq.read_table(path, columns=[n for n in pq.read_schema(path).names if n not in skip]).to_pandas()
+        for path in files
+    ]
+    frame = pd.concat(frames, ignore_index=True).iloc[: len(pairs)].copy()
+    frame["pair_id"] = [pair["pair_id"] for pair in pairs]
+    frame["weight"] = [pair["weight"] for pair in pairs]
+    return frame
 
 
 def pair_tools(pair: dict) -> list[dict] | None:
@@ -129,6 +149,7 @@ class PairDataset(AgentSFTDataset):
             _as_json_text(conversation) for pair in self.pairs for conversation in pair_conversations(pair)
         ]
         self.dataframe = pd.DataFrame({self.messages_key: self.messages})
+        self.curriculum_frame = pair_columns(list(self.parquet_files), self.pairs)  # a row per pair
         tools = [pair_tools(pair) for pair in self.pairs for _ in range(2)]
         self.tools = tools if any(tools) else None
         self.enable_thinking = None

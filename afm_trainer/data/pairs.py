@@ -61,8 +61,6 @@ every assistant message are well formed; tool output written inside an assistant
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -72,7 +70,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from afm_trainer.data.convert import json_or_none, no_records_message, read_records
-from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly
+from afm_trainer.data.parquet_io import InputError, OutputSet, check_output_file, reject_line, unreadable_reason
 from afm_trainer.traces.chat import (
     alpaca_prompt,
     alpaca_text,
@@ -515,6 +513,20 @@ class PairWriter:
 BATCH_PAIRS = 1024  # pairs per parquet row group
 
 
+def _parsed(fmt: PairFormat, record, location: str) -> dict:
+    """The pair of one record, or the TraceError saying why there is none."""
+    if isinstance(record, TraceError):  # a line that is not JSON
+        raise record
+    if not isinstance(record, dict):
+        raise TraceError("record is not a JSON object")
+    try:
+        return fmt.parse(record, location)
+    except (RecursionError, ValueError) as exc:  # TraceError too: a ValueError
+        if isinstance(exc, TraceError) or (reason := unreadable_reason(exc)) is None:
+            raise
+        raise TraceError(reason) from None
+
+
 def _reason_key(reason: str) -> str:
     """The reason as counted in the report: duplicates as one reason, long reasons cut."""
     if reason.startswith("duplicate pair_id"):
@@ -536,8 +548,8 @@ def convert_pairs(
     if input_format != "auto" and input_format not in PAIR_FORMATS:
         raise InputError(f"unknown pair format {input_format!r} (one of auto, {', '.join(CHOSEN_FORMATS)})")
     check_output_file(output_file)
-    final_paths = [output_file, output_file + ".rejects.jsonl", output_file + ".report.json"]
-    tmp_out, tmp_rejects, tmp_report = (path + ".tmp" for path in final_paths)
+    rejects_file = output_file + ".rejects.jsonl"
+    outputs = OutputSet(output_file + ".report.json", [output_file, rejects_file], inputs=[input_file])
     fmt = None if input_format == "auto" else PAIR_FORMATS[input_format]
     detected_at = None
     first_location: dict[str, str] = {}  # pair_id -> where the converted pair with that id was
@@ -545,62 +557,54 @@ def convert_pairs(
     records_in = 0
     batch: list[dict] = []
     writer = None
-    try:
-        writer = PairWriter(tmp_out)
-        with open(tmp_rejects, "w", encoding="utf-8") as rejects:
-            for location, record in read_records(input_file):
-                records_in += 1
-                if fmt is None and isinstance(record, dict):
+    with outputs:  # an unreadable input, a full disk or an interrupt leaves no temporary files
+        try:
+            writer = PairWriter(outputs.tmp(output_file))
+            with open(outputs.tmp(rejects_file), "w", encoding="utf-8") as rejects:
+                for location, record in read_records(input_file):
+                    records_in += 1
+                    if fmt is None and isinstance(record, dict):
+                        try:
+                            fmt, detected_at = PAIR_FORMATS[pair_format_of(record)], location
+                        except InputError as exc:
+                            raise InputError(f"{input_file}, {location}: {exc}") from None
+                        if on_detected:
+                            on_detected(fmt, location)
                     try:
-                        fmt, detected_at = PAIR_FORMATS[pair_format_of(record)], location
-                    except InputError as exc:
-                        raise InputError(f"{input_file}, {location}: {exc}") from None
-                    if on_detected:
-                        on_detected(fmt, location)
-                try:
-                    if isinstance(record, TraceError):  # a line that is not JSON
-                        raise record
-                    if not isinstance(record, dict):
-                        raise TraceError("record is not a JSON object")
-                    pair = fmt.parse(record, location)
-                    if pair["pair_id"] in first_location:
-                        raise TraceError(
-                            f"duplicate pair_id {pair['pair_id']!r} (first at {first_location[pair['pair_id']]})"
+                        pair = _parsed(fmt, record, location)
+                        if pair["pair_id"] in first_location:
+                            raise TraceError(
+                                f"duplicate pair_id {pair['pair_id']!r} (first at {first_location[pair['pair_id']]})"
+                            )
+                    except TraceError as exc:
+                        rejected_by_reason[_reason_key(str(exc))] += 1
+                        rejects.write(
+                            reject_line(location, str(exc), None if isinstance(record, TraceError) else record)
                         )
-                except TraceError as exc:
-                    rejected_by_reason[_reason_key(str(exc))] += 1
-                    kept = None if isinstance(record, TraceError) else record
-                    rejects.write(json.dumps({"where": location, "reason": str(exc), "record": kept}, default=str))
-                    rejects.write("\n")
-                    continue
-                first_location[pair["pair_id"]] = location
-                batch.append(pair)
-                if len(batch) >= BATCH_PAIRS:
+                        continue
+                    first_location[pair["pair_id"]] = location
+                    batch.append(pair)
+                    if len(batch) >= BATCH_PAIRS:
+                        writer.write(batch)
+                        batch = []
+                if batch:
                     writer.write(batch)
-                    batch = []
-            if batch:
-                writer.write(batch)
-        writer.close()
+        finally:
+            if writer is not None:
+                writer.close()
         records_rejected = sum(rejected_by_reason.values())
-        report = {
-            "input_file": input_file,
-            "format": fmt.name if fmt else input_format,
-            "format_detected_at": detected_at,
-            "records_in": records_in,
-            "records_converted": records_in - records_rejected,
-            "records_rejected": records_rejected,
-            "rejected_by_reason": dict(rejected_by_reason.most_common()),
-            "tool_fields": writer.with_tools,
-        }
-        with open(tmp_report, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-    except BaseException:  # an unreadable input or an interrupt leaves no temporary files
-        if writer is not None:
-            writer.close()
-        remove_quietly(tmp_out, tmp_rejects, tmp_report)
-        raise
-    for tmp, final in zip((tmp_out, tmp_rejects, tmp_report), final_paths):
-        os.replace(tmp, final)
+        report = outputs.commit(
+            {
+                "input_file": input_file,
+                "format": fmt.name if fmt else input_format,
+                "format_detected_at": detected_at,
+                "records_in": records_in,
+                "records_converted": records_in - records_rejected,
+                "records_rejected": records_rejected,
+                "rejected_by_reason": dict(rejected_by_reason.most_common()),
+                "tool_fields": writer.with_tools,
+            }
+        )
     if report["records_converted"] == 0:
         raise InputError(no_records_message(input_file, report))
     return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from afm_trainer.data.convert import convert
+from afm_trainer.data.parquet_io import refuse_overwriting_inputs
 from afm_trainer.data.splits import prepare_train_val
 from afm_trainer.data.summaries import add_summaries, write_summary_datasets
 
@@ -32,6 +33,9 @@ def run_pipeline(
 ) -> dict:
     """Run every step; returns each step's counts. Each step reads the file the one before wrote."""
     work = os.path.join(out_dir, "work")
+    cache = (openai_options or {}).get("cache_dir")
+    folders = [work, *(os.path.join(out_dir, name) for name in DATASETS), *([cache] if cache else [])]
+    refuse_overwriting_inputs([traces], [], output_folders=folders)  # before any step writes
     os.makedirs(work, exist_ok=True)
     path = lambda name: os.path.join(work, name)  # noqa: E731
     common = {"fmt": "search_agent", "tokenizer_path": tokenizer, "min_score": min_score, "dedup": True}

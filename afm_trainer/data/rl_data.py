@@ -1,6 +1,7 @@
 """Prompts with rule rewards for verl's RL trainer, from registered task suites.
 
-Writes OUT/train.parquet and OUT/val.parquet in verl's RL format: ``data_source``,
+Writes OUT/train.parquet and OUT/val.parquet (with OUT/split.report.json, written last:
+``afm_trainer.data.splits.write_splits``) in verl's RL format: ``data_source``,
 ``prompt`` (chat messages), ``ability``, ``reward_model`` ({"style": "rule",
 "ground_truth"}: text; a qa row with several gold answers holds the JSON list of them,
 afm_trainer.suites.qa), ``extra_info`` (index, split, id, type, difficulty, and ``x`` and
@@ -18,7 +19,8 @@ import os
 
 import pyarrow as pa
 
-from afm_trainer.data.parquet_io import write_rows
+from afm_trainer.data.parquet_io import check_output_dir, refuse_overwriting_inputs, remove_quietly
+from afm_trainer.data.splits import REPORT, SPLITS, write_splits
 from afm_trainer.suites import RLDataRequest, get_suite
 
 CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -58,12 +60,21 @@ def interleave_kinds(rows: list[dict]) -> list[dict]:
 
 def make_rl_data(suite_names: list[str], request: RLDataRequest) -> dict:
     """Write the rows of every named suite; returns {split: {data_source: rows}}."""
-    os.makedirs(request.out, exist_ok=True)
+    check_output_dir(request.out)
+    written = [*(f"{split}.parquet" for split in SPLITS), "rejects.jsonl", REPORT]  # rejects: the qa suite's
+    refuse_overwriting_inputs([request.qa_file], [os.path.join(request.out, name) for name in written])
+    rejects = os.path.join(request.out, "rejects.jsonl")  # the qa suite's, written to rejects.jsonl.tmp
+    remove_quietly(rejects + ".tmp")
     splits = {"train": [], "val": []}
-    for name in suite_names:
-        train, val = get_suite(name).rl_rows(request)
-        splits["train"] += train
-        splits["val"] += val
+    try:
+        for name in suite_names:
+            train, val = get_suite(name).rl_rows(request)
+            splits["train"] += train
+            splits["val"] += val
+    except BaseException:
+        if os.path.exists(rejects + ".tmp"):  # nothing converted: what was wrong with each, to read
+            os.replace(rejects + ".tmp", rejects)
+        raise
     splits["train"] = interleave_kinds(splits["train"])
     prompts = {split: {r["prompt"][0]["content"] for r in rows} for split, rows in splits.items()}
     if prompts["train"] & prompts["val"]:  # the suites exclude held-out prompts; this guards that
@@ -72,7 +83,8 @@ def make_rl_data(suite_names: list[str], request: RLDataRequest) -> dict:
     for split, rows in splits.items():
         for index, row in enumerate(rows):
             row["extra_info"].update(index=index, split=split)
-        write_rows(rows, SCHEMA, os.path.join(request.out, f"{split}.parquet"))
         sources = sorted({r["data_source"] for r in rows})
         counts[split] = {source: sum(r["data_source"] == source for r in rows) for source in sources}
+    report = {"suites": suite_names, "world": request.world, "qa_file": request.qa_file, "rows": counts}
+    write_splits(splits, SCHEMA, request.out, inputs=[request.qa_file], report=report, optional=[rejects])
     return counts

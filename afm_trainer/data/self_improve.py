@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 
 import pyarrow.parquet as pq
 
 from afm_trainer.data.convert import convert
-from afm_trainer.data.parquet_io import InputError, check_output_dir, write_rows
+from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.splits import source_id, write_splits
 
 
 def write_without(source: str, target: str, fields: tuple[str, ...] = ("student_draft", "teacher_output")) -> None:
@@ -50,24 +50,23 @@ def write_without(source: str, target: str, fields: tuple[str, ...] = ("student_
 
 
 def in_validation(record_id: str, val_ratio: float, seed: int) -> bool:
-    """Whether a record is validation data: by a hash of its id (the ``#copyN`` suffix
-    of an upsampled copy and the ``#augN`` of an augmentation dropped, so both stay on
-    their source's side), independent of which other records were kept."""
-    base = re.sub(r"#(copy|aug)\d+$", "", record_id)
-    digest = hashlib.sha256(f"{seed}:{base}".encode()).hexdigest()
+    """Whether a record is validation data: by a hash of its source's id (``source_id``:
+    an upsampled copy and an augmentation stay on their source's side), independent of
+    which other records were kept."""
+    digest = hashlib.sha256(f"{seed}:{source_id(record_id)}".encode()).hexdigest()
     return int(digest[:8], 16) / 16**8 < val_ratio
 
 
 def split_file(source: str, folder: str, id_column: str, val_ratio: float, seed: int) -> dict:
+    """FOLDER/{train,val}.parquet (and its split.report.json) from one converted file."""
     table = pq.read_table(source)
-    rows = table.to_pylist()
     train, val = [], []
-    for row in rows:
+    for row in table.to_pylist():
         (val if in_validation(row[id_column], val_ratio, seed) else train).append(row)
-    check_output_dir(folder)
-    write_rows(train, table.schema, os.path.join(folder, "train.parquet"))
-    write_rows(val, table.schema, os.path.join(folder, "val.parquet"))
-    return {"train_rows": len(train), "val_rows": len(val)}
+    counts = {"train_rows": len(train), "val_rows": len(val)}
+    report = {"input_file": source, "id_column": id_column, "val_ratio": val_ratio, "seed": seed, **counts}
+    write_splits({"train": train, "val": val}, table.schema, folder, inputs=[source], report=report)
+    return counts
 
 
 def write_self_improve_data(

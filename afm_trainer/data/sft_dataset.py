@@ -19,6 +19,10 @@ schemas sit where the template puts them.
 Text holding one of the tokenizer's special tokens (``<|im_end|>`` inside a document)
 would be trained as the control token itself: such data is refused when the dataset is
 built, naming the row (the converters reject these records before they get here).
+A file in which some assistant text is context holds its messages under
+``messages_with_untrained_turns`` (``afm_trainer.data.convert.CONTEXT_MESSAGES``), a
+column verl's own dataset refuses; with the default ``messages_key`` this dataset reads
+either name, files of both kinds together included.
 verl's own check that message-by-message tokenisation equals the full chat template
 stays on (``data.ignore_input_ids_mismatch: false``), so a template that does not
 split cleanly fails loudly instead of training misaligned tokens.
@@ -29,15 +33,25 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
+from afm_trainer.data.convert import CONTEXT_MESSAGES, messages_column
 from afm_trainer.models.special_tokens import first_of, special_tokens_of
 
 
 class AgentSFTDataset(MultiTurnSFTDataset):
     def _read_files_and_process(self):
+        names = {messages_column(pq.read_schema(path).names) for path in self.parquet_files}
+        if self.messages_key == "messages" and CONTEXT_MESSAGES in names:
+            self.messages_key = CONTEXT_MESSAGES
         super()._read_files_and_process()
+        if len(names) > 1 and self.messages_key == CONTEXT_MESSAGES:  # rows of plain files have it empty
+            column = self.dataframe[CONTEXT_MESSAGES]
+            self.dataframe[CONTEXT_MESSAGES] = column.where(column.notna(), self.dataframe["messages"])
+            self.messages = self.dataframe[CONTEXT_MESSAGES].apply(convert_nested_value_to_list_recursive).tolist()
         if self.tools is not None:
             self.tools = [decoded_json(tools) for tools in self.tools]
         self._refuse_special_tokens()

@@ -5,9 +5,10 @@ datasets made from them.
 Two backends, one interface (``summarize(contexts) -> list[str | Exception]``):
 - ``extractive``: offline and deterministic, built from the context itself;
 - ``openai``: any OpenAI-compatible chat-completions server (key from OPENAI_API_KEY),
-  with a concurrency cap, retries with exponential backoff on 429/5xx/timeouts/
-  malformed replies, and an on-disk cache keyed by content, so a re-run after a crash
-  only asks for what is missing.
+  with a concurrency cap, a timeout on each request as a whole (connecting, sending
+  and reading the full reply, however slowly the server trickles it), retries with
+  exponential backoff on 429/5xx/timeouts/malformed replies, and an on-disk cache keyed
+  by content, so a re-run after a crash only asks for what is missing.
 """
 
 from __future__ import annotations
@@ -109,6 +110,16 @@ class OpenAISummarizer:
         key = hashlib.sha256(json.dumps([self.model, SYSTEM_PROMPT, text]).encode()).hexdigest()
         return os.path.join(self.cache_dir, f"{key}.json")
 
+    async def _post(self, client, body: dict):
+        """One request, bounded as a whole by ``timeout_s`` (httpx's own timeouts bound
+        each connect, read and write alone: a reply dripped byte by byte never trips them)."""
+        import httpx
+
+        try:
+            return await asyncio.wait_for(client.post(self.url, json=body, timeout=self.timeout_s), self.timeout_s)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise TimeoutError(f"no full reply within {self.timeout_s:g} s") from None
+
     async def _ask(self, client, semaphore, text: str) -> str:
         cache_path = self._cache_path(text)
         if cache_path and os.path.exists(cache_path):
@@ -126,8 +137,11 @@ class OpenAISummarizer:
             async with semaphore:
                 self.requests_sent += 1
                 try:
-                    reply = await client.post(self.url, json=body, timeout=self.timeout_s)
-                except Exception as exc:  # timeouts, refused or reset connections
+                    reply = await self._post(client, body)
+                except TimeoutError as exc:  # retried, as are the errors below
+                    last_error = str(exc)
+                    continue
+                except Exception as exc:  # refused or reset connections
                     last_error = f"{type(exc).__name__}"
                     continue
             if reply.status_code == 429 or reply.status_code >= 500:
@@ -190,56 +204,80 @@ def add_summaries(input_file: str, output_file: str, backend: str = "extractive"
     into the output with an empty summary. ``openai_options`` are OpenAISummarizer's."""
     import pyarrow as pa
 
-    from afm_trainer.data.parquet_io import check_output_file, read_table, write_rows
+    from afm_trainer.data.convert import messages_column
+    from afm_trainer.data.parquet_io import (
+        InputError,
+        cannot_write,
+        check_output_file,
+        read_table,
+        reject_line,
+        remove_quietly,
+        write_rows,
+    )
 
-    table = read_table(input_file, "messages", "convert it with convert_traces.py --mode stepwise")
+    table = read_table(input_file)
+    key = messages_column(table.column_names)
+    if key not in table.column_names:
+        raise InputError(f"{input_file} has no `{key}` column (convert it with convert_traces.py --mode stepwise)")
     rows = table.to_pylist()
-    contexts = [row["messages"][:-1] for row in rows]
+    contexts = [row[key][:-1] for row in rows]
     check_output_file(output_file)
     if backend == "extractive":
         results = [_or_error(extractive_summary, c) for c in contexts]
     else:
         results = OpenAISummarizer(**openai_options).summarize(contexts)
     kept, rejected = [], 0
-    with open(output_file + ".rejects.jsonl.tmp", "w") as rejects:
-        for index, (row, result) in enumerate(zip(rows, results)):
-            result = checked_summary(result)
-            if isinstance(result, BaseException):
-                rejected += 1
-                rejects.write(
-                    json.dumps({"where": f"row {index}", "reason": str(result), "record": row}, default=str) + "\n"
-                )
-            else:
-                kept.append({**row, "summary": result})
-    write_rows(kept, table.schema.append(pa.field("summary", pa.string())), output_file)
-    os.replace(output_file + ".rejects.jsonl.tmp", output_file + ".rejects.jsonl")
+    rejects_path = output_file + ".rejects.jsonl"
+    try:  # a failed write (a full disk) leaves no temporary and the earlier files as they were
+        with open(rejects_path + ".tmp", "w") as rejects:
+            for index, (row, result) in enumerate(zip(rows, results)):
+                result = checked_summary(result)
+                if isinstance(result, BaseException):
+                    rejected += 1
+                    rejects.write(reject_line(f"row {index}", str(result), row))
+                else:
+                    kept.append({**row, "summary": result})
+        write_rows(kept, table.schema.append(pa.field("summary", pa.string())), output_file)
+        os.replace(rejects_path + ".tmp", rejects_path)
+    except OSError as exc:
+        remove_quietly(rejects_path + ".tmp")
+        raise cannot_write(rejects_path, exc) from None
+    except BaseException:
+        remove_quietly(rejects_path + ".tmp")
+        raise
     return {"samples": len(rows), "summarised": len(kept), "rejected": rejected}
 
 
-def summary_prefix(row: dict) -> dict:
+def summary_prefix(messages: list[dict], summary: str) -> list[dict]:
     """Dataset 1: full context -> "<summary>...</summary>" + the original target turn."""
-    *context, target = row["messages"]
-    content = f"<summary>{row['summary']}</summary>\n{target['content']}"
-    return {
-        **row,
-        "messages": [{**m, "train": False} for m in context] + [{**target, "content": content, "train": True}],
-    }
+    *context, target = messages
+    content = f"<summary>{summary}</summary>\n{target['content']}"
+    return [{**m, "train": False} for m in context] + [{**target, "content": content, "train": True}]
 
 
-def summary_only(row: dict) -> dict:
+def summary_only(messages: list[dict], summary: str) -> list[dict]:
     """Dataset 2: the summary alone as the user turn -> the original target turn."""
-    target = row["messages"][-1]
-    return {**row, "messages": [{"role": "user", "content": row["summary"], "train": False}, {**target, "train": True}]}
+    return [{"role": "user", "content": summary, "train": False}, {**messages[-1], "train": True}]
 
 
 def write_summary_datasets(input_file: str, prefix_file: str, only_file: str) -> int:
     """The summary-prefix and summary-only datasets of summarised samples; returns their size."""
+    from afm_trainer.data.convert import (
+        CONTEXT_MESSAGES,
+        has_untrained_assistant_text,
+        messages_column,
+        with_messages_column,
+    )
     from afm_trainer.data.parquet_io import check_output_file, read_table, write_rows
 
     table = read_table(input_file, "summary", "run add_summaries.py first")
     check_output_file(prefix_file)
     check_output_file(only_file)
+    key = messages_column(table.column_names)
     rows = table.to_pylist()
-    write_rows([summary_prefix(r) for r in rows], table.schema, prefix_file)
-    write_rows([summary_only(r) for r in rows], table.schema, only_file)
+    for make, path in ((summary_prefix, prefix_file), (summary_only, only_file)):
+        samples = [make(row[key], row["summary"]) for row in rows]
+        column = CONTEXT_MESSAGES if any(map(has_untrained_assistant_text, samples)) else "messages"
+        schema = with_messages_column(table.schema, column)
+        write_rows([{**row, column: sample} for row, sample in zip(rows, samples)], schema, path)
     return len(rows)

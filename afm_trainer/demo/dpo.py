@@ -14,20 +14,12 @@ import json
 import os
 
 from afm_trainer.checkpoints import latest_complete
-from afm_trainer.demo import load_settings
+from afm_trainer.demo import load_settings, progressive_demo_model
 from afm_trainer.demo.progressive import embedded_paths
 from afm_trainer.eval.scoring import paired_change
 from afm_trainer.recipes.common import RecipeArgs, RecipeError
 
-FINAL_SFT_PHASE = "phase3_summary_prefix"
 BASELINE = "SFT on the chosen answers"
-
-
-def start_model(sft_dir: str) -> str:
-    latest = latest_complete(os.path.join(sft_dir, FINAL_SFT_PHASE))
-    if latest is None:
-        raise RecipeError(f"no complete checkpoint in {sft_dir}/{FINAL_SFT_PHASE} (run `make demo` first)")
-    return os.path.abspath(os.path.join(latest, "huggingface"))
 
 
 def embedded_default(args: RecipeArgs) -> tuple[RecipeArgs, dict]:
@@ -39,7 +31,7 @@ def embedded_default(args: RecipeArgs) -> tuple[RecipeArgs, dict]:
     settings = load_settings("dpo", args.get("DEMO_CONFIG"))
     sft_dir = args.get("SFT_DIR", "out/demo")
     world = embedded_paths(sft_dir)["world"]
-    model = start_model(sft_dir)
+    model = progressive_demo_model(sft_dir, args.dry_run)
     folder = os.path.join(os.path.abspath(args.out_dir), "data")
     pairs = os.path.join(folder, "pairs.parquet")
     if not args.dry_run and not os.path.exists(pairs):

@@ -24,14 +24,16 @@ def embedded_default(args: RecipeArgs) -> tuple[RecipeArgs, bool]:
     data = settings["data"]
     folder = os.path.join(os.path.abspath(args.out_dir), "data")
     world = embedded_paths(args.get("SFT_DIR", "out/demo"))["world"]
-    world = world if os.path.isdir(world) else None
+    # Without `make demo`'s world the data comes from a world of its own, and no corpus;
+    # a dry run shows the run after `make demo` (which the start model needs anyway).
+    world = world if os.path.isdir(world) or args.dry_run else None
     train, val = os.path.join(folder, "train.parquet"), os.path.join(folder, "val.parquet")
     if not args.dry_run and not os.path.exists(val):
         request = RLDataRequest(folder, world, tuple(data["difficulties"]), data["n_train"], data["n_val"])
         make_rl_data(data["suites"], request)
     keys = {"TRAIN_FILES": train, "VAL_FILES": val}
     corpus = os.path.join(world, "corpus.jsonl") if world else None
-    if corpus and os.path.isfile(corpus) and not args.get("SEARCH_URL"):
+    if corpus and (os.path.isfile(corpus) or args.dry_run) and not args.get("SEARCH_URL"):
         keys["CORPUS"] = corpus
     embedded = RecipeArgs(args.nproc, args.out_dir, {**keys, **args.keys}, [*settings["overrides"], *args.overrides])
     return embedded, os.path.exists(val)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 
-from afm_trainer.demo import load_settings
+from afm_trainer.demo import load_settings, progressive_demo_model
 from afm_trainer.demo.report import write_json
 from afm_trainer.recipes.chain.main import Chain, StageFailed, parse_stage, train_stages
 from afm_trainer.recipes.common import RecipeArgs, write_markdown
@@ -36,13 +36,11 @@ def embedded_paths(out_dir: str) -> dict:
     return {"root": root, **{name: os.path.join(root, name) for name in names}}
 
 
-def start_model(paths: dict, settings: dict) -> str:
+def start_model(paths: dict, settings: dict, dry_run: bool = False) -> str:
     """The model phase A starts from: the progressive demo's final model when the settings
     name that demo's OUT_DIR (``model.start_from``), else a new tiny model in ``paths``."""
     if settings["model"].get("start_from"):
-        from afm_trainer.demo import dpo
-
-        return dpo.start_model(settings["model"]["start_from"])
+        return progressive_demo_model(settings["model"]["start_from"], dry_run)
     return paths["model"]
 
 
@@ -103,7 +101,7 @@ def run_embedded_default(args: RecipeArgs, chain: Chain) -> int:
     settings = load_settings("self_improve", args.get("DEMO_CONFIG"))
     if args.dry_run:
         paths = embedded_paths(args.out_dir)
-        paths["model"] = start_model(paths, settings)
+        paths["model"] = start_model(paths, settings, dry_run=True)
     else:
         paths = prepare(args.out_dir, settings)
     extra = settings["unbalanced_stage"]

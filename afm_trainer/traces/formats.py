@@ -27,6 +27,7 @@ is rejected with the field named, never rewritten.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 
 from afm_trainer.models.special_tokens import ROLE_TOKENS, reserved_token_in, tag_structure_problem, trace_tag_in
@@ -80,23 +81,28 @@ def _text(record: dict, key: str, where: str = "", tag: str | None = None) -> st
     return plain_text(value, f"{where}{key!r}", tag)
 
 
-def _score(record: dict) -> float | None:
-    score = record.get("score")
-    if score is None:
+def finite_number(record: dict, key: str) -> float | None:
+    """``record[key]`` as a float (None when absent), or the TraceError: not a number, or
+    not a finite one (NaN, Infinity, or an integer past a float's range, such as JSON's
+    10**400), which would pass or fail every threshold and sort anywhere."""
+    value = record.get(key)
+    if value is None:
         return None
-    if isinstance(score, bool) or not isinstance(score, int | float):
-        raise TraceError(f"'score' must be a number, got {score!r}")
-    return float(score)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TraceError(f"{key!r} must be a number, got {value!r}")
+    if not -sys.float_info.max <= value <= sys.float_info.max:  # NaN fails every comparison
+        shown = f"an integer of {len(str(value))} digits" if isinstance(value, int) else repr(value)
+        raise TraceError(f"{key!r} must be a finite number, got {shown}")
+    return float(value)
+
+
+def _score(record: dict) -> float | None:
+    return finite_number(record, "score")
 
 
 def difficulty_of(record: dict) -> float | None:
     """A record's optional ``difficulty`` (any number; larger is harder), a curriculum key."""
-    difficulty = record.get("difficulty")
-    if difficulty is None:
-        return None
-    if isinstance(difficulty, bool) or not isinstance(difficulty, int | float) or difficulty != difficulty:
-        raise TraceError(f"'difficulty' must be a number, got {difficulty!r}")
-    return float(difficulty)
+    return finite_number(record, "difficulty")
 
 
 def _id(record: dict) -> str | None:
@@ -105,7 +111,25 @@ def _id(record: dict) -> str | None:
 
 # A tool call in the policy's own tags: <search>query</search> or <code>python</code>
 # (parsed by the RL tool parser, checked by the rewards' format rule).
-TOOL_CALL = re.compile(r"<(search|code)>(.*?)</\1>", re.DOTALL)
+TOOL_OPEN = re.compile(r"<(search|code)>")
+
+
+def tool_calls(text: str) -> list[tuple[str, str]]:
+    """(tag, body) of each ``<search>...</search>`` and ``<code>...</code>`` in ``text``,
+    in order. Linear in the text's length (a lazy regex over many unclosed openings is
+    quadratic): once a tag has no closing after some opening, later ones have none either."""
+    calls, position, unclosed = [], 0, set()
+    while match := TOOL_OPEN.search(text, position):
+        tag, position = match.group(1), match.end()
+        if tag in unclosed:
+            continue
+        end = text.find(f"</{tag}>", position)
+        if end < 0:
+            unclosed.add(tag)
+            continue
+        calls.append((tag, text[position:end]))
+        position = end + len(tag) + 3
+    return calls
 
 
 def information_text(documents: list[dict]) -> str:

@@ -27,7 +27,13 @@ import zlib
 from collections import Counter
 
 from afm_trainer.data.convert import read_records
-from afm_trainer.data.parquet_io import InputError, check_output_file, remove_quietly
+from afm_trainer.data.parquet_io import (
+    InputError,
+    check_output_file,
+    reject_line,
+    remove_quietly,
+    unreadable_reason,
+)
 from afm_trainer.world.algorithmic import TYPES, make_task
 from afm_trainer.world.teacher import agent_chain_record
 
@@ -97,14 +103,18 @@ def augment_chains(
             new = []
             for location, record in read_records(input_file):
                 records_in += 1
-                reason = f"{record} (not copied)" if isinstance(record, Exception) else why_not_augmentable(record)
-                if not isinstance(record, Exception):
-                    out.write(json.dumps(record) + "\n")  # every input record, unchanged
+                reason = f"{record} (not copied)" if isinstance(record, Exception) else None
+                if reason is None:
+                    try:
+                        line = json.dumps(record) + "\n"  # every input record, unchanged
+                        reason = why_not_augmentable(record)
+                    except (RecursionError, ValueError) as exc:  # nested too deep, a huge integer
+                        reason = f"{unreadable_reason(exc) or exc} (not copied)"
+                    else:
+                        out.write(line)
                 if reason:
                     reasons[reason] += 1
-                    skipped.write(
-                        json.dumps({"where": location, "reason": reason, "record": record}, default=str) + "\n"
-                    )
+                    skipped.write(reject_line(location, reason, record))
                     continue
                 chains = perturbed_chains(record, copies, seed, held_out)
                 short += copies - len(chains)

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from afm_trainer.data.convert import convert
+from afm_trainer.data.convert import CONTEXT_MESSAGES, convert
 from afm_trainer.data.parquet_io import InputError
 from afm_trainer.data.sft_dataset import AgentSFTDataset
 from afm_trainer.traces.formats import student_answer
@@ -346,7 +346,8 @@ CHAIN_OF_AGENTS = {
 def test_tool_output_inside_a_turn_is_never_trained(tmp_path, nano_model):
     src = write_json(tmp_path / "afm.jsonl", [CHAIN_OF_AGENTS])
     convert(src, str(tmp_path / "out.parquet"), "auto")
-    (messages,) = pd.read_parquet(tmp_path / "out.parquet")["messages"]
+    # verl's own dataset would train the span: the column is one it refuses.
+    (messages,) = pd.read_parquet(tmp_path / "out.parquet")[CONTEXT_MESSAGES]
     assert json.loads(messages[1]["untrained_spans"]) == [[59, 89]]  # "<observation>391</observation>"
     ((_, trained),) = trained_text(nano_model, tmp_path / "out.parquet")
     assert trained == [
@@ -372,7 +373,7 @@ def test_search_r1_rollout_text_trains_only_the_models_text(tmp_path, nano_model
     src = write_json(tmp_path / "rollouts.jsonl", [record])
     report = convert(src, str(tmp_path / "out.parquet"), "auto")
     assert report["format"] == "rollout_text"
-    (messages,) = pd.read_parquet(tmp_path / "out.parquet")["messages"]
+    (messages,) = pd.read_parquet(tmp_path / "out.parquet")[CONTEXT_MESSAGES]
     assert [(m["role"], m["content"]) for m in messages] == [
         ("user", "Who founded the archive?"),
         (

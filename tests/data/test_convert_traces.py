@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from afm_trainer.data.convert import convert
+from afm_trainer.data.convert import CONTEXT_MESSAGES, convert
 from afm_trainer.data.pairs import PAIR_SCHEMA
 from afm_trainer.data.parquet_io import InputError
 from afm_trainer.data.sft_dataset import AgentSFTDataset
@@ -98,7 +98,9 @@ def test_one_call_refuses_a_trajectory_with_tool_turns(tmp_path):
 )
 def test_agent_chain_role_trains_that_agents_turns_with_the_earlier_ones_as_context(tmp_path, role, trained, kept):
     convert(write_jsonl(tmp_path / "c.jsonl", [RETRY_CHAIN]), str(tmp_path / "c.parquet"), "agent_chain", role=role)
-    (conversation,) = pd.read_parquet(tmp_path / "c.parquet")["messages"]
+    table = pd.read_parquet(tmp_path / "c.parquet")
+    # The planner's turns come first: no assistant text is context, and verl's own dataset may read the file.
+    (conversation,) = table["messages" if role == "<|planner|>" else CONTEXT_MESSAGES]
     assert len(conversation) == kept  # nothing after the agent's last turn
     assert [i for i, m in enumerate(conversation) if m["train"]] == trained
     assert all(conversation[i]["content"].startswith(role) for i in trained)
@@ -124,7 +126,7 @@ def test_search_agent_multiturn_and_stepwise(tmp_path):
     convert(src, str(tmp_path / "sw.parquet"), "search_agent", "stepwise")
     steps = pd.read_parquet(tmp_path / "sw.parquet")
     assert len(steps) == 3 and set(steps["trajectory_id"]) == {"s1"}
-    for k, messages in enumerate(steps["messages"]):
+    for k, messages in enumerate(steps[CONTEXT_MESSAGES]):
         assert messages[-1]["role"] == "assistant" and messages[-1]["train"]
         assert sum(m["train"] for m in messages) == 1  # only the target turn
         assert len(messages) == 2 + 2 * k

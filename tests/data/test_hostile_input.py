@@ -10,8 +10,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from afm_trainer.data.convert import convert
-from afm_trainer.data.parquet_io import InputError
+from afm_trainer.data.convert import CONTEXT_MESSAGES, convert
+from afm_trainer.data.parquet_io import InputError, OutputError
 from afm_trainer.traces.registry import FORMATS
 from tests.conftest import REPO
 from tests.data.test_convert_traces import CHAIN, SEARCH
@@ -155,7 +155,7 @@ def test_prepare_train_val_refuses_bad_shards_and_a_file_as_output_folder(tmp_pa
     assert as_file.returncode == 1 and as_file.stderr.startswith("error: ") and "is a file" in as_file.stderr
     many = prepare("--output_dir", tmp_path / "many", "--shards", "100")
     assert many.returncode == 0, many.stderr
-    sizes = [pq.read_metadata(tmp_path / "many" / name).num_rows for name in os.listdir(tmp_path / "many")]
+    sizes = [pq.read_metadata(path).num_rows for path in (tmp_path / "many").glob("*.parquet")]
     assert sum(sizes) == 5 and min(sizes) == 1  # one shard per row at most, none empty
 
 
@@ -166,7 +166,8 @@ def test_a_context_without_a_user_turn_is_a_rejected_summary(tmp_path):
     src.write_text(json.dumps(SEARCH) + "\n")
     convert(str(src), str(tmp_path / "steps.parquet"), "search_agent", mode="stepwise")
     table = pq.read_table(tmp_path / "steps.parquet").to_pylist()
-    table[0]["messages"] = [{**m, "role": "system"} if m["role"] == "user" else m for m in table[0]["messages"]]
+    messages = table[0][CONTEXT_MESSAGES]
+    table[0][CONTEXT_MESSAGES] = [{**m, "role": "system"} if m["role"] == "user" else m for m in messages]
     import pyarrow as pa
 
     pq.write_table(
@@ -474,7 +475,7 @@ def test_a_row_group_the_writer_thread_cannot_write_fails_the_conversion(tmp_pat
         raise OSError("No space left on device")
 
     monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=r"^cannot write .*out\.parquet: No space left on device$"):
         convert(str(src), str(tmp_path / "out.parquet"), "search_agent", mode="stepwise")
     assert not os.path.exists(tmp_path / "out.parquet")
     assert not leftovers(tmp_path)

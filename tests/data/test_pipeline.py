@@ -8,6 +8,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
+from afm_trainer.data.convert import CONTEXT_MESSAGES
 from afm_trainer.data.sft_dataset import AgentSFTDataset
 from afm_trainer.data.splits import split_by_trajectory
 from tests.conftest import REPO
@@ -39,7 +40,8 @@ def test_pipeline_makes_three_sets_with_no_trajectory_in_both_splits(tmp_path, n
         assert len(val_ids) == 3
         dataset = AgentSFTDataset(str(tmp_path / "out" / name / "train.parquet"), tokenizer, config)
         assert dataset[0]["loss_mask"].sum() > 0
-    prefix = pd.read_parquet(tmp_path / "out" / "summary_prefix" / "train.parquet")["messages"][0]
+    # The prefix set's context holds assistant turns (verl's own dataset refuses it); the other set's does not.
+    prefix = pd.read_parquet(tmp_path / "out" / "summary_prefix" / "train.parquet")[CONTEXT_MESSAGES][0]
     assert prefix[-1]["content"].startswith("<summary>Question: ")
     only = pd.read_parquet(tmp_path / "out" / "summary_only" / "train.parquet")["messages"][0]
     assert len(only) == 2 and only[0]["content"].startswith("Question: ")
@@ -81,7 +83,7 @@ def test_shards_are_written(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    names = sorted(os.listdir(tmp_path / "o"))
+    names = sorted(name for name in os.listdir(tmp_path / "o") if name != "split.report.json")
     assert names == [
         "train-00000-of-00002.parquet",
         "train-00001-of-00002.parquet",

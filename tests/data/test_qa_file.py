@@ -198,3 +198,25 @@ def test_the_sample_file_converts_with_zero_rejects(tmp_path):
     truths = {r["prompt"][0]["content"]: r["reward_model"]["ground_truth"] for r in rows}
     assert truths["who painted the mona lisa?"] == '["Leonardo da Vinci", "Leonardo", "da Vinci"]'
     assert truths["what is the chemical symbol for gold?"] == "Au"
+
+
+def test_the_rejects_file_belongs_to_the_run_that_wrote_it(tmp_path):
+    """rejects.jsonl is committed with the splits (its digest in split.report.json), and a
+    later run into the same folder that rejects nothing leaves no stale one behind."""
+    import hashlib
+
+    qa_file = tmp_path / "qa.jsonl"
+    lines = ['{"question": "Q1?", "answer": "a"}', '{"question": "Q2?", "answer": "b"}', "not json"]
+    qa_file.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert run("--out", out, "--suite", "qa", "--qa_file", qa_file, "--n_val", 1).returncode == 0
+    report = json.loads((out / "split.report.json").read_text())
+    digest = hashlib.sha256((out / "rejects.jsonl").read_bytes()).hexdigest()
+    assert report["files"]["rejects.jsonl"] == {"sha256": digest, "rows": 1}
+    qa_file.write_text("\n".join(lines[:2]) + "\n")
+    assert run("--out", out, "--suite", "qa", "--qa_file", qa_file, "--n_val", 1).returncode == 0
+    assert rejects_of(out) == []  # this run's, empty
+    result = run("--out", out, "--suite", "algorithmic", "--difficulties", "1", "--n_train", 4, "--n_val", 2)
+    assert result.returncode == 0, result.stderr
+    assert not (out / "rejects.jsonl").exists() and not list(out.glob("*.tmp"))
+    assert sorted(json.loads((out / "split.report.json").read_text())["files"]) == ["train.parquet", "val.parquet"]

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, DatasetDict
 
-from afm_trainer.data.convert import convert, read_records
+from afm_trainer.data.convert import CONTEXT_MESSAGES, convert, read_records
 from afm_trainer.data.parquet_io import InputError
 from tests.conftest import REPO
 
@@ -24,8 +24,8 @@ def test_a_saved_dataset_converts_like_its_jsonl(tmp_path):
     Dataset.from_list(search_records()).save_to_disk(str(tmp_path / "saved"))
     convert(str(tmp_path / "saved"), str(tmp_path / "from_disk.parquet"), "auto", "stepwise")
     convert(SEARCH, str(tmp_path / "from_jsonl.parquet"), "search_agent", "stepwise")
-    from_disk = pq.read_table(tmp_path / "from_disk.parquet").column("messages").to_pylist()
-    assert from_disk == pq.read_table(tmp_path / "from_jsonl.parquet").column("messages").to_pylist()
+    from_disk = pq.read_table(tmp_path / "from_disk.parquet").column(CONTEXT_MESSAGES).to_pylist()
+    assert from_disk == pq.read_table(tmp_path / "from_jsonl.parquet").column(CONTEXT_MESSAGES).to_pylist()
     assert len(from_disk) > 4
     assert [location for location, _ in read_records(str(tmp_path / "saved"))] == [
         "index 0",

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
-from afm_trainer.data.convert import convert
+from afm_trainer.data.convert import CONTEXT_MESSAGES, convert
 from afm_trainer.data.summaries import extractive_summary
 from tests.conftest import REPO
 from tests.data.test_convert_traces import SEARCH, write_jsonl
@@ -150,7 +150,7 @@ def test_openai_backend_survives_faults_and_resumes_from_cache(steps, tmp_path):
     rejects = [json.loads(line) for line in open(out + ".rejects.jsonl")]
     assert len(summarised) + len(rejects) == 12
     assert len(rejects) == 3 and all("gave up after 4 attempts: HTTP 500" in r["reason"] for r in rejects)
-    assert all("person 0 " in r["record"]["messages"][0]["content"] for r in rejects)
+    assert all("person 0 " in r["record"][CONTEXT_MESSAGES][0]["content"] for r in rejects)
     assert all(s.startswith("Question: summary ") for s in summarised["summary"])
     assert server.max_in_flight <= 3
 
@@ -173,3 +173,75 @@ def test_extractive_summary_quotes_the_facts():
     assert summary.startswith("Question: Where was Ada born?")
     assert "- Ada was born in Velmora." in summary and "- Velmora is in Ostria." in summary
     assert "Reasoning: I need Ada's birthplace. Check the country." in summary
+
+
+class DrippingServer:
+    """Answers each request with a valid chat-completions reply, one byte every 0.2 s
+    (hanging up after 4 s of it, so a client that waits for it all is not held long)."""
+
+    REPLY = json.dumps({"choices": [{"message": {"content": "Question: dripped"}}]}).encode()
+
+    def __init__(self):
+        self.requests = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn):
+        with conn:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += conn.recv(65536)
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.requests += 1
+            reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+                len(self.REPLY),
+                self.REPLY,
+            )
+            started = time.monotonic()
+            try:
+                for i in range(len(reply)):
+                    if time.monotonic() - started > 4:
+                        return
+                    conn.sendall(reply[i : i + 1])
+                    time.sleep(0.2)
+            except OSError:  # the client hung up
+                return
+
+    def close(self):
+        self.listener.close()
+
+
+def test_the_timeout_bounds_the_whole_request_not_each_read():
+    from afm_trainer.data.summaries import OpenAISummarizer, SummaryError
+
+    server = DrippingServer()
+    context = [{"role": "user", "content": "Where was person 1 born?"}]
+    try:
+        summarizer = OpenAISummarizer(server.url, "m", max_retries=0, timeout_s=1, api_key="test")
+        started = time.monotonic()
+        (result,) = summarizer.summarize([context])
+        took = time.monotonic() - started
+        assert isinstance(result, SummaryError), result
+        assert str(result) == "gave up after 1 attempts: no full reply within 1 s"
+        assert took < 1.5, took
+
+        # A timed-out request is retried, as before, and the row is then rejected.
+        retrying = OpenAISummarizer(server.url, "m", max_retries=1, timeout_s=1, backoff_s=0.01, api_key="test")
+        started = time.monotonic()
+        (result,) = retrying.summarize([context])
+        assert isinstance(result, SummaryError) and "gave up after 2 attempts: no full reply" in str(result)
+        assert retrying.requests_sent == 2 and time.monotonic() - started < 3
+    finally:
+        server.close()

@@ -8,6 +8,7 @@ import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
@@ -40,7 +41,7 @@ def test_a_multiturn_file_trains_the_same_turns_under_verls_own_dataset(tmp_path
         assert [t for i, t in enumerate(theirs) if not (i and theirs[i - 1] == end)] == trained_ids(ours, row)
 
 
-def test_stepwise_files_say_that_verls_own_dataset_would_train_their_context(tmp_path):
+def test_verls_own_dataset_refuses_a_file_whose_context_it_would_train(tmp_path, nano_model):
     out = str(tmp_path / "steps.parquet")
     cmd = [sys.executable, os.path.join(REPO, "data_preprocess", "convert_traces.py"), "--format", "search_agent"]
     result = subprocess.run(
@@ -51,12 +52,57 @@ def test_stepwise_files_say_that_verls_own_dataset_would_train_their_context(tmp
         report = json.load(f)
     # 4 traces, 11 decision points: every step after a trace's first has earlier turns as context.
     assert (report["samples_out"], report["samples_with_untrained_assistant_turns"]) == (11, 7)
-    assert "note: 7 samples hold assistant turns that are context" in result.stdout
+    assert report["messages_column"] == "messages_with_untrained_turns"
+    assert "note: 7 samples hold assistant text that is context" in result.stdout
     assert "data.custom_cls.name=AgentSFTDataset" in result.stdout
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    with pytest.raises(KeyError, match="messages"):
+        MultiTurnSFTDataset(out, tokenizer, CONFIG)
+    steps = AgentSFTDataset(out, tokenizer, CONFIG)
+    target = (
+        "<think>First I need the country of the Rijksmuseum.</think>\n<search>Rijksmuseum location</search><|im_end|>"
+    )
+    assert len(steps) == 11 and tokenizer.decode(trained_ids(steps, 0)) == target
     result = subprocess.run(
         [*cmd, "--mode", "multiturn", "--input_file", SEARCH, "--output_file", out], capture_output=True, text=True
     )
     assert "note:" not in result.stdout
+    assert pq.read_schema(out).names[0] == "messages"
+
+
+def test_a_span_of_tool_output_inside_a_turn_is_refused_by_verls_own_dataset(tmp_path, nano_model):
+    # One of the four conversations holds an <observation> span in an assistant turn.
+    src = os.path.join(REPO, "examples", "traces", "messages.jsonl")
+    report = convert(src, str(tmp_path / "spans.parquet"), "auto", "multiturn")
+    assert (report["samples_out"], report["samples_with_untrained_assistant_turns"]) == (4, 1)
+    with pytest.raises(KeyError, match="messages"):
+        MultiTurnSFTDataset(str(tmp_path / "spans.parquet"), AutoTokenizer.from_pretrained(nano_model), CONFIG)
+
+
+def test_files_with_and_without_context_train_together_as_each_alone(tmp_path, nano_model):
+    convert(SEARCH, str(tmp_path / "multi.parquet"), "search_agent", "multiturn")
+    convert(SEARCH, str(tmp_path / "steps.parquet"), "search_agent", "stepwise")
+    tokenizer = AutoTokenizer.from_pretrained(nano_model)
+    files = [str(tmp_path / "multi.parquet"), str(tmp_path / "steps.parquet")]
+    alone = [AgentSFTDataset(f, tokenizer, CONFIG) for f in files]
+    together = AgentSFTDataset(files, tokenizer, CONFIG)
+    rows = [(d, row) for d in alone for row in range(len(d))]
+    assert len(together) == len(rows) == 4 + 11
+    for row, (dataset, own_row) in enumerate(rows):
+        assert together[row]["input_ids"].tolist() == dataset[own_row]["input_ids"].tolist()
+        assert together[row]["loss_mask"].tolist() == dataset[own_row]["loss_mask"].tolist()
+
+
+def test_the_sft_recipe_refuses_context_for_verls_own_dataset_in_one_line(tmp_path, nano_model):
+    from tests.conftest import run_recipe
+
+    convert(SEARCH, str(tmp_path / "steps.parquet"), "search_agent", "stepwise")
+    args = [1, tmp_path / "out", f"MODEL={nano_model}", f"TRAIN_FILES={tmp_path / 'steps.parquet'}", "DRY_RUN=1"]
+    result = run_recipe(*args, "data.custom_cls.path=null")
+    assert result.returncode != 0
+    assert "holds assistant turns that are context" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert run_recipe(*args).returncode == 0  # afm-trainer's dataset, the default, reads it
 
 
 def test_verls_own_multiturn_parquet_with_tools_converts_as_is(tmp_path, nano_model):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from afm_trainer.data.convert import messages_column
 from afm_trainer.traces.registry import FORMATS
 from tests.conftest import REPO
 from tests.recipes.test_checkpoints import write_checkpoint
@@ -93,7 +94,8 @@ def assert_clean_conversion(output: str, fmt: str) -> None:
     assert report["records_in"] == report["records_converted"] == n and report["records_rejected"] == 0, report
     with open(output + ".rejects.jsonl") as f:
         assert f.read() == ""
-    for messages in pd.read_parquet(output)["messages"]:
+    frame = pd.read_parquet(output)
+    for messages in frame[messages_column(frame.columns)]:
         trained = [m["role"] for m in messages if m["train"]]
         assert trained and set(trained) == {"assistant"}
 
@@ -149,7 +151,8 @@ def test_sample_traces_convert_stepwise_with_zero_rejects(tmp_path, fmt):
     )
     assert result.returncode == 0, result.stderr
     assert_clean_conversion(output, fmt)
-    for messages in pd.read_parquet(output)["messages"]:  # stepwise: only the last turn trains
+    frame = pd.read_parquet(output)  # one assistant turn a trace (teacher_cot): no context, `messages`
+    for messages in frame[messages_column(frame.columns)]:  # stepwise: only the last turn trains
         assert [m["train"] for m in messages] == [False] * (len(messages) - 1) + [True]
 
 

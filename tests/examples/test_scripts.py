@@ -74,7 +74,7 @@ def stepwise(tmp_path_factory):
         check=True,
         capture_output=True,
     )
-    rows = pd.read_parquet(out)["messages"]
+    rows = pd.read_parquet(out)["messages_with_untrained_turns"]
     row = next(i for i, m in enumerate(rows) if sum(x["role"] == "assistant" for x in m) >= 3)
     return out, row, list(rows[row])
 

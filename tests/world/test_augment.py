@@ -100,3 +100,58 @@ def test_a_broken_exclude_file_is_one_error_naming_its_line(tmp_path, sources):
     with pytest.raises(InputError, match=r"heldout.jsonl, line 2: not a task with a 'prompt'"):
         augment_chains(write_jsonl(tmp_path / "c.jsonl", sources[:1]), str(tmp_path / "o.jsonl"), exclude=exclude)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def read_new(path, n_sources):
+    with open(path) as f:
+        return [json.loads(line) for line in f][n_sources:]
+
+
+def test_the_held_out_prompts_augmentation_would_make_are_never_made(tmp_path, sources):
+    """The held-out set is exactly what augmentation makes without it, so ignoring the
+    exclusion would show at once."""
+    chains = write_jsonl(tmp_path / "c.jsonl", sources[:4])
+    free = augment_chains(chains, str(tmp_path / "free.jsonl"), copies=2)
+    would_make = {r["task"] for r in read_new(tmp_path / "free.jsonl", 4)}
+    assert free["generated"] == 8 and len(would_make) == 8
+    exclude = write_jsonl(tmp_path / "heldout.jsonl", [{"prompt": p} for p in sorted(would_make)])
+    report = augment_chains(chains, str(tmp_path / "o.jsonl"), copies=2, exclude=exclude)
+    new = read_new(tmp_path / "o.jsonl", 4)
+    assert {r["task"] for r in new}.isdisjoint(would_make)
+    assert len(new) == report["generated"] == 8  # other inputs instead, none short
+    assert report["excluded_prompts"] == 8 and report["copies_without_a_new_input"] == 0
+
+
+def test_a_cell_the_held_out_set_exhausts_gets_only_what_is_left(tmp_path):
+    """FizzBuzz at difficulty 1 has 15 prompts, "FizzBuzz of 1?" .. "FizzBuzz of 15?"."""
+    source = agent_chain_record(make_task(3, "fizzbuzz", 1, 0), random.Random(0))
+    assert source["task"] == "FizzBuzz of 6?"
+    chains = write_jsonl(tmp_path / "c.jsonl", [source])
+    every = [f"FizzBuzz of {n}?" for n in range(1, 16)]
+    exclude = write_jsonl(tmp_path / "all.jsonl", [{"prompt": p} for p in every])
+    report = augment_chains(chains, str(tmp_path / "o.jsonl"), copies=3, exclude=exclude)
+    assert read_new(tmp_path / "o.jsonl", 1) == []
+    assert (report["generated"], report["copies_without_a_new_input"], report["excluded_prompts"]) == (0, 3, 15)
+    # all but "FizzBuzz of 7?" held out (6, the source's own, among them): 7 is the one new input
+    exclude = write_jsonl(tmp_path / "but7.jsonl", [{"prompt": p} for p in every if p != "FizzBuzz of 7?"])
+    report = augment_chains(chains, str(tmp_path / "o7.jsonl"), copies=3, exclude=exclude)
+    assert [(r["task"], r["x"], r["answer"]) for r in read_new(tmp_path / "o7.jsonl", 1)] == [
+        ("FizzBuzz of 7?", 7, "7")
+    ]
+    assert (report["generated"], report["copies_without_a_new_input"], report["excluded_prompts"]) == (1, 2, 14)
+
+
+def test_a_record_nested_too_deep_to_copy_is_one_reject_and_the_rest_is_augmented(tmp_path, sources):
+    path = tmp_path / "c.jsonl"
+    write_jsonl(path, sources[:1])
+    with open(path, "a") as f:
+        f.write('{"task": "x", "trajectory": ' + "[" * 1000 + "]" * 1000 + "}\n")
+    out = str(tmp_path / "more.jsonl")
+    report = augment_chains(str(path), out, copies=1)
+    assert report["records_in"] == 2 and report["generated"] == 1 and report["not_augmented"] == 1
+    with open(out) as f:
+        assert json.loads(f.readline()) == sources[0]
+    with open(out + ".not_augmented.jsonl") as f:
+        (reject,) = [json.loads(line) for line in f]
+    assert reject["where"] == "line 2" and reject["record"] is None
+    assert reject["reason"].startswith("nested too deep")
