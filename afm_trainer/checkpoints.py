@@ -36,6 +36,7 @@ import sys
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
 LORA_EXPORT_MARKER = "afm_lora_merged.json"
+PLACEHOLDER_STEP = "global_step_LATEST"  # in dry runs, for a checkpoint not written yet
 
 
 class CheckpointError(ValueError):
@@ -140,6 +141,15 @@ def latest_complete(ckpt_dir: str) -> str | None:
     if problem := missing_files(path):
         raise CheckpointError(f"{tracker} names step {tracked}, but {path} is incomplete: {problem}")
     return path
+
+
+def latest_export(ckpt_dir: str) -> tuple[str, bool]:
+    """(the HF export of ckpt_dir's latest complete checkpoint, whether it exists): when
+    none exists yet, the path with ``global_step_LATEST`` that a dry run prints for it."""
+    latest = latest_complete(ckpt_dir)
+    if latest:
+        return os.path.join(latest, "huggingface"), True
+    return os.path.join(os.path.abspath(ckpt_dir), PLACEHOLDER_STEP, "huggingface"), False
 
 
 def _merge_lora_state_dict(state_dict: dict, scale: float) -> dict:

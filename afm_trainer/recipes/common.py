@@ -11,13 +11,20 @@ from deep in verl.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import glob
+import hashlib
+import math
 import os
 import re
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 from afm_trainer.checkpoints import CheckpointError, finalize
@@ -54,6 +61,26 @@ class RecipeArgs:
     @property
     def dry_run(self) -> bool:
         return self.get("DRY_RUN", "0") not in ("0", "false")
+
+    def integer(self, key: str, default: int | str, minimum: int = 0, maximum: int | None = None) -> int:
+        """An integer recipe argument, checked: a bad value is one error line naming it."""
+        text = self.get(key, str(default))
+        value = int(text) if re.fullmatch(r"-?\d{1,18}", text.strip()) else None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+            raise RecipeError(f"{key} must be a whole number {bounds}, got {text!r}")
+        return value
+
+    def number(self, key: str, default: float | str) -> float:
+        """A positive real recipe argument (a learning rate), checked."""
+        text = self.get(key, str(default))
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or value <= 0:
+            raise RecipeError(f"{key} must be a positive number, got {text!r}")
+        return value
 
 
 def parse_recipe_args(argv: list[str], known_keys: dict[str, str]) -> RecipeArgs:
@@ -100,16 +127,83 @@ def argument_sources(args: RecipeArgs, known_keys: dict[str, str]) -> list[str]:
 
 
 def recipe_main(body, argv: list[str] | None, known_keys: dict[str, str]) -> int:
-    """Parse a recipe's command line, print its arguments' sources and run ``body(args)``;
-    a RecipeError becomes one ``error:`` line and exit code 2."""
+    """Parse a recipe's command line, print its arguments' sources, hold OUT_DIR (a real
+    run) and run ``body(args)``; a RecipeError becomes one ``error:`` line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_recipe_args(argv, known_keys)
         print("recipe arguments:", *argument_sources(args, known_keys), sep="\n", flush=True)
+        if not args.dry_run:
+            lock_out_dir(args.out_dir, args.integer("NODE_RANK", 0))
         return body(args)
     except (RecipeError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        release_out_dir()
+
+
+LOCK_FILE = ".afm-trainer-node{rank}.lock"
+_held_locks: list[int] = []  # the trainers inherit these descriptors: the lock is held while any of them runs
+_made_for_lock: list[str] = []  # folders lock_out_dir created, removed again if the run wrote nothing
+
+
+def lock_out_dir(out_dir: str, node_rank: int = 0) -> None:
+    """Hold OUT_DIR for this run: an flock'ed file in it, released when this process and
+    every trainer it started (they inherit the descriptor) have exited, kill -9
+    included. A second run on the same OUT_DIR (from the same node: the nodes of one
+    multi-node run share it) is refused in one line naming the holder."""
+    missing, folder = [], os.path.abspath(out_dir)
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(out_dir, exist_ok=True)
+    _made_for_lock[:] = missing
+    path = os.path.join(out_dir, LOCK_FILE.format(rank=node_rank))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 1000).decode(errors="replace").strip() or "a process that wrote no details"
+        os.close(fd)
+        raise RecipeError(
+            f"OUT_DIR {out_dir} is in use by another run ({holder}); wait for it or pick another OUT_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    command = " ".join(shlex.quote(a) for a in sys.argv)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}\n".encode())
+    _held_locks.append(fd)
+
+
+def release_out_dir() -> None:
+    """Close this process's hold on OUT_DIR (trainers still running keep it held); an
+    OUT_DIR made for the lock and left with nothing else in it (the run was refused) is
+    removed, so bad input leaves nothing behind."""
+    while _held_locks:
+        os.close(_held_locks.pop())
+    if _made_for_lock:
+        out_dir = _made_for_lock[0]
+        if all(name.startswith(".afm-trainer-node") for name in os.listdir(out_dir)):
+            for name in os.listdir(out_dir):
+                os.remove(os.path.join(out_dir, name))
+            for folder in _made_for_lock:
+                try:
+                    os.rmdir(folder)
+                except OSError:  # something else was written there meanwhile
+                    break
+        _made_for_lock.clear()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a trainer's process before it runs: SIGTERM when the recipe dies, however it
+    dies (torchrun and verl's trainer stop their workers on SIGTERM)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the recipe died before the line above
+        os._exit(1)
 
 
 def visible_gpus() -> int:
@@ -164,8 +258,15 @@ def split_files(folder: str, split: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, f"{split}-*-of-*.parquet")))
 
 
-def check_parquet_files(files: list[str], what: str, columns: tuple[str, ...] = ()) -> None:
+def check_parquet_files(
+    files: list[str], what: str, columns: tuple[str, ...] = (), verls_dataset: bool = False
+) -> None:
+    """Each file exists, is parquet and has ``columns``. A file whose messages column is
+    ``messages_with_untrained_turns`` has ``messages`` for afm-trainer's datasets; for
+    verl's own MultiTurnSFTDataset (``verls_dataset``), which would train its context, it is refused."""
     import pyarrow.parquet as pq
+
+    from afm_trainer.data.convert import CONTEXT_MESSAGES
 
     for path in files:
         if not os.path.isfile(path):
@@ -175,6 +276,14 @@ def check_parquet_files(files: list[str], what: str, columns: tuple[str, ...] = 
         except Exception as exc:  # pyarrow raises several types for non-parquet input
             raise RecipeError(f"{what} file {path} is not a readable parquet file: {exc}") from None
         missing = [c for c in columns if c not in schema.names]
+        if "messages" in missing and CONTEXT_MESSAGES in schema.names:
+            if verls_dataset:
+                raise RecipeError(
+                    f"{what} file {path} holds assistant turns that are context (its column is "
+                    f"`{CONTEXT_MESSAGES}`), which verl's own MultiTurnSFTDataset would train: leave "
+                    "data.custom_cls at afm-trainer's AgentSFTDataset (the default)"
+                )
+            missing.remove("messages")
         if missing:
             makers = {"chosen": "make_pairs.py", "prompt": "make_rl_data.py"}
             how = "data_preprocess/" + next((makers[c] for c in columns if c in makers), "convert_traces.py")
@@ -184,8 +293,35 @@ def check_parquet_files(files: list[str], what: str, columns: tuple[str, ...] = 
             )
 
 
-def hydra_list(files: list[str]) -> str:
-    return files[0] if len(files) == 1 else "[" + ",".join(files) + "]"
+@functools.cache
+def _override_parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def hydra_value(value: str, what: str) -> str:
+    """``value`` written so that Hydra's override grammar reads it back as this very
+    string: as is where it can, else single-quoted (a path holding ``=``, ``,``, spaces,
+    brackets or quotes). A value Hydra or OmegaConf would still change (``${...}`` is an
+    interpolation, a backslash an escape) is refused, naming ``what``."""
+    if "${" in value or "\\" in value or any(ord(c) < 32 for c in value):
+        raise RecipeError(
+            f"{what} {value!r} holds `${{`, a backslash or a control character, which Hydra would interpret"
+        )
+    parser = _override_parser()
+    for candidate in (value, "'" + value.replace("'", "\\'") + "'"):
+        try:
+            if parser.parse_override(f"key={candidate}").value() == value:
+                return candidate
+        except Exception:  # Hydra's grammar errors have several types
+            pass
+    raise RecipeError(f"{what} {value!r} cannot be passed to Hydra intact")
+
+
+def hydra_list(files: list[str], what: str = "file") -> str:
+    quoted = [hydra_value(f, what) for f in files]
+    return quoted[0] if len(quoted) == 1 else "[" + ",".join(quoted) + "]"
 
 
 def override_value(overrides: list[str], key: str) -> str | None:
@@ -209,7 +345,8 @@ class Launch:
 
 def torchrun_argv(args: RecipeArgs) -> tuple[list[str], int]:
     """torchrun's own arguments for one node or several; returns (argv, nnodes)."""
-    nnodes = int(args.get("NNODES", "1"))
+    nnodes = args.integer("NNODES", 1, minimum=1)
+    node_rank = args.integer("NODE_RANK", 0, maximum=nnodes - 1)
     argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", f"--nnodes={nnodes}"]
     if nnodes == 1 and not args.get("MASTER_ADDR"):
         argv.append("--standalone")
@@ -218,9 +355,9 @@ def torchrun_argv(args: RecipeArgs) -> tuple[list[str], int]:
         if not master:
             raise RecipeError(f"NNODES={nnodes} needs MASTER_ADDR (the address of node 0)")
         argv += [
-            f"--node_rank={args.get('NODE_RANK', '0')}",
+            f"--node_rank={node_rank}",
             f"--master_addr={master}",
-            f"--master_port={args.get('MASTER_PORT', '29500')}",
+            f"--master_port={args.integer('MASTER_PORT', 29500, minimum=1, maximum=65535)}",
         ]
     return argv, nnodes
 
@@ -249,6 +386,25 @@ def logger_env(out_dir: str) -> dict[str, str]:
     }
 
 
+def scratch_env(out_dir: str, node_rank: int = 0) -> dict[str, str]:
+    """A temporary folder of the run's own, removed when the trainer exits: what verl leaves
+    in the temporary folder (a lock file per checkpoint folder, never removed) goes with
+    the run. It is named after OUT_DIR (``/tmp/afm-trainer-<hash>-nodeR``, one per held
+    OUT_DIR) and is not inside it: a socket's path must fit in 107 bytes, and
+    multiprocessing and Ray put theirs in the temporary folder. Torch's compile cache
+    keeps its usual place (it outlives runs)."""
+    system_tmp = os.environ.get("TMPDIR") or "/tmp"
+    user = os.environ.get("USER") or str(os.getuid())
+    digest = hashlib.sha256(os.path.abspath(out_dir).encode()).hexdigest()[:12]
+    return {
+        "TMPDIR": os.path.join(system_tmp, f"afm-trainer-{digest}-node{node_rank}"),
+        "RAY_TMPDIR": os.environ.get("RAY_TMPDIR") or system_tmp,
+        "VLLM_RPC_BASE_PATH": os.environ.get("VLLM_RPC_BASE_PATH") or system_tmp,
+        "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        or os.path.join(system_tmp, f"torchinductor_{user}"),
+    }
+
+
 def run(launch: Launch, tag: str, dry_run: bool) -> int:
     """Print the command (always the same line a dry run prints), run it, then make its
     checkpoints' HF exports loadable (LoRA runs export PEFT-wrapped weights)."""
@@ -257,10 +413,22 @@ def run(launch: Launch, tag: str, dry_run: bool) -> int:
         return 0
     os.makedirs(launch.out_dir, exist_ok=True)
     rotate_metrics(launch.out_dir)
-    child = subprocess.Popen(launch.argv, env={**os.environ, **launch.env})
+    scratch = launch.env.get("TMPDIR")
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed run's leftovers
+        os.makedirs(scratch)
+    parent = os.getpid()
+    child = subprocess.Popen(
+        launch.argv,
+        env={**os.environ, **launch.env},
+        pass_fds=tuple(_held_locks),
+        preexec_fn=(lambda: _die_with_parent(parent)) if sys.platform == "linux" else None,
+    )
     # A terminated recipe terminates its trainer too, instead of leaving it running.
     signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
     returncode = child.wait()
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
     if returncode != 0:
         print(f"error: {tag} trainer exited with code {returncode} (its log is above)", file=sys.stderr)
         return returncode

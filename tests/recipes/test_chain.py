@@ -135,7 +135,7 @@ def test_sft_then_dpo_chain_resumes_after_a_kill_in_the_preference_stage(tmp_pat
     assert os.path.join(latest_complete(str(out / "phaseB_cot")), "huggingface") in expected[2]
 
 
-def test_the_self_improvement_demo_dry_run_builds_nothing_and_needs_its_start_model(tmp_path):
+def test_the_self_improvement_demo_dry_run_builds_nothing_and_only_the_run_needs_its_start_model(tmp_path):
     import yaml
 
     from afm_trainer.demo import load_settings
@@ -146,6 +146,13 @@ def test_the_self_improvement_demo_dry_run_builds_nothing_and_needs_its_start_mo
     result = run_recipe(1, tmp_path / "out", f"DEMO_CONFIG={tmp_path / 'missing.yaml'}", recipe="self_improve")
     assert result.returncode == 2 and "run `make demo` first" in result.stderr
     assert result.stderr.strip().count("\n") == 0
+    preview = run_recipe(
+        1, tmp_path / "out", f"DEMO_CONFIG={tmp_path / 'missing.yaml'}", "DRY_RUN=1", recipe="self_improve"
+    )
+    assert preview.returncode == 0, preview.stderr
+    placeholder = tmp_path / "no_demo" / "phase3_summary_prefix" / "global_step_LATEST" / "huggingface"
+    assert f"model.path={placeholder}" in stage_commands(preview.stdout)[0]
+    assert not (tmp_path / "out").exists()
 
     scratch = {**settings, "model": {**settings["model"], "start_from": None}}
     (tmp_path / "scratch.yaml").write_text(yaml.safe_dump(scratch))
@@ -192,3 +199,53 @@ def test_a_stage_with_start_null_starts_from_the_stage_before(tmp_path):
         "  - {key: B, name: b, folder: b, kind: sft, data: d, lr: 1, epochs: 1, start: null}\n"
     )
     assert load_chain(str(chain)).stages[1].start is None
+
+
+def test_on_node_1_each_stage_waits_for_node_0s_marker_before_the_next_starts(tmp_path, monkeypatch):
+    """Multi-node: only node 0 merges a LoRA export and marks a stage complete; node 1
+    starts the next stage only after that mark, never from an unmerged export."""
+    import threading
+    import time
+
+    from afm_trainer.recipes.chain import main as chain_main
+    from afm_trainer.recipes.common import RecipeArgs
+
+    chain = load_chain("progressive")
+    started = []
+
+    def fake_stage(this, stage, inputs_exist):
+        before = [os.path.exists(os.path.join(tmp_path, s.folder, chain_main.COMPLETE_MARKER)) for s in chain.stages]
+        started.append((stage.key, before))
+        return 0
+
+    monkeypatch.setattr(chain_main, "run_stage", fake_stage)
+    # node 0's merged export: there once node 0 has marked the stage (a real one needs a checkpoint)
+    monkeypatch.setattr(
+        chain_main,
+        "latest_export",
+        lambda out: (os.path.join(out, "merged"), os.path.exists(os.path.join(out, chain_main.COMPLETE_MARKER))),
+    )
+    keys = {"MODEL": str(tmp_path), "DATA_DIR": str(tmp_path / "data"), "NNODES": "2", "NODE_RANK": "1"}
+    args = RecipeArgs(1, str(tmp_path), keys, [])
+
+    def node0():  # marks each stage 0.5 s after node 1 has trained it
+        for stage in chain.stages:
+            while stage.key not in [key for key, _ in started]:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.makedirs(tmp_path / stage.folder, exist_ok=True)
+            (tmp_path / stage.folder / chain_main.COMPLETE_MARKER).write_text("{}")
+
+    thread = threading.Thread(target=node0, daemon=True)
+    thread.start()
+    list(chain_main.train_stages(chain, args, model_exists=True))
+    thread.join(5)
+    assert [key for key, _ in started] == [s.key for s in chain.stages]
+    for index, (_, marked) in enumerate(started):
+        assert marked[:index] == [True] * index and not any(marked[index:]), started
+
+    monkeypatch.setattr(chain_main, "NODE0_WAIT_S", 0.3)
+    lonely = RecipeArgs(1, str(tmp_path / "unshared"), keys, [])
+    with pytest.raises(RecipeError, match="node 0 did not mark the stage complete within 0.3 s"):
+        list(chain_main.train_stages(chain, lonely, model_exists=True))
+    assert not os.path.exists(tmp_path / "unshared" / chain.stages[0].folder / chain_main.COMPLETE_MARKER)

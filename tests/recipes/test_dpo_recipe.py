@@ -181,7 +181,7 @@ def test_lora_with_a_live_reference_learns_and_exports_a_merged_model(tmp_path, 
     assert (out / "report.md").is_file() and (out / "reward_curves.png").is_file()
 
 
-def test_dry_run_prints_the_command_and_the_demo_needs_the_sft_demo(tmp_path, nano_model):
+def test_dry_run_prints_the_command_and_the_demo_needs_the_sft_demo_only_to_run(tmp_path, nano_model):
     pairs = write_pairs(tmp_path / "pairs.parquet")
     result = run_dpo(2, tmp_path / "o", f"MODEL={nano_model}", f"TRAIN_FILES={pairs}", "DRY_RUN=1", "dpo.beta=0.2")
     assert result.returncode == 0, result.stderr
@@ -195,5 +195,13 @@ def test_dry_run_prints_the_command_and_the_demo_needs_the_sft_demo(tmp_path, na
     assert second.returncode == 0, second.stderr
     assert "--nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=29500" in second.stdout
     assert "trainer.nnodes=2" in second.stdout
-    demo = run_dpo(1, tmp_path / "d", f"SFT_DIR={tmp_path / 'none'}", "DRY_RUN=1")
-    assert demo.returncode == 2 and demo.stderr.strip().endswith("(run `make demo` first)")
+    demo = run_dpo(1, tmp_path / "d", f"SFT_DIR={tmp_path / 'none'}")
+    assert demo.returncode == 2 and "(run `make demo` first, or pass MODEL=... / SFT_DIR=...)" in demo.stderr
+    assert not (tmp_path / "d").exists()
+    # A preview needs no earlier run: it shows the path the run after `make demo` takes.
+    preview = run_dpo(1, tmp_path / "d", f"SFT_DIR={tmp_path / 'none'}", "DRY_RUN=1")
+    assert preview.returncode == 0, preview.stderr
+    placeholder = tmp_path / "none" / "phase3_summary_prefix" / "global_step_LATEST" / "huggingface"
+    assert f"model.path={placeholder}" in preview.stdout
+    assert f"data.train_files={tmp_path / 'd' / 'data' / 'pairs.parquet'}" in preview.stdout
+    assert not (tmp_path / "d").exists()

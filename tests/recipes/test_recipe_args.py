@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from afm_trainer.recipes.common import RecipeError, device_env, parse_recipe_args
+from afm_trainer.recipes.common import RecipeError, device_env, hydra_value, parse_recipe_args
 from afm_trainer.recipes.sft.main import KEYS as SFT_KEYS
 from tests.conftest import run_recipe
 
@@ -47,6 +47,23 @@ def cases(nano_model, starter_data, prompt_response_parquet, tmp_path):
         ),
         "multi-node without master": (["1", tmp_path / "o", *ok, "NNODES=2"], "NNODES=2 needs MASTER_ADDR"),
         "unknown config": (["1", tmp_path / "o", *ok, "CONFIG=nope"], "CONFIG nope not found"),
+        "nodes not a number": (
+            ["1", tmp_path / "o", *ok, "NNODES=two"],
+            "NNODES must be a whole number >= 1, got 'two'",
+        ),
+        "negative nodes": (["1", tmp_path / "o", *ok, "NNODES=-1"], "NNODES must be a whole number >= 1, got '-1'"),
+        "rank past the nodes": (
+            ["1", tmp_path / "o", *ok, "NNODES=2", "NODE_RANK=2", "MASTER_ADDR=10.0.0.1"],
+            "NODE_RANK must be a whole number 0..1, got '2'",
+        ),
+        "port out of range": (
+            ["1", tmp_path / "o", *ok, "NNODES=2", "MASTER_ADDR=10.0.0.1", "MASTER_PORT=70000"],
+            "MASTER_PORT must be a whole number 1..65535, got '70000'",
+        ),
+        "interpolation in a path": (
+            ["1", tmp_path / "o" / "${oc.env:HOME}", *ok],
+            "OUT_DIR '" + str(tmp_path / "o" / "${oc.env:HOME}") + "' holds `${`",
+        ),
     }
 
 
@@ -129,3 +146,54 @@ def test_every_recipe_says_where_each_argument_came_from(recipe, nano_model, sta
     assert "  NNODES=1  (environment)" in head and "  DRY_RUN=1  (command line)" in head
     defaults = next(line for line in head if line.startswith("  defaults: "))
     assert val_key in defaults.split(": ", 1)[1].split(", ")
+
+
+def test_paths_hydra_would_misread_reach_the_trainer_intact(nano_model, starter_data, tmp_path):
+    """`=`, `,`, quotes, spaces and brackets in OUT_DIR, MODEL and data paths: the
+    trainer's configuration, composed by Hydra from the printed command, holds them as given."""
+    import shlex
+
+    from hydra import compose, initialize_config_dir
+
+    from afm_trainer.recipes.sft.main import CONFIG_DIR
+
+    train, _ = starter_data
+    model = tmp_path / "models" / "it's [v=1]"
+    model.parent.mkdir()
+    model.symlink_to(nano_model, target_is_directory=True)
+    data = tmp_path / "data" / "split=train a b"  # commas separate TRAIN_FILES
+    data.mkdir(parents=True)
+    (data / "train.parquet").symlink_to(train)
+    out = tmp_path / "runs" / "lr=1e-4,bs=[8]"
+    result = run_recipe(1, out, f"MODEL={model}", f"TRAIN_FILES={data}/train.parquet", "DRY_RUN=1")
+    assert result.returncode == 0, result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("[sft] command: ")]
+    argv = shlex.split(line.split(": ", 1)[1])
+    overrides = argv[argv.index("--config-name=sft") + 1 :]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        config = compose(config_name="sft", overrides=overrides)
+    assert config.model.path == str(model)
+    assert config.data.train_files == f"{data}/train.parquet"
+    assert config.trainer.default_local_dir == str(out)
+
+
+def test_hydra_values_read_back_as_given_or_are_refused():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for value in ["/plain/path", "runs/lr=1e-4", "a,b", "it's", 'say "hi"', "[x]", "{y: 1}", "a b", "null", "1e-4"]:
+        assert parser.parse_override(f"k={hydra_value(value, 'X')}").value() == value, value
+    assert hydra_value("/plain/path", "X") == "/plain/path"  # quoted only where needed
+    for value in ["${oc.env:HOME}/x", "c:\\models", "a\nb"]:
+        with pytest.raises(RecipeError, match="X"):
+            hydra_value(value, "X")
+
+
+def test_integer_and_rate_keys_of_every_recipe_are_checked(nano_model, tmp_path):
+    result = run_recipe(1, tmp_path / "rl", f"MODEL={nano_model}", "STEPS=-3", "DRY_RUN=1", recipe="train_grpo")
+    assert result.returncode == 2 and result.stderr.strip() == "error: STEPS must be a whole number >= 1, got '-3'"
+    result = run_recipe(
+        1, tmp_path / "chain", f"MODEL={nano_model}", "DATA_DIR=/nowhere", "PHASE2_LR=fast", recipe="train_progressive"
+    )
+    assert result.returncode == 2 and result.stderr.strip() == "error: PHASE2_LR must be a positive number, got 'fast'"
+    assert not (tmp_path / "chain").exists()

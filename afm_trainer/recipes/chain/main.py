@@ -31,20 +31,20 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from afm_trainer.checkpoints import latest_complete
+from afm_trainer.checkpoints import latest_complete, latest_export
 from afm_trainer.recipes.common import RecipeArgs, RecipeError, recipe_main, run, split_files
 from afm_trainer.recipes.sft.main import KEYS as SFT_KEYS
 from afm_trainer.recipes.sft.main import build_sft
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 COMPLETE_MARKER = "PHASE_COMPLETE"
-PLACEHOLDER_STEP = "global_step_LATEST"  # in dry runs, for a checkpoint not written yet
 KINDS = ("sft", "dpo", "distill")
 
 
@@ -125,6 +125,10 @@ def stage_files(args: RecipeArgs, stage: Stage) -> tuple[str, str]:
         if data_dir is None:
             raise RecipeError(f"no data for {stage.name}: set DATA_DIR or {stage.key}_TRAIN_FILES")
         folder = os.path.join(data_dir, stage.data)
+        if not os.path.isdir(folder):  # not made yet (a dry run before the data step): the files a pipeline writes
+            return os.path.join(folder, "train.parquet"), val if val is not None else os.path.join(
+                folder, "val.parquet"
+            )
         train = ",".join(split_files(folder, "train")) or os.path.join(folder, "train.parquet")
         val = val if val is not None else ",".join(split_files(folder, "val"))
     return train, val or ""
@@ -144,22 +148,15 @@ def stage_args(args: RecipeArgs, stage: Stage, model: str) -> RecipeArgs:
         key: args.get(key, "") for key in ("CONFIG", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "DRY_RUN")
     }
     keys.update(MODEL=model, TRAIN_FILES=train, VAL_FILES=val)
+    args.number(f"{stage.key}_LR", stage.lr)  # checked; passed on as written
     overrides = [
         f"optim.lr={args.get(f'{stage.key}_LR', stage.lr)}",
-        f"trainer.total_epochs={args.get(f'{stage.key}_EPOCHS', stage.epochs)}",
+        f"trainer.total_epochs={args.integer(f'{stage.key}_EPOCHS', stage.epochs, minimum=1)}",
         f"trainer.experiment_name={stage.folder}",
         *stage.overrides,
         *(o for o in args.overrides if reaches(o, stage)),
     ]
     return RecipeArgs(args.nproc, os.path.join(args.out_dir, stage.folder), keys, overrides)
-
-
-def final_model(stage_out: str) -> tuple[str, bool]:
-    """(the export of stage_out's latest complete checkpoint, whether it exists)."""
-    latest = latest_complete(stage_out)
-    if latest:
-        return os.path.join(latest, "huggingface"), True
-    return os.path.join(os.path.abspath(stage_out), PLACEHOLDER_STEP, "huggingface"), False
 
 
 def run_stage(this: RecipeArgs, stage: Stage, inputs_exist: bool) -> int:
@@ -193,13 +190,32 @@ def train_stages(chain: Chain, args: RecipeArgs, model_exists: bool = True) -> I
             code = run_stage(this, stage, inputs_exist=exists)
             if code != 0:
                 raise StageFailed(code)
-            if not args.dry_run:
+            if not args.dry_run and args.integer("NODE_RANK", 0) == 0:
                 with open(marker + ".tmp", "w") as f:
                     json.dump({"stage": stage.key, "checkpoint": latest_complete(this.out_dir)}, f)
                 os.replace(marker + ".tmp", marker)
-        models[stage.key] = final_model(this.out_dir)
+            elif not args.dry_run:  # only node 0 merges a LoRA export: the next stage starts from its merge
+                wait_for_node0(marker, stage)
+        models[stage.key] = latest_export(this.out_dir)
         previous = stage.key
         yield stage, models[stage.key][0]
+
+
+NODE0_WAIT_S = float(os.environ.get("AFM_NODE0_WAIT_S", 3600))
+
+
+def wait_for_node0(marker: str, stage: Stage) -> None:
+    """On nodes other than 0 of a multi-node run: wait until node 0 has finished the stage
+    (its exports, LoRA merged, then the marker), in the OUT_DIR the nodes share."""
+    print(f"[{stage.name}] waiting for node 0 to finish the stage's export ({marker})", flush=True)
+    deadline = time.monotonic() + NODE0_WAIT_S
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            raise RecipeError(
+                f"{stage.name}: node 0 did not mark the stage complete within {NODE0_WAIT_S:g} s ({marker}); "
+                "the nodes of a multi-node run must share OUT_DIR"
+            )
+        time.sleep(min(1.0, NODE0_WAIT_S / 10))
 
 
 class StageFailed(Exception):
@@ -212,6 +228,8 @@ def run_chain(chain: Chain, args: RecipeArgs) -> int:
     first = chain.stages[0].key
     if chain.embedded_default and not any(args.get(k) for k in ("MODEL", "DATA_DIR", f"{first}_TRAIN_FILES")):
         return importlib.import_module(chain.embedded_default).run_embedded_default(args, chain)
+    for stage in chain.stages:  # every stage's arguments are checked before the first trains
+        stage_args(args, stage, args.get("MODEL") or "")
     try:
         stages = list(train_stages(chain, args))
     except StageFailed as exc:

@@ -37,7 +37,7 @@ def build_distill(args, inputs_exist: bool = True):
         inputs_exist,
         trainer="afm_trainer.recipes.distill.trainer",
         config_dir=CONFIG_DIR,
-        columns=("messages", *TEACHER_COLUMNS),
+        columns=TEACHER_COLUMNS,  # add_teacher_topk.py writes them beside an SFT file's messages
     )
 
 

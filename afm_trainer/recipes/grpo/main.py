@@ -39,6 +39,7 @@ import warnings
 from pathlib import Path
 
 from afm_trainer.checkpoints import finalize, latest_complete
+from afm_trainer.demo import FINAL_SFT_PHASE, progressive_demo_model
 from afm_trainer.recipes.common import (
     Launch,
     RecipeArgs,
@@ -48,11 +49,13 @@ from afm_trainer.recipes.common import (
     data_files,
     device_env,
     hydra_list,
+    hydra_value,
     logger_env,
     model_path,
     override_value,
     recipe_main,
     run,
+    scratch_env,
     visible_gpus,
 )
 from afm_trainer.recipes.grpo.ray_cluster import auth_env, check_cluster
@@ -60,7 +63,6 @@ from afm_trainer.recipes.grpo.report import ROLLOUT_TRACE, VALIDATION_DIR, write
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 COMPLETE_MARKER = "RL_COMPLETE"
-FINAL_SFT_PHASE = "phase3_summary_prefix"
 ALGOS = {
     # adv_estimator, group size: GRPO compares rollout.n answers to one prompt;
     # PPO's critic (GAE) gives each answer its own baseline.
@@ -94,23 +96,16 @@ def start_model(args: RecipeArgs) -> str:
     if model:
         check_model(model)
         return model_path(model)
-    sft_dir = args.get("SFT_DIR", "out/demo")
-    latest = latest_complete(os.path.join(sft_dir, FINAL_SFT_PHASE))
-    if latest is None:
-        raise RecipeError(
-            f"no MODEL given and no complete checkpoint in {sft_dir}/{FINAL_SFT_PHASE} "
-            "(run `make demo` first, or pass MODEL=... / SFT_DIR=...)"
-        )
-    return os.path.abspath(os.path.join(latest, "huggingface"))
+    return progressive_demo_model(args.get("SFT_DIR", "out/demo"), args.dry_run)
 
 
-def tool_config(args: RecipeArgs) -> str | None:
+def tool_config(args: RecipeArgs, inputs_exist: bool = True) -> str | None:
     """OUT_DIR/tools.yaml for verl's tool agent loop: the search tool (over CORPUS or
     SEARCH_URL) and the code sandbox; None when there is nothing to search."""
     if args.get("SEARCH_URL"):
         search = {"url": args.get("SEARCH_URL")}
     elif args.get("CORPUS"):
-        if not os.path.isfile(args.get("CORPUS")):
+        if inputs_exist and not os.path.isfile(args.get("CORPUS")):
             raise RecipeError(f"CORPUS file not found: {args.get('CORPUS')}")
         search = {"corpus": os.path.abspath(args.get("CORPUS"))}
     else:
@@ -130,6 +125,29 @@ def tool_config(args: RecipeArgs) -> str | None:
     return path
 
 
+def check_prompt_text(files: list[str], what: str) -> None:
+    """No prompt message holds a reserved token (``<|im_end|>``...): the chat template would
+    render it as a control token, a forged turn. RL files made elsewhere (a Search-R1
+    parquet) are used as they are, so they are checked here, row by row."""
+    import pyarrow.parquet as pq
+
+    from afm_trainer.models.special_tokens import reserved_token_in
+
+    for path in files:
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(columns=["prompt"]):
+            for prompt in batch.column(0).to_pylist():
+                for message in prompt if isinstance(prompt, list) else []:
+                    content = message.get("content") if isinstance(message, dict) else None
+                    token = reserved_token_in(content) if isinstance(content, str) else None
+                    if token:
+                        raise RecipeError(
+                            f"{what} file {path} row {row}: a {message.get('role')} message of the prompt holds "
+                            f"{token!r}, which the chat template would render as a control token"
+                        )
+                row += 1
+
+
 def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
     """Check an RL run's arguments and build its command (``inputs_exist=False``: a dry
     run of the embedded default, whose data is not written yet)."""
@@ -144,6 +162,8 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
     if inputs_exist:
         check_parquet_files(train_files, "TRAIN_FILES", ("prompt",))
         check_parquet_files(val_files, "VAL_FILES", ("prompt",))
+        check_prompt_text(train_files, "TRAIN_FILES")
+        check_prompt_text(val_files, "VAL_FILES")
 
     gpus = visible_gpus()
     rollout = args.get("ROLLOUT", "vllm" if gpus else "hf")
@@ -166,13 +186,14 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         rollout = "hf"
         engine = [
             "+actor_rollout_ref.rollout.custom.engine=vllm",
-            f"+actor_rollout_ref.rollout.custom.vllm_python={python}",
+            f"+actor_rollout_ref.rollout.custom.vllm_python={hydra_value(python, 'VLLM_PYTHON')}",
         ]
     env = device_env(args.nproc, gpus) if gpus or device == "cpu" else {}
-    nnodes = int(args.get("NNODES", "1"))
+    nnodes = args.integer("NNODES", 1, minimum=1)
     out_dir = os.path.abspath(args.out_dir)
     loggers = logger_env(out_dir)
     env.update(loggers)
+    env.update(scratch_env(out_dir))
     argv = [
         sys.executable,
         "-m",
@@ -180,33 +201,38 @@ def build_rl(args: RecipeArgs, inputs_exist: bool = True) -> Launch:
         f"--config-path={CONFIG_DIR}",
         "--config-name=grpo",
         f"device={device}",
-        f"actor_rollout_ref.model.path={model}",
+        f"actor_rollout_ref.model.path={hydra_value(model, 'MODEL')}",
         f"actor_rollout_ref.rollout.name={rollout}",
-        f"data.train_files={hydra_list(train_files)}",
-        f"data.val_files={hydra_list(val_files)}",
-        f"trainer.default_local_dir={out_dir}",
+        f"data.train_files={hydra_list(train_files, 'TRAIN_FILES')}",
+        f"data.val_files={hydra_list(val_files, 'VAL_FILES')}",
+        f"trainer.default_local_dir={hydra_value(out_dir, 'OUT_DIR')}",
         # Every validation's answers, item by item: the report's standard errors and paired changes.
-        f"trainer.validation_data_dir={os.path.join(out_dir, VALIDATION_DIR)}",
+        f"trainer.validation_data_dir={hydra_value(os.path.join(out_dir, VALIDATION_DIR), 'OUT_DIR')}",
         f"trainer.nnodes={nnodes}",
         f"trainer.n_gpus_per_node={args.nproc}",
-        f"trainer.total_training_steps={args.get('STEPS', '20')}",
+        f"trainer.total_training_steps={args.integer('STEPS', 20, minimum=1)}",
         # Ray workers see these through the runtime env, on this node or a joined cluster.
-        *[f"+ray_kwargs.ray_init.runtime_env.env_vars.{name}={value}" for name, value in loggers.items()],
+        *[
+            f"+ray_kwargs.ray_init.runtime_env.env_vars.{name}={hydra_value(value, name)}"
+            for name, value in loggers.items()
+        ],
         *ALGOS[algo],
         *engine,
     ]
     if algo == "ppo":
-        argv.append(f"critic.model.path={model}")
-    tools = tool_config(args)
+        argv.append(f"critic.model.path={hydra_value(model, 'MODEL')}")
+    tools = tool_config(args, inputs_exist)
     if tools:
-        argv.append(f"actor_rollout_ref.rollout.multi_turn.tool_config_path={tools}")
+        argv.append(f"actor_rollout_ref.rollout.multi_turn.tool_config_path={hydra_value(tools, 'OUT_DIR')}")
     if device == "cpu":
         argv.append(f"++ray_kwargs.ray_init.num_gpus={args.nproc * nnodes}")  # logical GPUs, one per rank
-        argv.append(f"+actor_rollout_ref.rollout.custom.trace={os.path.join(out_dir, ROLLOUT_TRACE)}")
+        argv.append(
+            f"+actor_rollout_ref.rollout.custom.trace={hydra_value(os.path.join(out_dir, ROLLOUT_TRACE), 'OUT_DIR')}"
+        )
     if args.get("RAY_ADDRESS"):
         # Joining a cluster: its resources are the cluster's, not ours to declare.
         argv += [
-            f"+ray_kwargs.ray_init.address={args.get('RAY_ADDRESS')}",
+            f"+ray_kwargs.ray_init.address={hydra_value(args.get('RAY_ADDRESS'), 'RAY_ADDRESS')}",
             "++ray_kwargs.ray_init.num_cpus=null",
             "++ray_kwargs.ray_init.num_gpus=null",
         ]
@@ -262,9 +288,10 @@ def grpo(args: RecipeArgs) -> int:
     if not args.get("TRAIN_FILES"):  # no data: the embedded default (make demo-rl)
         from afm_trainer.demo.grpo import embedded_default
 
+        start_model(args)  # a missing start model is refused before the demo's data is written
         args, inputs_exist = embedded_default(args)
     marker = os.path.join(args.out_dir, COMPLETE_MARKER)
-    steps = int(args.get("STEPS", "20"))
+    steps = args.integer("STEPS", 20, minimum=1)
     # verl's trainer.val_only=true: one validation of the start model (or of the checkpoint
     # trainer.resume_from_path names), no training; sampled with val_kwargs.n > 1, the
     # report gives pass@k.

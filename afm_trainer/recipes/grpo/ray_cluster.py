@@ -24,7 +24,16 @@ def token_file() -> str:
 
 
 def has_token() -> bool:
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(token_file())
+    """Whether Ray would find a token here: a blank RAY_AUTH_TOKEN, or a blank or
+    unreadable token file, is none to Ray (token mode then fails with "couldn't find an
+    authentication token", even against a cluster without authentication)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    try:
+        with open(token_file(), "rb") as f:
+            return bool(f.read(1 << 16).strip())
+    except OSError:
+        return False
 
 
 def auth_env() -> dict[str, str]:

@@ -25,11 +25,13 @@ from afm_trainer.recipes.common import (
     data_files,
     device_env,
     hydra_list,
+    hydra_value,
     logger_env,
     model_path,
     override_value,
     recipe_main,
     run,
+    scratch_env,
     torchrun_argv,
     visible_gpus,
 )
@@ -67,13 +69,16 @@ def build_sft(
     if not train_files:
         raise RecipeError("TRAIN_FILES is not set (TRAIN_FILES=train.parquet[,more.parquet])")
     val_files = data_files(args.get("VAL_FILES"))
+    custom_cls = override_value(args.overrides, "data.custom_cls.path")  # None: AgentSFTDataset, "null": verl's
     if columns is None:
-        custom_cls = override_value(args.overrides, "data.custom_cls.path")
-        uses_messages = custom_cls in (None, "null")
-        columns = ((override_value(args.overrides, "data.messages_key") or "messages"),) if uses_messages else ()
+        columns = (
+            ((override_value(args.overrides, "data.messages_key") or "messages"),)
+            if custom_cls in (None, "null")
+            else ()
+        )
     if inputs_exist:
-        check_parquet_files(train_files, "TRAIN_FILES", columns)
-        check_parquet_files(val_files, "VAL_FILES", columns)
+        check_parquet_files(train_files, "TRAIN_FILES", columns, verls_dataset=custom_cls == "null")
+        check_parquet_files(val_files, "VAL_FILES", columns, verls_dataset=custom_cls == "null")
 
     gpus = visible_gpus()
     config = args.get("CONFIG", config_dir.parent.name)
@@ -85,10 +90,10 @@ def build_sft(
         trainer,
         f"--config-path={config_dir}",
         f"--config-name={config}",
-        f"model.path={model_path(model)}",
-        f"data.train_files={hydra_list(train_files)}",
-        f"data.val_files={hydra_list(val_files) if val_files else 'null'}",
-        f"trainer.default_local_dir={os.path.abspath(args.out_dir)}",
+        f"model.path={hydra_value(model_path(model), 'MODEL')}",
+        f"data.train_files={hydra_list(train_files, 'TRAIN_FILES')}",
+        f"data.val_files={hydra_list(val_files, 'VAL_FILES') if val_files else 'null'}",
+        f"trainer.default_local_dir={hydra_value(os.path.abspath(args.out_dir), 'OUT_DIR')}",
         f"trainer.nnodes={nnodes}",
         f"trainer.n_gpus_per_node={args.nproc}",
     ]
@@ -97,8 +102,9 @@ def build_sft(
     if not val_files:
         argv.append("trainer.test_freq=-1")
     argv += args.overrides
-    env = {**device_env(args.nproc, gpus), **logger_env(args.out_dir)}
-    return Launch(argv=argv, env=env, out_dir=args.out_dir, node_rank=int(args.get("NODE_RANK", "0")))
+    node_rank = args.integer("NODE_RANK", 0)
+    env = {**device_env(args.nproc, gpus), **logger_env(args.out_dir), **scratch_env(args.out_dir, node_rank)}
+    return Launch(argv=argv, env=env, out_dir=args.out_dir, node_rank=node_rank)
 
 
 def main(argv: list[str] | None = None) -> int:
