@@ -44,6 +44,15 @@ class PackedLinear(torch.nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
 
+def drop_packed_weights(model: torch.nn.Module) -> None:
+    """Free every packed copy now (each layer packs again when next used): before a weight
+    sync overwrites the weights, the copies would only be dead memory beside them."""
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            module.__dict__.pop("_packed", None)
+            module.__dict__.pop("_packed_for", None)
+
+
 def pack_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
     """Make every plain ``nn.Linear`` of ``model`` a ``PackedLinear`` (in place; the
     parameters and the state dict stay as they are). Without oneDNN, nothing changes."""

@@ -38,18 +38,61 @@ PROJECT_TOKENS = ROLE_TOKENS + TRACE_TAGS
 
 
 def add_project_tokens(tokenizer, model=None) -> int:
-    """Register the project's tokens on an existing HF tokenizer (and resize the model).
+    """Register the project's tokens on an existing HF tokenizer (and give them rows in the model).
 
-    Returns how many tokens were new. New embedding rows are initialised by
-    transformers' ``resize_token_embeddings`` (mean of the old rows), so a pretrained
-    model is not disturbed by random rows.
+    Returns how many tokens were new. Each new token's input embedding (and its output
+    row, where the LM head is not tied) is the mean of the rows of the tokens the
+    tokenizer had: a pretrained model is not disturbed by random rows. The matrices grow
+    where they are too small; where they already have room (Qwen2.5 pads its 151,665
+    tokens to 151,936 rows), the new tokens take the next rows, which are set the same way
+    instead of keeping whatever the padding held.
     """
     from tokenizers import AddedToken
 
+    old = len(tokenizer)
     new = tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in PROJECT_TOKENS])
-    if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    if model is None or not new:
+        return new
+    import torch
+
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    with torch.no_grad():
+        for weight in matrices:
+            weight[old : len(tokenizer)] = weight[:old].float().mean(0).to(weight.dtype)
     return new
+
+
+def main(argv=None) -> int:
+    """python -m afm_trainer.models.special_tokens --model IN --out OUT: IN with the
+    project's role and trace tokens added (the rule above), written to OUT."""
+    import argparse
+    import os
+    import shutil
+
+    parser = argparse.ArgumentParser(description="Add the project's role and trace tokens to an HF model.")
+    parser.add_argument("--model", required=True, help="HF model folder")
+    parser.add_argument("--out", required=True, help="folder to write the model with the tokens to")
+    args = parser.parse_args(argv)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto")
+    new = add_project_tokens(tokenizer, model)
+    check_single_tokens(tokenizer)
+    tmp = args.out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(args.out, ignore_errors=True)
+    os.replace(tmp, args.out)
+    rows = model.get_input_embeddings().weight.shape[0]
+    print(f"wrote {args.out}: {new} tokens added, {len(tokenizer)} tokens, {rows} embedding rows")
+    return 0
 
 
 def check_single_tokens(tokenizer, tokens=PROJECT_TOKENS) -> None:
@@ -92,6 +135,17 @@ def trace_tag_in(text: str) -> str | None:
     return match.group(0) if match else None
 
 
+TOOL_OUTPUT_HAZARD = re.compile(f"{RESERVED_TOKEN.pattern}|{TRACE_TAG.pattern}|</?code>")
+
+
+def neutralised(text: str) -> str:
+    """Tool output (a program's stdout, a server's text) as a tool turn may show it: each
+    reserved-token-shaped string and trace or tool tag has its ``<`` written ``‹``, so it
+    can neither become a control token nor open, close or forge a block the reward or the
+    tool parser reads."""
+    return TOOL_OUTPUT_HAZARD.sub(lambda m: "\u2039" + m.group(0)[1:], text)
+
+
 def tag_structure_problem(text: str) -> str | None:
     """Why the trace tags in ``text`` are not well formed (every tag closed, in order,
     none opened inside itself), or None."""
@@ -108,3 +162,7 @@ def tag_structure_problem(text: str) -> str | None:
         else:
             open_tags.pop()
     return f"<{open_tags[-1]}> is never closed" if open_tags else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,6 +42,7 @@ import torch
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
+from afm_trainer.models.cpu_linear import drop_packed_weights
 from afm_trainer.models.decoding import Request, RunningBatch, load_decoding_model
 
 logger = logging.getLogger(__name__)
@@ -263,27 +264,38 @@ class HFRolloutServer:
 
     # --- weights ---
 
-    async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> dict:
-        """Load the actor's parameters (HF names). Unknown names are an error; only tied
-        weights may be missing."""
+    async def update_weights(
+        self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None, last: bool = True
+    ) -> dict:
+        """Load the actor's parameters (HF names), one bucket a call (``last`` on the final
+        one). Unknown names are an error; after the last bucket, so is any parameter no
+        bucket held, except tied weights."""
         async with self.engine_lock:
             if global_steps is not None:
                 self.global_steps = global_steps
             if not self.sync_weights:
                 return {"loaded": 0}
+            if not getattr(self, "_loaded_names", None):  # a sync's first bucket
+                self._loaded_names = set()
+                drop_packed_weights(self.model)
             dtype = next(self.model.parameters()).dtype
             result = self.model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False)
-            tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
-            if result.unexpected_keys or set(result.missing_keys) - tied:
-                raise RuntimeError(
-                    f"weights do not fit the rollout model: unexpected {result.unexpected_keys[:5]}, "
-                    f"missing {sorted(set(result.missing_keys) - tied)[:5]}"
-                )
-            if tied:
-                self.model.tie_weights()
+            if result.unexpected_keys:
+                self._loaded_names = set()
+                raise RuntimeError(f"weights do not fit the rollout model: unexpected {result.unexpected_keys[:5]}")
+            self._loaded_names |= set(state_dict)
             if self.vllm is not None:
                 await asyncio.to_thread(self.vllm.load, state_dict)
-            return {"loaded": len(state_dict)}
+            if not last:
+                return {"loaded": len(state_dict)}
+            loaded, self._loaded_names = self._loaded_names, set()
+            tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+            missing = set(self.model.state_dict()) - loaded - tied
+            if missing:
+                raise RuntimeError(f"weights do not fit the rollout model: missing {sorted(missing)[:5]}")
+            if tied:
+                self.model.tie_weights()
+            return {"loaded": len(loaded)}
 
     # --- control methods verl's replica calls; CPU memory needs no paging ---
 
@@ -291,7 +303,10 @@ class HFRolloutServer:
         pass
 
     async def sleep(self):
-        pass
+        """Called when sampling ends: the packed copies are dead memory until the next
+        sampling, which follows a weight sync that would repack them anyway."""
+        async with self.engine_lock:
+            drop_packed_weights(self.model)
 
     async def clear_kv_cache(self):
         pass  # the cache lives only for one batch
@@ -376,14 +391,23 @@ class HFRolloutAdapter(rollout_base.BaseRollout):
             raise NotImplementedError(
                 "the hf rollout takes merged weights: set actor_rollout_ref.model.lora.merge=True"
             )
-        state_dict = {}
+        # Buckets of checkpoint_engine.update_weights_bucket_megabytes: the actor's copy and
+        # the one in flight stay that small instead of a whole model each.
+        engine = getattr(self.config, "checkpoint_engine", None)
+        bucket_bytes = int(getattr(engine, "update_weights_bucket_megabytes", 2048)) << 20
+        if self.is_leader_rank and self.server is None:
+            self.server = ray.get_actor(_server_name(self.replica_rank))
+        global_steps = kwargs.get("global_steps")
+        bucket, size = {}, 0
         for name, tensor in weights:  # every rank drains: producing a full tensor is a collective
             if self.is_leader_rank and self.sync_weights:
-                state_dict[name] = tensor.detach().to("cpu", copy=True)
+                bucket[name] = tensor.detach().to("cpu", copy=True)
+                size += bucket[name].nbytes
+                if size >= bucket_bytes:
+                    await self.server.update_weights.remote(bucket, global_steps, last=False)
+                    bucket, size = {}, 0
         if self.is_leader_rank:
-            if self.server is None:
-                self.server = ray.get_actor(_server_name(self.replica_rank))
-            await self.server.update_weights.remote(state_dict, kwargs.get("global_steps"))
+            await self.server.update_weights.remote(bucket, global_steps, last=True)
 
 
 def register() -> None:

@@ -73,3 +73,36 @@ def test_vllm_engine_keeps_the_stop_token_and_scores_samples_with_the_temperatur
         logits = model(full).logits[0, len(prompt) - 1 : -1].float() / 0.7
     expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(sampled["token_ids"])[:, None])[:, 0]
     assert sampled["log_probs"] == pytest.approx(expected.tolist(), abs=1e-3)
+
+
+def test_the_real_tokenizer_grown_by_the_role_tokens_loads_in_vllm_with_the_same_greedy_answers(tmp_path):
+    """Qwen2.5's shape and tokenizer with the project's tokens added (in its padding rows):
+    vLLM's CPU build reads the grown vocabulary and answers as transformers does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from afm_trainer.models import real_shape, special_tokens
+    from afm_trainer.models.attention import NAME
+    from afm_trainer.verl_ext.vllm_cpu import VLLMEngine, venv_python
+
+    base, grown = tmp_path / "base", tmp_path / "grown"
+    assert real_shape.main(["--out", str(base), "--layers", "2", "--dtype", "float32"]) == 0
+    assert special_tokens.main(["--model", str(base), "--out", str(grown)]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(grown)
+    model = AutoModelForCausalLM.from_pretrained(grown, attn_implementation=NAME).eval()
+    conversations = [
+        [{"role": "user", "content": "Plan the task."}, {"role": "assistant", "content": "<|planner|><think>"}],
+        [{"role": "user", "content": "Who wrote Carmen?"}],
+    ]
+    prompts = [tokenizer.apply_chat_template(conversations[0], tokenize=False, continue_final_message=True)]
+    prompts.append(tokenizer.apply_chat_template(conversations[1], tokenize=False, add_generation_prompt=True))
+    ids = [tokenizer(p).input_ids for p in prompts]
+    assert 151665 in ids[0] and tokenizer.convert_tokens_to_ids("<think>") in ids[0]  # one token each
+    engine = VLLMEngine(venv_python(), str(grown), "float32", max_model_len=256, max_num_seqs=4, seed=0, threads=2)
+    try:
+        from afm_trainer.models.decoding import decode_batch
+
+        ours = decode_batch(model, _greedy(ids), tokenizer.pad_token_id)
+        theirs = engine.generate(_greedy(ids))
+    finally:
+        engine.close()
+    assert [o["token_ids"] for o in theirs] == [o["token_ids"] for o in ours]
